@@ -1,0 +1,29 @@
+"""graphlrp: Layer-wise Relevance Propagation on an explicit computation graph.
+
+A network is lowered to a graph whose nodes are neurons and whose edges are weighted
+connections; every LRP rule is an edge-weight transform and relevance flows back over the edges,
+so that relevance is available for every node and every edge.
+"""
+from . import composites, reductions, rules
+from .composites import Composite
+from .errors import LoweringMismatchError, UnsupportedModuleError
+from .explanation import Explanation, LevelBalance, explain
+from .graph import Graph, Level
+from .lower import lower
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Composite",
+    "Explanation",
+    "Graph",
+    "Level",
+    "LevelBalance",
+    "LoweringMismatchError",
+    "UnsupportedModuleError",
+    "composites",
+    "explain",
+    "lower",
+    "reductions",
+    "rules",
+]

@@ -1,0 +1,111 @@
+"""The interface every edge block implements.
+
+A block holds the edges from one source level to one destination level, all of one kind, and
+does the two reductions an LRP rule needs with the kernel that suits that kind:
+
+* ``matvec``: ``(B, n_src) -> (B, n_dst)``, ``out_j = Σ_i x_i f(w_ij)`` — the forward pass and a
+  rule's denominator (a sum over each destination's incoming edges);
+* ``rmatvec``: ``(B, n_dst) -> (B, n_src)``, ``out_i = Σ_j f(w_ij) s_j`` — the redistribution
+  (a sum over each source's outgoing edges);
+* ``edge_messages``: ``x_i f(w_ij) s_j`` for every edge, for the few samples asked;
+* ``edges``: the block's edges as local ``(src, dst, weight)``.
+
+``f`` is a rule's weight transform (:mod:`graphlrp.transforms`). Transformed weights are cached
+per transform; the cache is dropped by :meth:`Block.clear_cache` and on :meth:`Block.to`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from ..transforms import Identity, Transform, check_maps_zero_to_zero
+
+
+class Block(ABC):
+    """Edges from level ``src`` (``n_src`` nodes) to level ``dst`` (``n_dst`` nodes)."""
+
+    kind: str = "abstract"
+
+    def __init__(self, src: int, dst: int, n_src: int, n_dst: int) -> None:
+        self.src = src
+        self.dst = dst
+        self.n_src = n_src
+        self.n_dst = n_dst
+        self._cache: dict[Transform, object] = {}
+
+    # -- what a kind implements -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def num_edges(self) -> int:
+        """Number of edges (nonzero weights)."""
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes held by the block's tensors."""
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Device of the block's tensors."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the block's weights."""
+
+    @abstractmethod
+    def _transformed(self, transform: Transform) -> object:
+        """Build the kind's operand for weights transformed by ``transform``."""
+
+    @abstractmethod
+    def _matvec(self, x: Tensor, operand: object) -> Tensor: ...
+
+    @abstractmethod
+    def _rmatvec(self, s: Tensor, operand: object) -> Tensor: ...
+
+    @abstractmethod
+    def edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Local ``(src, dst, weight)`` of every edge, in the block's edge order."""
+
+    @abstractmethod
+    def _to(self, device: torch.device | str | None, dtype: torch.dtype | None) -> "Block": ...
+
+    # -- shared mechanism -------------------------------------------------------------------
+    def operand(self, transform: Transform = Identity()) -> object:
+        """The kind's operand for ``transform`` (cached)."""
+        cached = self._cache.get(transform)
+        if cached is None:
+            if not isinstance(transform, Identity):
+                check_maps_zero_to_zero(transform)
+            cached = self._transformed(transform)
+            self._cache[transform] = cached
+        return cached
+
+    def matvec(self, x: Tensor, transform: Transform = Identity()) -> Tensor:
+        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``."""
+        return self._matvec(x, self.operand(transform))
+
+    def rmatvec(self, s: Tensor, transform: Transform = Identity()) -> Tensor:
+        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``."""
+        return self._rmatvec(s, self.operand(transform))
+
+    def edge_messages(self, x: Tensor, s: Tensor, transform: Transform = Identity()) -> Tensor:
+        """``x_i f(w_ij) s_j`` per edge, shape ``(B, num_edges)``, for ``x (B, n_src)``, ``s (B, n_dst)``."""
+        src, dst, weight = self.edges()
+        return x[:, src] * transform(weight) * s[:, dst]
+
+    def clear_cache(self) -> None:
+        """Drop cached transformed weights."""
+        self._cache.clear()
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Block":
+        """A copy of the block on ``device`` with weights of ``dtype`` (self if nothing changes)."""
+        if (device is None or torch.device(device) == self.device) and (dtype is None or dtype == self.dtype):
+            return self
+        return self._to(device, dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.src}->{self.dst}, {self.n_src}x{self.n_dst}, edges={self.num_edges})"

@@ -1,0 +1,137 @@
+"""Sparse block: compressed sparse rows, reductions by sparse matrix multiplication.
+
+Holds the weight matrix ``W (n_dst, n_src)`` in CSR with 32-bit indices, and the column indices
+of ``Wᵀ`` in CSR with a permutation from ``W``'s value order to ``Wᵀ``'s: 16 bytes per edge.
+Measured on a 2-core CPU, CSR matmul beats dense matmul below ~10% density at batch 1 and ~35%
+at batch 64, and beats a gather/scatter edge list at every density.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from ..transforms import Transform
+from .base import Block
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
+
+
+def _rows_of(crow: Tensor) -> Tensor:
+    counts = crow[1:] - crow[:-1]
+    return torch.repeat_interleave(torch.arange(len(counts), device=crow.device, dtype=crow.dtype), counts)
+
+
+class SparseBlock(Block):
+    """Edges held in CSR, in both directions.
+
+    Build it with :meth:`from_dense` or :meth:`from_edges`.
+    """
+
+    kind = "sparse"
+
+    def __init__(
+        self,
+        src: int,
+        dst: int,
+        n_src: int,
+        n_dst: int,
+        crow: Tensor,
+        col: Tensor,
+        values: Tensor,
+        crow_t: Tensor,
+        col_t: Tensor,
+        perm_t: Tensor,
+    ) -> None:
+        super().__init__(src, dst, n_src, n_dst)
+        self.crow, self.col, self.values = crow, col, values
+        self.crow_t, self.col_t, self.perm_t = crow_t, col_t, perm_t
+
+    @classmethod
+    def from_dense(cls, src: int, dst: int, weight: Tensor) -> "SparseBlock":
+        """From a ``(n_dst, n_src)`` matrix; its zeros are not edges."""
+        dst_idx, src_idx = torch.nonzero(weight, as_tuple=True)
+        return cls.from_edges(src, dst, weight.shape[1], weight.shape[0], src_idx, dst_idx, weight[dst_idx, src_idx])
+
+    @classmethod
+    def from_edges(
+        cls, src: int, dst: int, n_src: int, n_dst: int, src_idx: Tensor, dst_idx: Tensor, weight: Tensor
+    ) -> "SparseBlock":
+        """From local edge lists (duplicates must already be merged)."""
+        device = weight.device
+        index_dtype = torch.int32 if max(n_src, n_dst, len(weight)) < 2**31 - 1 else torch.int64
+        src_idx = src_idx.to(device=device, dtype=torch.int64)
+        dst_idx = dst_idx.to(device=device, dtype=torch.int64)
+        order = torch.argsort(dst_idx * n_src + src_idx)
+        src_sorted, dst_sorted = src_idx[order], dst_idx[order]
+        crow = torch.zeros(n_dst + 1, dtype=torch.int64, device=device)
+        crow[1:] = torch.cumsum(torch.bincount(dst_sorted, minlength=n_dst), 0)
+        order_t = torch.argsort(src_sorted * n_dst + dst_sorted)
+        crow_t = torch.zeros(n_src + 1, dtype=torch.int64, device=device)
+        crow_t[1:] = torch.cumsum(torch.bincount(src_sorted, minlength=n_src), 0)
+        return cls(
+            src,
+            dst,
+            n_src,
+            n_dst,
+            crow.to(index_dtype),
+            src_sorted.to(index_dtype),
+            weight[order].contiguous(),
+            crow_t.to(index_dtype),
+            dst_sorted[order_t].to(index_dtype),
+            order_t.to(index_dtype),
+        )
+
+    @property
+    def num_edges(self) -> int:
+        return self.values.numel()
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.crow, self.col, self.values, self.crow_t, self.col_t, self.perm_t)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    def _transformed(self, transform: Transform) -> tuple[Tensor, Tensor]:
+        values = transform(self.values)
+        forward = _csr(self.crow, self.col, values, (self.n_dst, self.n_src))
+        backward = _csr(self.crow_t, self.col_t, values[self.perm_t], (self.n_src, self.n_dst))
+        return forward, backward
+
+    def _matvec(self, x: Tensor, operand: tuple[Tensor, Tensor]) -> Tensor:
+        return torch.sparse.mm(operand[0], x.T).T
+
+    def _rmatvec(self, s: Tensor, operand: tuple[Tensor, Tensor]) -> Tensor:
+        return torch.sparse.mm(operand[1], s.T).T
+
+    def edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.col.long(), _rows_of(self.crow).long(), self.values
+
+    def _to(self, device, dtype) -> "SparseBlock":
+        def move(t: Tensor) -> Tensor:
+            return t.to(device=device)
+
+        return SparseBlock(
+            self.src,
+            self.dst,
+            self.n_src,
+            self.n_dst,
+            move(self.crow),
+            move(self.col),
+            self.values.to(device=device, dtype=dtype),
+            move(self.crow_t),
+            move(self.col_t),
+            move(self.perm_t),
+        )

@@ -1,0 +1,161 @@
+"""Which rule for which level: :class:`Composite` and Zennit's preset composites."""
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Mapping
+
+import torch.nn as nn
+
+from .graph import Graph, Level, LayerType
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
+
+#: layer types with learned weights (Zennit's ``Linear`` type: dense and convolution layers)
+LINEAR_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: convolution layer types (Zennit's ``Convolution``)
+CONVOLUTION_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+
+def _matches_type(layer_type: LayerType, wanted: LayerType | tuple) -> bool:
+    candidates = wanted if isinstance(wanted, tuple) else (wanted,)
+    for candidate in candidates:
+        if isinstance(candidate, str) or isinstance(layer_type, str):
+            if layer_type == candidate:
+                return True
+        elif isinstance(layer_type, type) and issubclass(layer_type, candidate):
+            return True
+    return False
+
+
+class Composite:
+    """Choose a rule for every level of a graph.
+
+    A level's rule is, in this order: ``by_name`` (the level's module path, exact or a
+    shell-style pattern such as ``'features.*'``); ``first``, for the first level (in graph order)
+    whose type is one of ``first_types``; ``by_type`` (the level's module class, subclasses
+    included, or a string tag), the first matching entry; else ``default``.
+
+    Parameters
+    ----------
+    by_name : mapping of str to Rule, optional
+    by_type : mapping of type (or tuple of types, or str) to Rule, optional
+    first : Rule, optional
+    default : Rule
+        Rule for every other level (default ``Epsilon()``).
+    first_types : tuple of type
+        Which levels count for ``first`` (default: dense and convolution layers).
+    """
+
+    def __init__(
+        self,
+        by_name: Mapping[str, Rule] | None = None,
+        by_type: Mapping[LayerType | tuple, Rule] | None = None,
+        first: Rule | None = None,
+        default: Rule | None = None,
+        first_types: tuple[type, ...] = LINEAR_TYPES,
+    ) -> None:
+        for rule in [*(by_name or {}).values(), *(by_type or {}).values(), first, default]:
+            if rule is not None and not isinstance(rule, Rule):
+                raise TypeError(f"composite entries must be graphlrp rules, got {rule!r}")
+        self.by_name = dict(by_name or {})
+        self.by_type = dict(by_type or {})
+        self.first = first
+        self.default = default if default is not None else Epsilon()
+        self.first_types = first_types
+
+    def first_level(self, graph: Graph) -> Level | None:
+        """The level that ``first`` applies to."""
+        return next((l for l in graph.levels[1:] if _matches_type(l.layer_type, self.first_types)), None)
+
+    def rules(self, graph: Graph) -> list[Rule | None]:
+        """The rule of every level (``None`` for the input level)."""
+        first = self.first_level(graph) if self.first is not None else None
+        return [None] + [self._rule_for(level, first) for level in graph.levels[1:]]
+
+    def _rule_for(self, level: Level, first: Level | None) -> Rule:
+        if level.name in self.by_name:
+            return self.by_name[level.name]
+        for pattern, rule in self.by_name.items():
+            if fnmatchcase(level.name, pattern):
+                return rule
+        if first is not None and level.index == first.index:
+            return self.first
+        for wanted, rule in self.by_type.items():
+            if _matches_type(level.layer_type, wanted):
+                return rule
+        return self.default
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={getattr(self, k)!r}" for k in ("by_name", "by_type", "first", "default") if getattr(self, k)]
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class EpsilonPlus(Composite):
+    """Zennit's ``EpsilonPlus``: z⁺ on convolutions, ε on dense (``nn.Linear``) layers.
+
+    As in Zennit, z⁺ is applied to convolutions only, so on a network of dense layers this is ε
+    everywhere.
+    """
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False) -> None:
+        super().__init__(
+            by_type={CONVOLUTION_TYPES: ZPlus(stabilizer, zero_bias), nn.Linear: Epsilon(epsilon, zero_bias)},
+            default=Epsilon(epsilon, zero_bias),
+        )
+
+
+class EpsilonPlusFlat(Composite):
+    """Zennit's ``EpsilonPlusFlat``: flat on the first dense or convolution layer, z⁺ on other
+    convolutions, ε on other dense layers."""
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False) -> None:
+        super().__init__(
+            by_type={CONVOLUTION_TYPES: ZPlus(stabilizer, zero_bias), nn.Linear: Epsilon(epsilon, zero_bias)},
+            first=Flat(stabilizer),
+            default=Epsilon(epsilon, zero_bias),
+        )
+
+
+class EpsilonAlpha2Beta1(Composite):
+    """Zennit's ``EpsilonAlpha2Beta1``: αβ (α=2, β=1) on convolutions, ε on dense layers.
+
+    As in Zennit, αβ is applied to convolutions only (ε everywhere on a network of dense layers).
+    """
+
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, zero_bias: bool = False) -> None:
+        super().__init__(
+            by_type={
+                CONVOLUTION_TYPES: AlphaBeta(2.0, 1.0, stabilizer, zero_bias),
+                nn.Linear: Epsilon(epsilon, zero_bias),
+            },
+            default=Epsilon(epsilon, zero_bias),
+        )
+
+
+class EpsilonGammaBox(Composite):
+    """Zennit's ``EpsilonGammaBox``: z^B on the first convolution, γ on other convolutions, ε on
+    dense layers.
+
+    As in Zennit, the z^B rule goes to the first *convolution* only: on a network of dense layers
+    this is ε everywhere.
+
+    Parameters
+    ----------
+    low, high : float or Tensor
+        Bounds of the input, broadcast to one sample's shape.
+    """
+
+    def __init__(
+        self,
+        low: float | object,
+        high: float | object,
+        epsilon: float = 1e-6,
+        gamma: float = 0.25,
+        stabilizer: float = 1e-6,
+        zero_bias: bool = False,
+    ) -> None:
+        super().__init__(
+            by_type={CONVOLUTION_TYPES: Gamma(gamma, stabilizer, zero_bias), nn.Linear: Epsilon(epsilon, zero_bias)},
+            first=ZBox(low, high, stabilizer, zero_bias),
+            default=Epsilon(epsilon, zero_bias),
+            first_types=CONVOLUTION_TYPES,
+        )

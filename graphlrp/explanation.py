@@ -1,0 +1,211 @@
+"""``explain``: LRP over a graph, and the :class:`Explanation` it returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .composites import Composite
+from .graph import Graph
+from .propagate import LevelRecord, Trace, _Inputs, redistribute_level, run_forward
+from .rules import Rule
+
+
+@dataclass(frozen=True)
+class LevelBalance:
+    """Relevance accounting of one level, summed over its nodes, per sample (shape ``(B,)``).
+
+    ``relevance_in = relevance_out + bias + stabilizer + dropped``: what reached the level's nodes
+    equals what left through its incoming edges plus what the bias terms and the stabilizer
+    absorbed plus what no group passed on (zero denominators; γ at ``z = 0``).
+    """
+
+    level: int
+    name: str
+    rule: Rule
+    relevance_in: Tensor
+    relevance_out: Tensor
+    bias: Tensor
+    stabilizer: Tensor
+    dropped: Tensor
+
+
+class Explanation:
+    """The result of :func:`explain`: relevance of every node, and of every edge on demand."""
+
+    def __init__(self, graph: Graph, trace: Trace, node_relevance: Tensor, records: list[LevelRecord | None]):
+        self.graph = graph
+        self._trace = trace
+        self._records = records
+        #: relevance of every node, ``(B, num_nodes)`` in global node id order
+        self.node_relevance = node_relevance
+
+    @property
+    def output(self) -> Tensor:
+        """The network's output for the explained batch."""
+        return self._trace.output
+
+    @property
+    def input_relevance(self) -> Tensor:
+        """Relevance of the input units, shaped like the input."""
+        first = self.graph.levels[0]
+        return self.node_relevance[:, : first.size].reshape(len(self.node_relevance), *first.shape)
+
+    def level_relevance(self, level: int) -> Tensor:
+        """Relevance of one level's nodes, ``(B, *shape)``."""
+        lvl = self.graph.levels[level]
+        return self.node_relevance[:, lvl.offset : lvl.offset + lvl.size].reshape(-1, *lvl.shape)
+
+    def rules(self) -> list[Rule | None]:
+        """The rule used at each level (``None`` for the input level)."""
+        return [None if r is None else r.rule for r in self._records]
+
+    def edge_relevance(self, sample: int | Sequence[int] | None = None) -> Tensor:
+        """The relevance message each edge carries, in :meth:`Graph.edges` order.
+
+        The messages leaving a node sum to that node's relevance. Computed on demand, only for the
+        samples asked: ``sample`` an int gives ``(num_edges,)``, a sequence gives
+        ``(len(sample), num_edges)``, ``None`` gives every sample ``(B, num_edges)``.
+        """
+        batch = len(self.node_relevance)
+        if sample is None:
+            rows = list(range(batch))
+        elif isinstance(sample, int):
+            rows = [sample]
+        else:
+            rows = list(sample)
+        for row in rows:
+            if not -batch <= row < batch:
+                raise IndexError(f"sample {row} is out of range for a batch of {batch}")
+        index = torch.tensor(rows, dtype=torch.long, device=self.node_relevance.device)
+        parts = [self._block_messages(block, index) for block in self.graph.blocks]
+        if parts:
+            messages = torch.cat(parts, dim=1)
+        else:
+            messages = self.node_relevance.new_zeros((len(rows), 0))
+        return messages[0] if isinstance(sample, int) else messages
+
+    def _block_messages(self, block, index: Tensor) -> Tensor:
+        record = self._records[block.dst]
+        level = self.graph.levels[block.src]
+        inputs = _Inputs(level, self._trace.activations[block.src].index_select(0, index))
+        messages = None
+        for group, quotient in zip(record.groups, record.quotients):
+            chosen = quotient.index_select(0, index)
+            for term in group.terms:
+                term_input = inputs(term.inputs)
+                if term_input is None:
+                    continue
+                part = (group.scale * term.sign) * block.edge_messages(term_input, chosen, term.weights)
+                messages = part if messages is None else messages + part
+        if messages is None:
+            messages = chosen.new_zeros((len(index), block.num_edges))
+        return messages
+
+    def conservation(self) -> list[LevelBalance]:
+        """Per level (last first), relevance in and out, and what biases and the stabilizer absorbed."""
+        balances = []
+        for level in reversed(self.graph.levels[1:]):
+            record = self._records[level.index]
+            balances.append(
+                LevelBalance(level.index, level.name, record.rule, record.relevance_in, record.relevance_out,
+                             record.bias, record.stabilizer, record.dropped)
+            )
+        return balances
+
+    def conservation_table(self, sample: int | None = None) -> str:
+        """:meth:`conservation` as a text table, for one sample or summed over the batch."""
+        def value(t: Tensor) -> float:
+            return float(t.sum() if sample is None else t[sample])
+
+        header = ("level", "name", "rule", "relevance in", "out", "bias", "stabilizer", "dropped")
+        rows = [header]
+        for b in self.conservation():
+            rows.append((str(b.level), b.name, repr(b.rule)[:40], *(f"{value(t):+.6g}" for t in
+                         (b.relevance_in, b.relevance_out, b.bias, b.stabilizer, b.dropped))))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+    def __repr__(self) -> str:
+        return (
+            f"Explanation(batch={len(self.node_relevance)}, nodes={self.graph.num_nodes:,}, "
+            f"edges={self.graph.num_edges:,}, input_relevance={tuple(self.input_relevance.shape)})"
+        )
+
+
+def _initial_relevance(graph: Graph, output: Tensor, target, output_relevance: Tensor | None) -> Tensor:
+    batch = len(output)
+    flat = output.reshape(batch, -1)
+    if (target is None) == (output_relevance is None):
+        raise ValueError("give exactly one of target= (class index per sample) and output_relevance=")
+    if output_relevance is not None:
+        if not isinstance(output_relevance, Tensor) or tuple(output_relevance.shape) != tuple(output.shape):
+            shape = tuple(output_relevance.shape) if isinstance(output_relevance, Tensor) else type(output_relevance)
+            raise ValueError(f"output_relevance has shape {shape}, expected the output's {tuple(output.shape)}")
+        if not bool(torch.isfinite(output_relevance).all()):
+            raise ValueError("output_relevance contains NaN or inf")
+        return output_relevance.to(device=output.device, dtype=output.dtype).reshape(batch, -1)
+    targets = torch.as_tensor(target, device=output.device)
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise TypeError(f"target must be integer class indices, got dtype {targets.dtype}")
+    targets = targets.long().reshape(-1)
+    if targets.numel() == 1:
+        targets = targets.expand(batch)
+    if targets.numel() != batch:
+        raise ValueError(f"target has {targets.numel()} entries for a batch of {batch}; give one, or one per sample")
+    classes = flat.shape[1]
+    if bool(((targets < 0) | (targets >= classes)).any()):
+        raise IndexError(f"target {targets.tolist()} out of range: the output has {classes} classes (0..{classes - 1})")
+    relevance = torch.zeros_like(flat)
+    relevance.scatter_(1, targets[:, None], flat.gather(1, targets[:, None]))
+    return relevance
+
+
+def explain(
+    graph: Graph,
+    x: Tensor,
+    target: int | Sequence[int] | Tensor | None = None,
+    rule: Rule | None = None,
+    composite: Composite | None = None,
+    output_relevance: Tensor | None = None,
+) -> Explanation:
+    """Explain the graph's output for the batch ``x`` with Layer-wise Relevance Propagation.
+
+    Parameters
+    ----------
+    graph : Graph
+        The network, e.g. from :func:`graphlrp.lower`.
+    x : Tensor
+        Input batch ``(B, *graph.input_shape)``, on the graph's device and dtype, finite.
+    target : int or sequence of int or Tensor
+        Class to explain, one for all samples or one per sample; relevance starts as that class's
+        output value (the logit), zero elsewhere.
+    rule : Rule, optional
+        One rule for every level (default ``Epsilon()`` when no composite is given).
+    composite : Composite, optional
+        A rule per level; give ``rule`` or ``composite``, not both.
+    output_relevance : Tensor, optional
+        Initial relevance of the output's shape, instead of ``target``.
+
+    Returns
+    -------
+    Explanation
+    """
+    if rule is not None and composite is not None:
+        raise ValueError("give rule= or composite=, not both")
+    if rule is not None and not isinstance(rule, Rule):
+        raise TypeError(f"rule must be a graphlrp rule (graphlrp.rules), got {rule!r}")
+    composite = composite if composite is not None else Composite(default=rule)
+    trace = run_forward(graph, x)
+    level_rules = composite.rules(graph)
+    initial = _initial_relevance(graph, trace.output, target, output_relevance)
+    batch = len(x)
+    node_relevance = initial.new_zeros((batch, graph.num_nodes))
+    node_relevance.index_add_(1, graph.outputs, initial)
+    views = [node_relevance[:, l.offset : l.offset + l.size] for l in graph.levels]
+    records: list[LevelRecord | None] = [None] * len(graph.levels)
+    for level in reversed(graph.levels[1:]):
+        records[level.index] = redistribute_level(graph, level, level_rules[level.index], trace, views)
+    return Explanation(graph, trace, node_relevance, records)

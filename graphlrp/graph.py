@@ -1,0 +1,215 @@
+"""The computation graph: levels of neurons and blocks of weighted edges between them."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .activations import IDENTITY, Activation
+from .blocks import Block
+
+LayerType = Any  # a module class (e.g. ``torch.nn.Linear``) or a string such as ``'input'``
+
+
+@dataclass(frozen=True)
+class Level:
+    """Nodes that come from one layer, in topological order of the graph.
+
+    Attributes
+    ----------
+    index : int
+        Position among the graph's levels (0 is the input).
+    name : str
+        Module path the level came from (``'input'`` for the input level).
+    layer_type : type or str
+        The module class it came from (rules can be chosen by it), or a string tag.
+    shape : tuple of int
+        Shape of one sample's tensor at this level; nodes are its elements in row-major order.
+    offset : int
+        Id of the level's first node; the level's nodes are ``offset .. offset + size - 1``.
+    bias : Tensor or None
+        One bias per node, or ``None`` for none.
+    activation : Activation
+        Element-wise function applied to the node's pre-activation.
+    """
+
+    index: int
+    name: str
+    layer_type: LayerType
+    shape: tuple[int, ...]
+    offset: int
+    bias: Tensor | None = None
+    activation: Activation = IDENTITY
+
+    @property
+    def size(self) -> int:
+        """Number of nodes."""
+        return math.prod(self.shape)
+
+    @property
+    def nodes(self) -> range:
+        """Global ids of the level's nodes."""
+        return range(self.offset, self.offset + self.size)
+
+    @property
+    def type_name(self) -> str:
+        """Readable name of ``layer_type``."""
+        return self.layer_type if isinstance(self.layer_type, str) else self.layer_type.__name__
+
+
+class Graph:
+    """A network as levels of nodes (neurons) and blocks of weighted edges.
+
+    ``graph(x)`` computes the network: for every level after the input, the pre-activation of
+    node ``j`` is ``z_j = Σ_i w_ij a_i + b_j`` over its incoming edges (from any earlier level) and
+    its output is ``a_j = activation(z_j)``.
+
+    Build one with :func:`graphlrp.lower` from a torch module.
+
+    Parameters
+    ----------
+    levels : sequence of Level
+        In topological order; ``levels[0]`` is the input.
+    blocks : sequence of Block
+        Each from an earlier level to a later one.
+    outputs : Tensor, optional
+        Global ids of the output nodes in the order of the output's last dimension (default: all
+        nodes of the last level, shaped like it).
+    """
+
+    def __init__(self, levels: Sequence[Level], blocks: Sequence[Block], outputs: Tensor | None = None) -> None:
+        self.levels: tuple[Level, ...] = tuple(levels)
+        self.blocks: tuple[Block, ...] = tuple(blocks)
+        self._validate_structure()
+        last = self.levels[-1]
+        if outputs is None:
+            self.outputs = torch.arange(last.offset, last.offset + last.size, device=self.device)
+            self.output_shape: tuple[int, ...] = last.shape
+        else:
+            self.outputs = outputs.to(device=self.device, dtype=torch.long)
+            self.output_shape = (len(self.outputs),)
+        self.incoming: tuple[tuple[Block, ...], ...] = tuple(
+            tuple(b for b in self.blocks if b.dst == level.index) for level in self.levels
+        )
+
+    def _validate_structure(self) -> None:
+        if not self.levels:
+            raise ValueError("a graph needs at least an input level")
+        offset = 0
+        for position, level in enumerate(self.levels):
+            if level.index != position or level.offset != offset:
+                raise ValueError(f"level {level.name!r} has index/offset {level.index}/{level.offset}, "
+                                 f"expected {position}/{offset}")
+            if level.bias is not None and level.bias.shape != (level.size,):
+                raise ValueError(f"level {level.name!r}: bias has shape {tuple(level.bias.shape)}, expected ({level.size},)")
+            offset += level.size
+        for block in self.blocks:
+            if not 0 <= block.src < block.dst < len(self.levels):
+                raise ValueError(f"{block!r} must go from an earlier level to a later one")
+            if block.n_src != self.levels[block.src].size or block.n_dst != self.levels[block.dst].size:
+                raise ValueError(f"{block!r} does not match the sizes of levels {block.src} and {block.dst}")
+
+    # -- sizes --------------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample."""
+        return self.levels[0].shape
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of nodes (neurons), inputs included."""
+        return sum(level.size for level in self.levels)
+
+    @property
+    def num_edges(self) -> int:
+        """Number of edges (nonzero weights)."""
+        return sum(block.num_edges for block in self.blocks)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the graph's edges and biases."""
+        biases = sum(l.bias.numel() * l.bias.element_size() for l in self.levels if l.bias is not None)
+        return sum(block.nbytes for block in self.blocks) + biases
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the graph's tensors."""
+        for block in self.blocks:
+            return block.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the graph's weights."""
+        for block in self.blocks:
+            return block.dtype
+        return torch.get_default_dtype()
+
+    # -- edges --------------------------------------------------------------------------------
+    def edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Global ``(src, dst, weight)`` of every edge, block after block (the order of edge relevance)."""
+        if not self.blocks:
+            empty = torch.zeros(0, dtype=torch.long, device=self.device)
+            return empty, empty, torch.zeros(0, dtype=self.dtype, device=self.device)
+        parts = [block.edges() for block in self.blocks]
+        src = torch.cat([s + self.levels[b.src].offset for (s, _, _), b in zip(parts, self.blocks)])
+        dst = torch.cat([d + self.levels[b.dst].offset for (_, d, _), b in zip(parts, self.blocks)])
+        return src, dst, torch.cat([w for _, _, w in parts])
+
+    def level_of(self, node: int) -> Level:
+        """The level holding global node id ``node``."""
+        for level in self.levels:
+            if node in level.nodes:
+                return level
+        raise IndexError(f"node {node} is not in the graph (it has {self.num_nodes} nodes)")
+
+    # -- devices and caches -------------------------------------------------------------------
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Graph":
+        """A copy of the graph on ``device`` with floating tensors of ``dtype``."""
+        levels = [
+            replace(l, bias=None if l.bias is None else l.bias.to(device=device, dtype=dtype)) for l in self.levels
+        ]
+        blocks = [b.to(device=device, dtype=dtype) for b in self.blocks]
+        outputs = None if self.outputs is None else self.outputs.to(device)
+        graph = Graph(levels, blocks, outputs)
+        graph.output_shape = self.output_shape
+        return graph
+
+    def clear_cache(self) -> None:
+        """Drop the transformed weights that blocks cache per rule."""
+        for block in self.blocks:
+            block.clear_cache()
+
+    # -- computing ----------------------------------------------------------------------------
+    def __call__(self, x: Tensor) -> Tensor:
+        """The network's output for the batch ``x`` of shape ``(B, *input_shape)``."""
+        from .propagate import run_forward
+
+        return run_forward(self, x).output
+
+    def __repr__(self) -> str:
+        header = (
+            f"Graph(levels={len(self.levels)}, nodes={self.num_nodes:,}, edges={self.num_edges:,}, "
+            f"memory={_format_bytes(self.nbytes)}, device={self.device}, dtype={self.dtype})"
+        )
+        rows = [("level", "name", "type", "shape", "nodes", "activation", "incoming")]
+        for level in self.levels:
+            incoming = ", ".join(f"{b.kind} from {b.src} ({b.num_edges:,} edges)" for b in self.incoming[level.index])
+            rows.append(
+                (str(level.index), level.name, level.type_name, str(level.shape), f"{level.size:,}",
+                 level.activation.name, incoming or "-")
+            )
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        return "\n".join([header, *lines])
+
+
+def _format_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover

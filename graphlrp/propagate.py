@@ -1,0 +1,193 @@
+"""The forward pass over the levels and LRP backwards over them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .graph import Graph, Level
+from .rules import Group, Rule
+from .transforms import Identity, Negative, Positive, Transform, Zero
+
+
+@dataclass
+class Trace:
+    """What the forward pass computed: per level, outputs ``(B, n)`` and pre-activations."""
+
+    activations: list[Tensor]
+    preactivations: list[Tensor | None]
+    output: Tensor
+
+
+@dataclass
+class LevelRecord:
+    """How relevance crossed into one level's sources: the rule, its quotients and the balance.
+
+    ``quotients[g]`` is ``s_j = R_j / stab(z_j)`` of the rule's group ``g`` (zero where the group
+    does not serve ``j`` or the denominator is zero); every edge message is built from them.
+    Balance entries are per sample, shape ``(B,)``.
+    """
+
+    rule: Rule
+    groups: tuple[Group, ...]
+    quotients: list[Tensor] = field(default_factory=list)
+    relevance_in: Tensor | None = None
+    relevance_out: Tensor | None = None
+    bias: Tensor | None = None
+    stabilizer: Tensor | None = None
+    dropped: Tensor | None = None
+
+
+def check_input(graph: Graph, x: Tensor) -> None:
+    """Raise a clear error if ``x`` is not a finite batch of the graph's input shape, dtype and device."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    expected = graph.input_shape
+    if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"input has shape {tuple(x.shape)}, expected (batch, {', '.join(map(str, expected))})"
+            + (" — add a batch dimension with x.unsqueeze(0)" if tuple(x.shape) == expected else "")
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating point tensor, got {x.dtype}")
+    if x.dtype != graph.dtype:
+        raise TypeError(f"input dtype {x.dtype} does not match the graph's {graph.dtype}; use graph.to(dtype=...)")
+    if x.device != graph.device:
+        raise ValueError(f"input is on {x.device} but the graph is on {graph.device}; use graph.to({str(x.device)!r})")
+    finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()[:5].tolist()
+        raise ValueError(f"input contains NaN or inf (samples {bad})")
+
+
+def run_forward(graph: Graph, x: Tensor) -> Trace:
+    """Compute every level's pre-activation and output for the batch ``x``."""
+    check_input(graph, x)
+    batch = len(x)
+    first = graph.levels[0]
+    activations: list[Tensor] = [first.activation(x.reshape(batch, first.size))]
+    preactivations: list[Tensor | None] = [None]
+    for level in graph.levels[1:]:
+        z = _sum_incoming(graph, level, activations, batch, x)
+        preactivations.append(z)
+        activations.append(level.activation(z))
+    nodes = torch.cat(activations, dim=1) if len(activations) > 1 else activations[0]
+    output = nodes.index_select(1, graph.outputs).reshape(batch, *graph.output_shape)
+    return Trace(activations, preactivations, output)
+
+
+def _sum_incoming(graph: Graph, level: Level, activations: list[Tensor], batch: int, like: Tensor) -> Tensor:
+    z = None
+    for block in graph.incoming[level.index]:
+        part = block.matvec(activations[block.src])
+        z = part if z is None else z + part
+    if z is None:
+        z = like.new_zeros((batch, level.size))
+    if level.bias is not None:
+        z = z + level.bias
+    return z
+
+
+class _Inputs:
+    """Input transforms of one source level, computed once per level and skipped when all zero."""
+
+    def __init__(self, level: Level, activation: Tensor) -> None:
+        self.level = level
+        self.activation = activation
+        self.nonnegative = bool((activation >= 0).all())
+        self._cache: dict[Transform, Tensor | None] = {}
+
+    def __call__(self, transform: Transform) -> Tensor | None:
+        if isinstance(transform, Identity) or (self.nonnegative and isinstance(transform, Positive)):
+            return self.activation
+        if self.nonnegative and isinstance(transform, Negative):
+            return None
+        if transform not in self._cache:
+            shaped = self.activation.reshape(len(self.activation), *self.level.shape)
+            try:
+                value = transform(shaped)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"input transform {transform!r} does not fit level {self.level.name!r} of shape {self.level.shape}: {error}"
+                ) from None
+            self._cache[transform] = value.reshape(len(self.activation), self.level.size)
+        return self._cache[transform]
+
+
+def _is_forward_denominator(group: Group) -> bool:
+    if len(group.terms) != 1:
+        return False
+    term = group.terms[0]
+    return (
+        term.sign == 1.0
+        and isinstance(term.inputs, Identity)
+        and isinstance(term.weights, Identity)
+        and isinstance(term.bias, (Identity, Zero))
+    )
+
+
+def _denominator(graph: Graph, level: Level, group: Group, inputs: dict[int, _Inputs], z_forward: Tensor) -> Tensor:
+    if _is_forward_denominator(group):
+        # the rule's denominator is the forward pre-activation itself: reuse it
+        if isinstance(group.terms[0].bias, Zero) and level.bias is not None:
+            return z_forward - level.bias
+        return z_forward
+    denominator = torch.zeros_like(z_forward)
+    for term in group.terms:
+        for block in graph.incoming[level.index]:
+            term_input = inputs[block.src](term.inputs)
+            if term_input is not None:
+                denominator = denominator + term.sign * block.matvec(term_input, term.weights)
+        if level.bias is not None and not isinstance(term.bias, Zero):
+            denominator = denominator + term.sign * term.bias(level.bias)
+    return denominator
+
+
+def _served(group: Group, z_forward: Tensor) -> Tensor | None:
+    if group.served == "all":
+        return None
+    return (z_forward > 0) if group.served == "positive" else (z_forward < 0)
+
+
+def redistribute_level(
+    graph: Graph, level: Level, rule: Rule, trace: Trace, relevance: list[Tensor]
+) -> LevelRecord:
+    """Move the relevance of ``level``'s nodes to the sources of its incoming edges under ``rule``.
+
+    ``relevance`` holds one ``(B, n)`` tensor per level; the sources' entries are added to in place.
+    """
+    z_forward = trace.preactivations[level.index]
+    incoming = graph.incoming[level.index]
+    inputs = {b.src: _Inputs(graph.levels[b.src], trace.activations[b.src]) for b in incoming}
+    r_level = relevance[level.index]
+    groups = rule.groups()
+    record = LevelRecord(rule, groups, relevance_in=r_level.sum(1))
+    zeros = r_level.new_zeros(len(r_level))
+    out, bias_part, stab_part, dropped = zeros.clone(), zeros.clone(), zeros.clone(), r_level.sum(1)
+    for group in groups:
+        denominator = _denominator(graph, level, group, inputs, z_forward)
+        stabilized = rule.stabilize(denominator)
+        served = _served(group, z_forward)
+        target = r_level if served is None else r_level * served
+        nonzero = stabilized != 0
+        quotient = torch.where(nonzero, target / torch.where(nonzero, stabilized, 1.0), 0.0)
+        record.quotients.append(quotient)
+        for block in incoming:
+            for term in group.terms:
+                term_input = inputs[block.src](term.inputs)
+                if term_input is None:
+                    continue
+                contribution = (group.scale * term.sign) * term_input * block.rmatvec(quotient, term.weights)
+                relevance[block.src] += contribution
+                out += contribution.sum(1)
+        if level.bias is not None:
+            bias_term = sum(
+                (t.sign * t.bias(level.bias) for t in group.terms if not isinstance(t.bias, Zero)),
+                torch.zeros_like(level.bias),
+            )
+            bias_part += group.scale * (quotient * bias_term).sum(1)
+        stab_part += group.scale * (quotient * (stabilized - denominator)).sum(1)
+        dropped -= group.scale * torch.where(nonzero, target, 0.0).sum(1)
+    record.relevance_out, record.bias, record.stabilizer, record.dropped = out, bias_part, stab_part, dropped
+    return record

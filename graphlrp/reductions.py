@@ -1,0 +1,92 @@
+"""Every index reduction graphlrp performs, in one place.
+
+Two backends compute the same numbers:
+
+* ``'torch'``: native ``index_add_`` / ``scatter_reduce_`` on a ``(nodes, batch)`` layout (on a CPU
+  measured faster than torch_scatter, whose CPU kernels are serial);
+* ``'torch_scatter'``: torch_scatter's kernels (faster on CUDA).
+
+``'auto'`` (the default) takes torch_scatter on CUDA when it is installed, native torch otherwise.
+Select one with :func:`set_backend` or the :func:`backend` context manager.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+try:  # optional accelerator
+    import torch_scatter as _torch_scatter
+except ImportError:  # pragma: no cover - depends on the environment
+    _torch_scatter = None
+
+_BACKENDS = ("auto", "torch", "torch_scatter")
+_selected = "auto"
+
+
+def available_backends() -> tuple[str, ...]:
+    """The backends usable here (``'torch_scatter'`` only when it is installed)."""
+    return ("torch", "torch_scatter") if _torch_scatter is not None else ("torch",)
+
+
+def set_backend(name: str) -> None:
+    """Select the reduction backend: ``'auto'``, ``'torch'`` or ``'torch_scatter'``."""
+    global _selected
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown reduction backend {name!r}; choose one of {_BACKENDS}")
+    if name == "torch_scatter" and _torch_scatter is None:
+        raise ValueError("backend 'torch_scatter' needs torch_scatter: pip install 'graphlrp[scatter]'")
+    _selected = name
+
+
+@contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Use backend ``name`` inside a ``with`` block."""
+    previous = _selected
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def _use_torch_scatter(device: torch.device) -> bool:
+    if _selected == "auto":
+        return _torch_scatter is not None and device.type == "cuda"
+    return _selected == "torch_scatter"
+
+
+def scatter_add_(out: Tensor, index: Tensor, values: Tensor) -> Tensor:
+    """``out[index[e]] += values[e]`` along dim 0, in place; returns ``out``."""
+    if _use_torch_scatter(out.device):
+        return _torch_scatter.scatter(values, index.long(), dim=0, out=out, reduce="sum")
+    return out.index_add_(0, index, values)
+
+
+def scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
+    """``out[k] = Σ_{e: index[e]=k} values[e]`` along dim 0, ``out`` with ``size`` rows."""
+    out = values.new_zeros((size, *values.shape[1:]))
+    return scatter_add_(out, index, values)
+
+
+def scatter_max(values: Tensor, index: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Per group maximum of 1-D ``values`` and the position (into ``values``) of one maximum.
+
+    Groups without members get ``-inf`` and position ``-1``.
+    """
+    index = index.long()
+    if _use_torch_scatter(values.device):
+        fill = values.new_full((size,), float("-inf"))
+        best, arg = _torch_scatter.scatter_max(values, index, dim=0, out=fill)
+        arg = torch.where(arg >= len(values), torch.full_like(arg, -1), arg)
+        return best, arg
+    best = values.new_full((size,), float("-inf")).scatter_reduce_(0, index, values, reduce="amax")
+    is_best = values == best[index]
+    positions = torch.arange(len(values), device=values.device)
+    candidate = torch.where(is_best, positions, torch.full_like(positions, -1))
+    arg = torch.full((size,), -1, dtype=torch.long, device=values.device).scatter_reduce_(
+        0, index, candidate, reduce="amax"
+    )
+    return best, arg

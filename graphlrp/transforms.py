@@ -1,0 +1,117 @@
+"""Named element-wise transforms that rules apply to inputs, weights and biases.
+
+Every transform is a small frozen dataclass: it is hashable (blocks cache transformed weights by
+transform), comparable, and has a readable ``repr``. Weight transforms must map 0 to 0, so that a
+weight that is not an edge never becomes one (checked by :func:`check_maps_zero_to_zero`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class Transform:
+    """An element-wise map ``Tensor -> Tensor``; subclasses implement ``__call__``."""
+
+    def __call__(self, values: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Identity(Transform):
+    """``x``."""
+
+    def __call__(self, values: Tensor) -> Tensor:
+        return values
+
+
+@dataclass(frozen=True)
+class Positive(Transform):
+    """``x⁺ = max(x, 0)``."""
+
+    def __call__(self, values: Tensor) -> Tensor:
+        return values.clamp(min=0)
+
+
+@dataclass(frozen=True)
+class Negative(Transform):
+    """``x⁻ = min(x, 0)``."""
+
+    def __call__(self, values: Tensor) -> Tensor:
+        return values.clamp(max=0)
+
+
+@dataclass(frozen=True)
+class Square(Transform):
+    """``x²``."""
+
+    def __call__(self, values: Tensor) -> Tensor:
+        return values * values
+
+
+@dataclass(frozen=True)
+class Ones(Transform):
+    """``1`` everywhere (an input replaced by ones, as in the w² and flat rules)."""
+
+    def __call__(self, values: Tensor) -> Tensor:
+        return torch.ones_like(values)
+
+
+@dataclass(frozen=True)
+class EdgeIndicator(Transform):
+    """``1`` where ``x != 0``, else ``0``: every edge weighs one (the flat rule)."""
+
+    def __call__(self, values: Tensor) -> Tensor:
+        return values.ne(0).to(values.dtype)
+
+
+@dataclass(frozen=True)
+class Zero(Transform):
+    """``0`` everywhere (a bias left out of a rule)."""
+
+    def __call__(self, values: Tensor) -> Tensor:
+        return torch.zeros_like(values)
+
+
+@dataclass(frozen=True)
+class AddScaledPart(Transform):
+    """``x + scale · x⁺`` (``part='positive'``) or ``x + scale · x⁻`` (``part='negative'``).
+
+    The γ rule's weights: ``W↑ = W + γW⁺`` and ``W↓ = W + γW⁻``.
+    """
+
+    scale: float
+    part: str = "positive"
+
+    def __call__(self, values: Tensor) -> Tensor:
+        part = values.clamp(min=0) if self.part == "positive" else values.clamp(max=0)
+        return values + self.scale * part
+
+
+@dataclass(frozen=True, eq=False)
+class Constant(Transform):
+    """A fixed tensor broadcast to the input's shape (the z^B rule's bounds ``l`` and ``h``).
+
+    ``value`` is broadcast against one sample's shape; the result has the batch's shape.
+    """
+
+    value: Tensor
+
+    def __call__(self, values: Tensor) -> Tensor:
+        return self.value.to(device=values.device, dtype=values.dtype).expand_as(values)
+
+
+def check_maps_zero_to_zero(transform: Transform) -> None:
+    """Raise ``ValueError`` if a weight transform maps 0 to a nonzero value.
+
+    A weight of zero is not an edge; a transform that turned it into a nonzero value would create
+    connections that the network does not have.
+    """
+    image = transform(torch.zeros(1, dtype=torch.float64))
+    if bool(image.ne(0).any()):
+        raise ValueError(
+            f"weight transform {transform!r} maps 0 to {image.item()}; weight transforms must map 0 "
+            "to 0 so that absent connections stay absent (use EdgeIndicator instead of Ones)"
+        )
