@@ -60,6 +60,12 @@ def _bias(transform: Transform, zero_bias: bool) -> Transform:
     return Zero() if zero_bias else transform
 
 
+def _format_parameter(value: object) -> str:
+    if isinstance(value, Tensor):
+        return repr(value.item()) if value.numel() == 1 else f"tensor(shape={tuple(value.shape)})"
+    return repr(value)
+
+
 def _check_finite_nonnegative(name: str, value: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -102,11 +108,11 @@ class Rule:
         sign = torch.where(denominator >= 0, 1.0, -1.0).to(denominator.dtype)
         return denominator + self.epsilon * sign
 
-    def _params(self) -> dict[str, object]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        common = ("epsilon", "zero_bias", "weights_only", "stabilizer")
+        own = [k for k in vars(self) if k not in common and not k.startswith("_")]
+        names = own + [k for k in common if hasattr(self, k)]
+        args = ", ".join(f"{k}={_format_parameter(getattr(self, k))}" for k in names)
         return f"{type(self).__name__}({args})"
 
 

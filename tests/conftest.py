@@ -1,0 +1,38 @@
+"""Shared fixtures: reference models and the block kinds / reduction backends to run them on."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from graphlrp import reductions
+
+#: (block kind, reduction backend) pairs every agreement test runs on; the edge-list kind
+#: reduces with each available backend (native torch, and torch_scatter when installed)
+KERNELS = [("dense", "torch"), ("sparse", "torch")] + [("edges", name) for name in reductions.available_backends()]
+
+
+@pytest.fixture(params=KERNELS, ids=[f"{k}-{b}" for k, b in KERNELS])
+def kernel(request):
+    """Yield a block kind with its reduction backend selected."""
+    kind, backend = request.param
+    with reductions.backend(backend):
+        yield kind
+
+
+def make_mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, bias: bool = True, seed: int = 0,
+             dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    """A dense network ``Linear → activation → … → Linear`` with random weights."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out, bias=bias))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    model = nn.Sequential(*layers).to(dtype).eval()
+    if bias:
+        with torch.no_grad():
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    layer.bias.normal_(0, 0.5)
+    return model
