@@ -159,6 +159,16 @@ class Graph:
         dst = torch.cat([d + self.levels[b.dst].offset for (_, d, _), b in zip(parts, self.blocks)])
         return src, dst, torch.cat([w for _, _, w in parts])
 
+    def node_label(self, node: int) -> str:
+        """A readable name for a node: its level's name and its position in that level's tensor."""
+        level = self.level_of(node)
+        position, index = [], node - level.offset
+        for extent in reversed(level.shape):
+            position.append(index % extent)
+            index //= extent
+        where = ", ".join(map(str, reversed(position)))
+        return f"input[{where}]" if level.index == 0 else f"{level.type_name} {level.name}[{where}]"
+
     def level_of(self, node: int) -> Level:
         """The level holding global node id ``node``."""
         for level in self.levels:

@@ -1,0 +1,438 @@
+"""Any directed acyclic network given as edge lists, lowered to a :class:`~graphlrp.Graph`.
+
+The nodes are grouped into levels by depth: a node's depth is the length of the longest path to
+it from an input (inputs have depth 0). Nodes of one depth never connect to each other, so every
+edge goes from an earlier level to a later one, skip edges included. Depth is computed by Kahn's
+algorithm with one vectorized round per depth: the cost is proportional to the number of edges,
+with a Python loop only over depths.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Hashable, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..activations import IDENTITY, Activation, activation_by_name
+from ..blocks import BLOCK_KINDS, Block, DenseBlock, EdgeListBlock, SparseBlock
+from ..graph import Graph, Level
+
+ArrayLike = Union[Tensor, np.ndarray, Sequence[float]]
+ActivationSpec = Union[str, Activation]
+
+#: nodes of a cycle spelled out in a :class:`CycleError` message (the attribute holds them all)
+CYCLE_MESSAGE_NODES = 20
+#: offending edges or nodes listed in an error message
+LISTED_IN_ERRORS = 5
+
+
+class CycleError(ValueError):
+    """The edges contain a cycle; ``cycle`` holds the nodes along one, each with an edge to the next.
+
+    The last node has an edge back to the first. Nodes are given by the caller's ids (or by their
+    names when ``names`` were given).
+    """
+
+    def __init__(self, cycle: list[Hashable]) -> None:
+        self.cycle = cycle
+        shown = [repr(node) for node in cycle[:CYCLE_MESSAGE_NODES]]
+        more = f" -> ... ({len(cycle)} nodes)" if len(cycle) > CYCLE_MESSAGE_NODES else ""
+        super().__init__(
+            f"the edges contain a cycle: {' -> '.join(shown)}{more} -> {cycle[0]!r}; a graph must be acyclic"
+        )
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where every node goes: its level and its id in the graph."""
+
+    order: Tensor  # caller's id of every graph node, in graph id order
+    new_id: Tensor  # graph id of every caller's node
+    sizes: list[int]  # nodes per level
+    depths: list[int]  # depth of every level
+    activations: list[Activation]  # activation of every level
+
+
+def graph_from_edges(
+    src: ArrayLike,
+    dst: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    activation: ActivationSpec | Sequence[ActivationSpec] = "identity",
+    *,
+    inputs: ArrayLike | None = None,
+    outputs: ArrayLike | None = None,
+    block_kind: str = "sparse",
+    names: Sequence[Hashable] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Graph:
+    """Build a :class:`~graphlrp.Graph` from a directed acyclic network given as edge lists.
+
+    Node ``j`` computes ``a_j = activation_j(Σ_i w_ij a_i + b_j)`` over its incoming edges ``i → j``;
+    input nodes hold the input values. ``graph(x)`` maps ``x`` of shape ``(B, len(inputs))`` to
+    ``(B, len(outputs))``, both in the order given.
+
+    Parameters
+    ----------
+    src, dst, weight : Tensor or ndarray or sequence
+        One entry per edge ``src[e] → dst[e]`` with weight ``weight[e]``, over node ids
+        ``0 .. N-1``. Duplicate edges are summed into one. A weight of zero is no edge (as
+        everywhere in graphlrp) but still orders its nodes.
+    bias : Tensor or ndarray or sequence, optional
+        One bias per node (default: none). Input nodes must have bias 0.
+    activation : str or Activation or sequence of them
+        A name from :data:`graphlrp.activations.ACTIVATIONS` (or an :class:`Activation`) for
+        every non-input node, or one per node (inputs must then have ``'identity'``).
+    inputs : Tensor or ndarray or sequence, optional
+        Ids of the input nodes in the order of the input's last dimension (default: the nodes
+        without incoming edges, ascending). No edge may end at an input. Non-input nodes without
+        incoming edges are constant nodes ``a = activation(b)`` at depth 1.
+    outputs : Tensor or ndarray or sequence, optional
+        Ids of the output nodes in the order of the output's last dimension (default: the
+        non-input nodes without outgoing edges, ascending). Any node may be an output.
+    block_kind : {'sparse', 'edges', 'dense'}
+        How each block of edges is held (:class:`SparseBlock`, :class:`EdgeListBlock`,
+        :class:`DenseBlock`).
+    names : sequence of hashable, optional
+        A name per node, used in error messages and kept as ``graph.node_labels``.
+    dtype : torch.dtype, optional
+        Floating dtype of weights and biases (default: ``weight``'s if floating, else torch's
+        default dtype).
+
+    Returns
+    -------
+    Graph
+        Level 0 holds the inputs in the given order; every later level holds the nodes of one
+        depth and one activation (named ``'depth d'``, layer type ``'node'``), in ascending id.
+        ``graph.original_ids[g]`` is the caller's id of graph node ``g``; ``graph.node_labels``
+        is ``names`` in graph node order (``None`` without names).
+
+    Raises
+    ------
+    CycleError
+        (a ``ValueError``) if the edges contain a cycle; it names one.
+    ValueError
+        For an edge into an input, negative or out-of-range ids, lengths that disagree,
+        non-finite weights or biases, an unknown activation, or inputs with a bias or activation.
+    """
+    if block_kind not in BLOCK_KINDS:
+        raise ValueError(f"unknown block_kind {block_kind!r}; choose one of {BLOCK_KINDS}")
+    weight_t = _as_values("weight", weight, dtype)
+    device = weight_t.device
+    src_t, dst_t = _as_ids("src", src, device), _as_ids("dst", dst, device)
+    if not len(src_t) == len(dst_t) == len(weight_t):
+        raise ValueError(f"src, dst and weight must have one entry per edge, got lengths "
+                         f"{len(src_t)}, {len(dst_t)} and {len(weight_t)}")
+    inputs_t = None if inputs is None else _as_ids("inputs", inputs, device)
+    outputs_t = None if outputs is None else _as_ids("outputs", outputs, device)
+    single_activation = isinstance(activation, (str, Activation))
+    declared = {
+        "len(bias)": None if bias is None else len(bias),
+        "len(activation)": None if single_activation else len(activation),
+        "len(names)": None if names is None else len(names),
+    }
+    n = _count_nodes([src_t, dst_t, inputs_t, outputs_t], declared)
+    label = _labeller(names)
+    inputs_t = _default_inputs(dst_t, n) if inputs_t is None else _checked_inputs(inputs_t, label)
+    is_input = torch.zeros(n, dtype=torch.bool, device=device)
+    is_input[inputs_t] = True
+    outputs_t = _default_outputs(src_t, is_input) if outputs_t is None else _checked_outputs(outputs_t)
+    _check_no_edges_into_inputs(src_t, dst_t, is_input, label)
+    bias_t = None if bias is None else _as_values("bias", bias, weight_t.dtype).to(device)
+    activations, codes = _resolve_activations(activation, n, device)
+    _check_plain_inputs(inputs_t, bias_t, activations, codes, single_activation, label)
+    depth = longest_path_depths(src_t, dst_t, n, inputs_t, label)
+    src_t, dst_t, weight_t = merge_duplicate_edges(src_t, dst_t, weight_t, n)
+    nonzero = weight_t != 0
+    layout = _layout(depth, codes, activations, inputs_t)
+    levels = _levels(layout, bias_t)
+    blocks = _blocks(layout, block_kind, src_t[nonzero], dst_t[nonzero], weight_t[nonzero])
+    graph = Graph(levels, blocks, outputs=layout.new_id[outputs_t])
+    graph.original_ids = layout.order
+    graph.node_labels = None if names is None else [names[i] for i in layout.order.tolist()]
+    return graph
+
+
+# -- checking and converting the arguments --------------------------------------------------------
+def _as_ids(name: str, values: ArrayLike, device: torch.device) -> Tensor:
+    ids = torch.as_tensor(values, device=device)
+    if ids.numel() == 0:
+        return ids.reshape(0).long()
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise TypeError(f"{name} must hold integer node ids, got dtype {ids.dtype}")
+    if ids.dim() != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {tuple(ids.shape)}")
+    ids = ids.long()
+    if bool((ids < 0).any()):
+        raise ValueError(f"{name} holds the negative node id {int(ids.min())}; node ids are 0 .. N-1")
+    return ids
+
+
+def _as_values(name: str, values: ArrayLike, dtype: torch.dtype | None) -> Tensor:
+    tensor = torch.as_tensor(values)
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+    if tensor.dim() != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {tuple(tensor.shape)}")
+    target = dtype or (tensor.dtype if tensor.is_floating_point() else torch.get_default_dtype())
+    tensor = tensor.to(target)
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()[:LISTED_IN_ERRORS].tolist()
+        raise ValueError(f"{name} holds NaN or inf (at positions {bad})")
+    return tensor
+
+
+def _count_nodes(ids: list[Tensor | None], declared: dict[str, int | None]) -> int:
+    """``N``: the length the per-node arguments declare, else the largest id plus one."""
+    lengths = {source: length for source, length in declared.items() if length is not None}
+    if len(set(lengths.values())) > 1:
+        given = ", ".join(f"{source} = {length}" for source, length in lengths.items())
+        raise ValueError(f"the per-node arguments disagree on the number of nodes: {given}")
+    largest = max((int(t.max()) for t in ids if t is not None and t.numel()), default=-1)
+    if lengths:
+        source, n = next(iter(lengths.items()))
+        if largest >= n:
+            raise ValueError(f"node id {largest} is out of range: {source} = {n} gives node ids 0 .. {n - 1}")
+    else:
+        n = largest + 1
+    if n == 0:
+        raise ValueError("the graph has no nodes")
+    return n
+
+
+def _labeller(names: Sequence[Hashable] | None):
+    """How error messages name node ``i``: by ``names`` when given, else by id."""
+    if names is None:
+        return int
+    return lambda i: names[int(i)]
+
+
+def _default_inputs(dst: Tensor, n: int) -> Tensor:
+    has_incoming = torch.bincount(dst, minlength=n) > 0
+    return torch.nonzero(~has_incoming).flatten()
+
+
+def _checked_inputs(inputs: Tensor, label) -> Tensor:
+    if inputs.numel() == 0:
+        raise ValueError("inputs is empty; a graph needs at least one input node")
+    unique, counts = torch.unique(inputs, return_counts=True)
+    if bool((counts > 1).any()):
+        repeated = [label(i) for i in unique[counts > 1][:LISTED_IN_ERRORS].tolist()]
+        raise ValueError(f"inputs lists nodes more than once: {repeated}")
+    return inputs
+
+
+def _default_outputs(src: Tensor, is_input: Tensor) -> Tensor:
+    has_outgoing = torch.bincount(src, minlength=len(is_input)) > 0
+    outputs = torch.nonzero(~has_outgoing & ~is_input).flatten()
+    if outputs.numel() == 0:
+        raise ValueError("every non-input node has outgoing edges; give outputs= explicitly")
+    return outputs
+
+
+def _checked_outputs(outputs: Tensor) -> Tensor:
+    if outputs.numel() == 0:
+        raise ValueError("outputs is empty; a graph needs at least one output node")
+    return outputs
+
+
+def _check_no_edges_into_inputs(src: Tensor, dst: Tensor, is_input: Tensor, label) -> None:
+    into_input = is_input[dst]
+    if bool(into_input.any()):
+        bad = torch.nonzero(into_input).flatten()[:LISTED_IN_ERRORS]
+        listed = ", ".join(f"{label(s)!r} -> {label(d)!r}" for s, d in zip(src[bad].tolist(), dst[bad].tolist()))
+        raise ValueError(f"edges end at input nodes ({listed}); inputs take the input values and have no incoming edges")
+
+
+def _resolve(spec: ActivationSpec) -> Activation:
+    if isinstance(spec, Activation):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"an activation must be a name or a graphlrp Activation, got {spec!r}")
+    return activation_by_name(spec)
+
+
+def _resolve_activations(
+    activation: ActivationSpec | Sequence[ActivationSpec], n: int, device: torch.device
+) -> tuple[list[Activation], Tensor]:
+    """The distinct activations and, per node, the index of its activation among them."""
+    if isinstance(activation, (str, Activation)):
+        return [_resolve(activation)], torch.zeros(n, dtype=torch.long, device=device)
+    spec_codes: dict[ActivationSpec, int] = {}
+    per_node = [spec_codes.setdefault(spec, len(spec_codes)) for spec in activation]
+    distinct: dict[Activation, int] = {}
+    spec_to_code = [distinct.setdefault(_resolve(spec), len(distinct)) for spec in spec_codes]
+    codes = torch.tensor(spec_to_code, dtype=torch.long, device=device)[torch.tensor(per_node, device=device)]
+    return list(distinct), codes
+
+
+def _check_plain_inputs(
+    inputs: Tensor, bias: Tensor | None, activations: list[Activation], codes: Tensor, single: bool, label
+) -> None:
+    """Inputs hold the input values: no bias, and the identity when activations are given per node."""
+    if bias is not None and bool((bias[inputs] != 0).any()):
+        bad = inputs[bias[inputs] != 0][:LISTED_IN_ERRORS].tolist()
+        raise ValueError(f"input nodes {[label(i) for i in bad]} have a nonzero bias; inputs take the input values")
+    if single:
+        return
+    plain = torch.tensor([a.name == "identity" for a in activations], device=codes.device)
+    not_plain = ~plain[codes[inputs]]
+    if bool(not_plain.any()):
+        bad = inputs[not_plain][:LISTED_IN_ERRORS].tolist()
+        found = [f"{label(i)!r}: {activations[int(codes[i])].name}" for i in bad]
+        raise ValueError(f"input nodes must have activation 'identity' (they take the input values), got {found}")
+
+
+# -- depth ----------------------------------------------------------------------------------------
+def longest_path_depths(src: Tensor, dst: Tensor, n: int, inputs: Tensor, label=int) -> Tensor:
+    """Depth of every node: 0 for ``inputs``, 1 for other nodes without incoming edges, else one
+    more than the largest depth among the node's predecessors.
+
+    Kahn's algorithm, one vectorized round per depth.
+
+    Parameters
+    ----------
+    src, dst : Tensor
+        Edge lists (int64) over node ids ``0 .. n-1``.
+    n : int
+        Number of nodes.
+    inputs : Tensor
+        Ids of the input nodes (none of them has an incoming edge).
+    label : callable
+        Names node ``i`` in the :class:`CycleError` message.
+
+    Returns
+    -------
+    Tensor
+        ``(n,)`` int64 depths.
+
+    Raises
+    ------
+    CycleError
+        If the edges contain a cycle.
+    """
+    in_degree = torch.bincount(dst, minlength=n)
+    out_degree = torch.bincount(src, minlength=n)
+    targets_by_source = dst[torch.argsort(src, stable=True)]
+    first_edge = torch.cumsum(out_degree, 0) - out_degree
+    depth = (in_degree == 0).long()
+    depth[inputs] = 0
+    remaining = in_degree.clone()
+    frontier = torch.nonzero(in_degree == 0).flatten()
+    finished = 0
+    while frontier.numel():
+        finished += frontier.numel()
+        counts = out_degree[frontier]
+        targets = targets_by_source[_ranges(first_edge[frontier], counts)]
+        depth.scatter_reduce_(0, targets, torch.repeat_interleave(depth[frontier] + 1, counts), reduce="amax")
+        remaining.index_add_(0, targets, torch.full_like(targets, -1))
+        touched = torch.unique(targets)
+        frontier = touched[remaining[touched] == 0]
+    if finished < n:
+        raise CycleError([label(i) for i in _find_cycle(src, dst, remaining > 0)])
+    return depth
+
+
+def _ranges(starts: Tensor, counts: Tensor) -> Tensor:
+    """Concatenation of ``arange(start, start + count)`` for every pair."""
+    total = int(counts.sum())
+    shifts = starts - (torch.cumsum(counts, 0) - counts)
+    return torch.arange(total, device=starts.device) + torch.repeat_interleave(shifts, counts, output_size=total)
+
+
+def _find_cycle(src: Tensor, dst: Tensor, stuck: Tensor) -> list[int]:
+    """A cycle among the ``stuck`` nodes (those Kahn's algorithm never reached).
+
+    Every stuck node has a stuck predecessor, so walking back along predecessors must revisit a
+    node; the walk from that node on, reversed, is a cycle.
+    """
+    inside = stuck[src] & stuck[dst]
+    predecessor = torch.full((len(stuck),), -1, dtype=torch.long, device=src.device)
+    predecessor[dst[inside]] = src[inside]
+    predecessor_of = predecessor.cpu().numpy()
+    node = int(torch.nonzero(stuck)[0])
+    position: dict[int, int] = {}
+    walk: list[int] = []
+    while node not in position:
+        position[node] = len(walk)
+        walk.append(node)
+        node = int(predecessor_of[node])
+    return walk[position[node]:][::-1]
+
+
+def merge_duplicate_edges(src: Tensor, dst: Tensor, weight: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Sum the weights of repeated ``(src, dst)`` pairs into one edge (edges come back sorted)."""
+    key = src * n + dst
+    unique, inverse = torch.unique(key, return_inverse=True)
+    if len(unique) == len(key):
+        return src, dst, weight
+    merged = weight.new_zeros(len(unique)).index_add_(0, inverse, weight)
+    return unique // n, unique % n, merged
+
+
+# -- levels and blocks ----------------------------------------------------------------------------
+def _layout(depth: Tensor, codes: Tensor, activations: list[Activation], inputs: Tensor) -> _Layout:
+    """Inputs first, in their order; then the other nodes by (depth, activation), ascending id within."""
+    n = len(depth)
+    others = torch.ones(n, dtype=torch.bool, device=depth.device)
+    others[inputs] = False
+    rest = torch.nonzero(others).flatten()
+    key = depth[rest] * len(activations) + codes[rest]
+    by_key = torch.argsort(key, stable=True)
+    keys, counts = torch.unique_consecutive(key[by_key], return_counts=True)
+    order = torch.cat([inputs, rest[by_key]])
+    new_id = torch.empty_like(order)
+    new_id[order] = torch.arange(n, device=order.device)
+    return _Layout(
+        order=order,
+        new_id=new_id,
+        sizes=[len(inputs), *counts.tolist()],
+        depths=[0, *(keys // len(activations)).tolist()],
+        activations=[IDENTITY, *(activations[k] for k in (keys % len(activations)).tolist())],
+    )
+
+
+def _levels(layout: _Layout, bias: Tensor | None) -> list[Level]:
+    ordered_bias = None if bias is None else bias[layout.order]
+    levels = [Level(0, "input", "input", (layout.sizes[0],), 0)]
+    levels_per_depth = Counter(layout.depths)
+    offset = layout.sizes[0]
+    for index in range(1, len(layout.sizes)):
+        size, depth, activation = layout.sizes[index], layout.depths[index], layout.activations[index]
+        name = f"depth {depth} ({activation.name})" if levels_per_depth[depth] > 1 else f"depth {depth}"
+        level_bias = None if ordered_bias is None else ordered_bias[offset : offset + size].clone()
+        levels.append(Level(index, name, "node", (size,), offset, bias=level_bias, activation=activation))
+        offset += size
+    return levels
+
+
+def _blocks(layout: _Layout, kind: str, src: Tensor, dst: Tensor, weight: Tensor) -> list[Block]:
+    """One block per (source level, destination level) pair that has edges."""
+    sizes = torch.tensor(layout.sizes, device=src.device)
+    n_levels = len(layout.sizes)
+    level_of = torch.repeat_interleave(torch.arange(n_levels, device=src.device), sizes)
+    offsets = (torch.cumsum(sizes, 0) - sizes).tolist()
+    global_src, global_dst = layout.new_id[src], layout.new_id[dst]
+    pair = level_of[global_src] * n_levels + level_of[global_dst]
+    by_pair = torch.argsort(pair, stable=True)
+    pairs, counts = torch.unique_consecutive(pair[by_pair], return_counts=True)
+    blocks = []
+    for key, part in zip(pairs.tolist(), torch.split(by_pair, counts.tolist())):
+        a, b = divmod(key, n_levels)
+        local_src, local_dst = global_src[part] - offsets[a], global_dst[part] - offsets[b]
+        blocks.append(_block(kind, a, b, layout.sizes[a], layout.sizes[b], local_src, local_dst, weight[part]))
+    return blocks
+
+
+def _block(kind: str, a: int, b: int, n_src: int, n_dst: int, src: Tensor, dst: Tensor, weight: Tensor) -> Block:
+    if kind == "sparse":
+        return SparseBlock.from_edges(a, b, n_src, n_dst, src, dst, weight)
+    if kind == "edges":
+        return EdgeListBlock(a, b, n_src, n_dst, src, dst, weight)
+    matrix = weight.new_zeros((n_dst, n_src))
+    matrix[dst, src] = weight
+    return DenseBlock(a, b, matrix)

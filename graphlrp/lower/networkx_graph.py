@@ -1,0 +1,166 @@
+"""Networks as ``networkx.DiGraph`` s: :func:`from_networkx` and :func:`graph_to_networkx`.
+
+A network is a directed acyclic graph whose edges carry a weight and whose nodes carry a bias and
+an activation; ``G.graph['inputs']`` and ``G.graph['outputs']`` list the input and output nodes in
+the order of the input's and output's last dimension.
+"""
+from __future__ import annotations
+
+from typing import Hashable, Iterable, Sequence
+
+import networkx as nx
+import numpy as np
+import torch
+
+from ..activations import ACTIVATIONS, Activation
+from ..graph import Graph
+from .edges import graph_from_edges, merge_duplicate_edges
+
+
+def from_networkx(
+    G: nx.DiGraph,
+    inputs: Sequence[Hashable] | None = None,
+    outputs: Sequence[Hashable] | None = None,
+    weight: str = "weight",
+    bias: str = "bias",
+    activation: str = "activation",
+    block_kind: str = "sparse",
+    dtype: torch.dtype | None = None,
+) -> Graph:
+    """Build a :class:`~graphlrp.Graph` from a directed acyclic ``networkx`` graph.
+
+    Node ``j`` computes ``a_j = activation_j(Σ_i w_ij a_i + b_j)``; see
+    :func:`graphlrp.lower.edges.graph_from_edges`, which this calls.
+
+    Parameters
+    ----------
+    G : networkx.DiGraph
+        Nodes may be any hashable labels. Every edge needs the attribute ``weight`` (the parallel
+        edges of a ``MultiDiGraph`` are summed).
+    inputs, outputs : sequence of node labels, optional
+        In the order of the input's and output's last dimension. Default: ``G.graph['inputs']``
+        (``G.graph['outputs']``) when present, else the nodes with in-degree 0 (the non-input
+        nodes with out-degree 0), sorted (in ``G``'s node order if the labels do not sort).
+    weight : str
+        Edge attribute holding the weight (required on every edge).
+    bias : str
+        Node attribute holding the bias (default 0).
+    activation : str
+        Node attribute holding the activation: a name from
+        :data:`graphlrp.activations.ACTIVATIONS` or an :class:`~graphlrp.activations.Activation`
+        (default ``'identity'``).
+    block_kind : {'sparse', 'edges', 'dense'}
+        How blocks of edges are held.
+    dtype : torch.dtype, optional
+        Floating dtype of the graph (default: torch's default dtype).
+
+    Returns
+    -------
+    Graph
+        With ``graph.node_labels`` the label of every graph node and ``graph.original_ids`` its
+        position in ``G.nodes``.
+    """
+    if not isinstance(G, nx.DiGraph):
+        raise TypeError(f"G must be a networkx.DiGraph (directed), got {type(G).__name__}")
+    labels = list(G.nodes)
+    index = {label: i for i, label in enumerate(labels)}
+    src, dst, weights = _edge_lists(G, index, weight)
+    inputs = _given_or_default(inputs, G.graph.get("inputs"), (n for n, d in G.in_degree() if d == 0))
+    input_set = set(inputs)
+    outputs = _given_or_default(
+        outputs, G.graph.get("outputs"), (n for n, d in G.out_degree() if d == 0 and n not in input_set)
+    )
+    return graph_from_edges(
+        src,
+        dst,
+        torch.tensor(weights, dtype=dtype or torch.get_default_dtype()),
+        bias=[G.nodes[n].get(bias, 0.0) for n in labels],
+        activation=[G.nodes[n].get(activation, "identity") for n in labels],
+        inputs=_ids_of("inputs", inputs, index),
+        outputs=_ids_of("outputs", outputs, index),
+        block_kind=block_kind,
+        names=labels,
+    )
+
+
+def _edge_lists(G: nx.DiGraph, index: dict[Hashable, int], weight: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    src, dst, weights = [], [], []
+    for u, v, data in G.edges(data=True):
+        if weight not in data:
+            raise ValueError(f"edge {u!r} -> {v!r} has no {weight!r} attribute; every edge needs a weight")
+        src.append(index[u])
+        dst.append(index[v])
+        weights.append(float(data[weight]))
+    return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), weights
+
+
+def _given_or_default(
+    given: Sequence[Hashable] | None, stored: Sequence[Hashable] | None, fallback: Iterable[Hashable]
+) -> list[Hashable]:
+    if given is not None:
+        return list(given)
+    if stored is not None:
+        return list(stored)
+    nodes = list(fallback)
+    try:
+        return sorted(nodes)
+    except TypeError:  # labels of mixed types keep the graph's node order
+        return nodes
+
+
+def _ids_of(role: str, nodes: Sequence[Hashable], index: dict[Hashable, int]) -> list[int]:
+    missing = [n for n in nodes if n not in index]
+    if missing:
+        raise ValueError(f"{role} names nodes that are not in the graph: {missing[:5]}")
+    return [index[n] for n in nodes]
+
+
+def graph_to_networkx(graph: Graph) -> nx.DiGraph:
+    """The network of ``graph`` as a ``networkx.DiGraph``, readable by :func:`from_networkx`.
+
+    Nodes are labelled by ``graph.node_labels`` when present, else by ``graph.original_ids``,
+    else by global node id; they carry ``bias``, ``activation`` (its name when it is one of
+    :data:`~graphlrp.activations.ACTIVATIONS`, else the :class:`Activation` itself) and ``level``.
+    Edges carry ``weight``. ``G.graph['inputs']`` and ``G.graph['outputs']`` list the input and
+    output nodes in order, so ``from_networkx(graph_to_networkx(graph))`` computes what
+    ``graph`` computes (with the output flattened to one dimension).
+
+    Raises
+    ------
+    ValueError
+        If the input level has an activation other than the identity (a node attribute cannot
+        hold it: input nodes take the input values).
+    """
+    first = graph.levels[0]
+    if first.activation.name != "identity":
+        raise ValueError(
+            f"the input level applies {first.activation.name!r}; a networkx graph holds inputs as plain values"
+        )
+    labels = _labels(graph)
+    G = nx.DiGraph()
+    for level in graph.levels:
+        biases = [0.0] * level.size if level.bias is None or level.index == 0 else level.bias.tolist()
+        attributes = {"activation": _activation_attribute(level.activation), "level": level.index}
+        G.add_nodes_from((labels[node], {**attributes, "bias": b}) for node, b in zip(level.nodes, biases))
+    src, dst, weight = graph.edges()
+    src, dst, weight = merge_duplicate_edges(src, dst, weight, graph.num_nodes)
+    G.add_weighted_edges_from(
+        (labels[s], labels[d], w) for s, d, w in zip(src.tolist(), dst.tolist(), weight.tolist())
+    )
+    G.graph["inputs"] = [labels[node] for node in first.nodes]
+    G.graph["outputs"] = [labels[node] for node in graph.outputs.tolist()]
+    return G
+
+
+def _labels(graph: Graph) -> list[Hashable]:
+    node_labels = getattr(graph, "node_labels", None)
+    if node_labels is not None:
+        return list(node_labels)
+    original_ids = getattr(graph, "original_ids", None)
+    if original_ids is not None:
+        return original_ids.tolist()
+    return list(range(graph.num_nodes))
+
+
+def _activation_attribute(activation: Activation) -> str | Activation:
+    return activation.name if ACTIVATIONS.get(activation.name) is activation.fn else activation

@@ -1,0 +1,303 @@
+"""Model cases of ``scripts/bench``: networks, rules, and timing graphlrp against Zennit and torch."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import zennit.composites
+import zennit.rules
+import zennit.types
+from torch import Tensor, nn
+from torch.nn.utils import prune
+from zennit.attribution import Gradient
+from zennit.core import BasicHook, Composite as ZennitComposite, ParamMod, Stabilizer
+
+import graphlrp
+from _bench_util import Target, Timing, time_interleaved, time_once
+
+MLP_WIDTH = 1024
+MLP_HIDDEN_LAYERS = 4
+MLP_CLASSES = 10
+
+
+# -- networks ---------------------------------------------------------------------------------
+def mlp() -> nn.Sequential:
+    """4 × (Linear(1024, 1024), ReLU), then Linear(1024, 10): 4.2 M weights."""
+    layers: list[nn.Module] = []
+    for _ in range(MLP_HIDDEN_LAYERS):
+        layers += [nn.Linear(MLP_WIDTH, MLP_WIDTH), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(MLP_WIDTH, MLP_CLASSES))
+
+
+def lenet5() -> nn.Sequential:
+    """LeNet-5 for 1 × 28 × 28 inputs."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, 10),
+    )
+
+
+def prune_linear_layers(model: nn.Module, amount: float) -> None:
+    """Prune every ``nn.Linear`` weight by magnitude (``l1_unstructured``), keeping the prune hooks."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            prune.l1_unstructured(module, "weight", amount=amount)
+
+
+def baked_copy(model: nn.Module) -> nn.Module:
+    """A copy with the effective (masked) weights as plain parameters and no prune hooks."""
+    baked = copy.deepcopy(model)
+    for module in baked.modules():
+        if prune.is_pruned(module) and hasattr(module, "weight_mask"):
+            prune.remove(module, "weight")
+    return baked
+
+
+# -- rules ------------------------------------------------------------------------------------
+class EdgeFlat(BasicHook):
+    """Zennit's ``Flat`` restricted to existing edges: zero (pruned) weights get no share.
+
+    graphlrp's ``Flat`` gives every *edge* weight one; Zennit's gives every entry of the dense
+    weight matrix one. On unpruned layers the two agree; this hook is the reference on pruned ones.
+    """
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        stabilize = Stabilizer.ensure(stabilizer)
+        super().__init__(
+            input_modifiers=[torch.ones_like],
+            param_modifiers=[ParamMod(_edge_indicator, require_params=False)],
+            output_modifiers=[lambda output: output],
+            gradient_mapper=lambda out_grad, outputs: out_grad / stabilize(outputs[0]),
+            reducer=lambda inputs, gradients: gradients[0],
+        )
+
+
+def _edge_indicator(param: Tensor, name: str) -> Tensor:
+    return param.ne(0).to(param.dtype) if name == "weight" else torch.zeros_like(param)
+
+
+def _layer_map(rule: Callable[[], BasicHook]) -> Callable[[], ZennitComposite]:
+    """Zennit composite: ``rule`` on every ``nn.Linear``, ``Pass`` on activations."""
+    return lambda: zennit.composites.LayerMapComposite(
+        [(zennit.types.Activation, zennit.rules.Pass()), (nn.Linear, rule())]
+    )
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One rule (or composite) in both libraries, with the same parameters.
+
+    ``reference`` builds the Zennit composite the agreement check uses on pruned models (their
+    baked twin); by default the same as ``zennit``.
+    """
+
+    name: str
+    graphlrp: Callable[[], dict]
+    zennit: Callable[[], ZennitComposite]
+    reference: Callable[[], ZennitComposite] | None = None
+
+
+EPSILON = RuleSpec("ε", lambda: {"rule": graphlrp.rules.Epsilon()}, _layer_map(zennit.rules.Epsilon))
+ZPLUS = RuleSpec("z⁺", lambda: {"rule": graphlrp.rules.ZPlus()}, _layer_map(zennit.rules.ZPlus))
+ALPHA_BETA = RuleSpec(
+    "αβ(2,1)", lambda: {"rule": graphlrp.rules.AlphaBeta(2.0, 1.0)}, _layer_map(lambda: zennit.rules.AlphaBeta(2.0, 1.0))
+)
+GAMMA = RuleSpec("γ(0.25)", lambda: {"rule": graphlrp.rules.Gamma(0.25)}, _layer_map(lambda: zennit.rules.Gamma(0.25)))
+EPSILON_PLUS_FLAT = RuleSpec(
+    "EpsilonPlusFlat",
+    lambda: {"composite": graphlrp.composites.EpsilonPlusFlat()},
+    zennit.composites.EpsilonPlusFlat,
+    lambda: zennit.composites.EpsilonPlusFlat(first_map=[(zennit.types.Linear, EdgeFlat())]),
+)
+MLP_RULES = (EPSILON, ZPLUS, ALPHA_BETA, GAMMA, EPSILON_PLUS_FLAT)
+
+
+# -- cases ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelCase:
+    """A network at one batch size, optionally pruned, with the rules to time and their targets.
+
+    ``targets`` maps a rule name to the highest allowed time ratio graphlrp / Zennit;
+    ``gradient_target`` is the highest allowed ratio graphlrp-ε / plain gradient.
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+    batch: int
+    rules: tuple[RuleSpec, ...]
+    prune_amount: float | None = None
+    targets: dict[str, float] = field(default_factory=dict)
+    gradient_target: float | None = None
+
+
+@dataclass
+class RuleResult:
+    """Times (median seconds per explain) and agreement of one rule on one case."""
+
+    rule: str
+    graphlrp_s: float | None
+    zennit_s: float
+    target: Target | None
+    error: float | None = None  # max |R_graphlrp − R_zennit| / max |R_zennit| (baked twin if pruned)
+    error_as_is: float | None = None  # the same against Zennit on the pruned model as timed
+
+    @property
+    def ratio(self) -> float | None:
+        """graphlrp time / Zennit time."""
+        return None if self.graphlrp_s is None else self.graphlrp_s / self.zennit_s
+
+
+@dataclass
+class CaseResult:
+    """Everything measured on one model case."""
+
+    case: ModelCase
+    skipped: str | None = None
+    lower_s: float | None = None
+    graph_summary: str = ""
+    forward_s: float | None = None
+    gradient_s: float | None = None
+    epsilon_s: float | None = None
+    rules: list[RuleResult] = field(default_factory=list)
+
+    @property
+    def gradient_ratio(self) -> float | None:
+        """graphlrp-ε time / plain gradient time."""
+        if self.epsilon_s is None or self.gradient_s is None:
+            return None
+        return self.epsilon_s / self.gradient_s
+
+
+def relative_error(ours: Tensor, reference: Tensor) -> float:
+    """``max |ours − reference| / max |reference|`` (0 when both are zero)."""
+    scale = float(reference.abs().max())
+    difference = float((ours - reference).abs().max())
+    if scale == 0:
+        return 0.0 if difference == 0 else float("inf")
+    return difference / scale
+
+
+def _forward(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def _gradient(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    leaf = x.detach().requires_grad_()
+    output = model(leaf)
+    output[torch.arange(len(output)), target].sum().backward()
+    return leaf.grad
+
+
+def _graph_summary(graph: graphlrp.Graph) -> str:
+    kinds: dict[str, int] = {}
+    for block in graph.blocks:
+        kinds[block.kind] = kinds.get(block.kind, 0) + 1
+    blocks = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+    return f"{blocks}; {graph.num_edges / 1e6:.2f} M edges, {graph.nbytes / 1e6:.1f} MB"
+
+
+@dataclass
+class _Setup:
+    model: nn.Module  # Zennit's hooks go on this one (pruned as is)
+    plain: nn.Module  # for torch's forward and gradient (no hooks, parameters frozen)
+    reference: nn.Module  # effective weights baked in, for the agreement check
+    x: Tensor
+    target: Tensor
+    onehot: Tensor  # the target as a one-hot mask of the output
+    graph: graphlrp.Graph | None
+
+
+def _set_up(case: ModelCase, result: CaseResult) -> _Setup:
+    torch.manual_seed(0)
+    model = case.build().eval()
+    if case.prune_amount is not None:
+        prune_linear_layers(model, case.prune_amount)
+    x = torch.randn(case.batch, *case.input_shape)
+    output = _forward(model, x)
+    target = output.argmax(1)
+    onehot = F.one_hot(target, output.shape[1]).to(x.dtype)
+    plain = copy.deepcopy(model).requires_grad_(False)
+    graph = None
+    try:
+        result.lower_s, graph = time_once(lambda: graphlrp.lower(model, x))
+        result.graph_summary = _graph_summary(graph)
+    except graphlrp.UnsupportedModuleError as error:
+        conv = "Conv" in str(error)
+        result.skipped = "convolutions not yet lowered" if conv else f"not lowered: {error}"
+    return _Setup(model, plain, baked_copy(model), x, target, onehot, graph)
+
+
+def _zennit_relevance(model: nn.Module, composite: ZennitComposite, setup: _Setup) -> Tensor:
+    with Gradient(model, composite) as attributor:
+        return attributor(setup.x, lambda output: output * setup.onehot)[1]
+
+
+def _time_rule(spec: RuleSpec, setup: _Setup, timing: Timing, baselines: bool) -> dict[str, float]:
+    fns: dict[str, Callable[[], object]] = {}
+    if setup.graph is not None:
+        kwargs = spec.graphlrp()
+        fns["graphlrp"] = lambda: graphlrp.explain(setup.graph, setup.x, target=setup.target, **kwargs)
+    if baselines:
+        fns["forward"] = lambda: _forward(setup.plain, setup.x)
+        fns["gradient"] = lambda: _gradient(setup.plain, setup.x, setup.target)
+    with Gradient(setup.model, spec.zennit()) as attributor:
+        fns["zennit"] = lambda: attributor(setup.x, lambda output: output * setup.onehot)
+        return time_interleaved(fns, timing)
+
+
+def _check_rule(spec: RuleSpec, setup: _Setup, pruned: bool, rule_result: RuleResult) -> None:
+    ours = graphlrp.explain(setup.graph, setup.x, target=setup.target, **spec.graphlrp()).input_relevance
+    reference = (spec.reference or spec.zennit) if pruned else spec.zennit
+    rule_result.error = relative_error(ours, _zennit_relevance(setup.reference, reference(), setup))
+    if pruned:
+        rule_result.error_as_is = relative_error(ours, _zennit_relevance(setup.model, spec.zennit(), setup))
+
+
+def run_case(case: ModelCase, timing: Timing) -> CaseResult:
+    """Lower the case's model once, then time and check every rule (baselines along with ε)."""
+    result = CaseResult(case)
+    setup = _set_up(case, result)
+    for spec in case.rules:
+        times = _time_rule(spec, setup, timing, baselines=spec is EPSILON)
+        limit = case.targets.get(spec.name)
+        rule_result = RuleResult(spec.name, times.get("graphlrp"), times["zennit"],
+                                 None if limit is None else Target(limit))
+        if setup.graph is not None:
+            _check_rule(spec, setup, case.prune_amount is not None, rule_result)
+        if spec is EPSILON:
+            result.forward_s, result.gradient_s, result.epsilon_s = times["forward"], times["gradient"], rule_result.graphlrp_s
+        result.rules.append(rule_result)
+    return result
+
+
+# -- the suite --------------------------------------------------------------------------------
+def _mlp_targets(prune_amount: float | None, batch: int) -> tuple[dict[str, float], float | None]:
+    if prune_amount is None:
+        if batch != 64:
+            return {}, None
+        return {"ε": 0.5, "z⁺": 0.4, "αβ(2,1)": 0.3, "γ(0.25)": 0.25}, 1.2
+    limit = {0.9: 0.2, 0.99: 0.05}[prune_amount]
+    return {spec.name: limit for spec in MLP_RULES}, None
+
+
+def model_cases(quick: bool) -> list[ModelCase]:
+    """The MLP cases (dense, pruned 90 % and 99 %; batch 64, and batch 1 unless quick) and LeNet-5."""
+    cases = []
+    for batch in (64,) if quick else (1, 64):
+        for amount in (None, 0.9, 0.99):
+            targets, gradient_target = _mlp_targets(amount, batch)
+            label = "dense" if amount is None else f"pruned {amount:.0%}"
+            cases.append(ModelCase(f"MLP {label}, batch {batch}", mlp, (MLP_WIDTH,), batch, MLP_RULES, amount,
+                                   targets, gradient_target))
+    cases.append(ModelCase("LeNet-5, batch 64", lenet5, (1, 28, 28), 64, (EPSILON_PLUS_FLAT,),
+                           targets={EPSILON_PLUS_FLAT.name: 0.5}))
+    return cases
