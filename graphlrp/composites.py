@@ -32,7 +32,9 @@ class Composite:
     A level's rule is, in this order: ``by_name`` (the level's module path, exact or a
     shell-style pattern such as ``'features.*'``); ``first``, for the first level (in graph order)
     whose type is one of ``first_types``; ``by_type`` (the level's module class, subclasses
-    included, or a string tag), the first matching entry; else ``default``.
+    included, or a string tag), the first matching entry; the level's own structural rule
+    (``Level.default_rule``: ``Pass`` for max pooling, copies and unfolded batch norms, ``Norm``
+    for sums and average pooling, as in Zennit's presets); else ``default``.
 
     Parameters
     ----------
@@ -82,6 +84,8 @@ class Composite:
         for wanted, rule in self.by_type.items():
             if _matches_type(level.layer_type, wanted):
                 return rule
+        if level.default_rule is not None:
+            return level.default_rule
         return self.default
 
     def __repr__(self) -> str:

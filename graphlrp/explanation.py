@@ -98,7 +98,8 @@ class Explanation:
                 term_input = inputs(term.inputs)
                 if term_input is None:
                     continue
-                part = (group.scale * term.sign) * block.edge_messages(term_input, chosen, term.weights)
+                state = block.select_state(self._trace.state(block), index)
+                part = (group.scale * term.sign) * block.edge_messages(term_input, chosen, term.weights, state)
                 messages = part if messages is None else messages + part
         if messages is None:
             messages = chosen.new_zeros((len(index), block.num_edges))

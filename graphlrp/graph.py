@@ -34,6 +34,9 @@ class Level:
         One bias per node, or ``None`` for none.
     activation : Activation
         Element-wise function applied to the node's pre-activation.
+    default_rule : Rule or None
+        Rule for a structural level (pooling, sum, copy) unless a composite names the level or
+        its type; ``None`` for layers with learned weights, which take the composite's rule.
     """
 
     index: int
@@ -43,6 +46,7 @@ class Level:
     offset: int
     bias: Tensor | None = None
     activation: Activation = IDENTITY
+    default_rule: Any = None
 
     @property
     def size(self) -> int:
@@ -76,21 +80,31 @@ class Graph:
     blocks : sequence of Block
         Each from an earlier level to a later one.
     outputs : Tensor, optional
-        Global ids of the output nodes in the order of the output's last dimension (default: all
-        nodes of the last level, shaped like it).
+        Global ids of the output nodes, row-major in the output's shape (default: all nodes of
+        the last level, shaped like it).
+    output_shape : tuple of int, optional
+        One sample's output shape when ``outputs`` is given (default ``(len(outputs),)``).
     """
 
-    def __init__(self, levels: Sequence[Level], blocks: Sequence[Block], outputs: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        levels: Sequence[Level],
+        blocks: Sequence[Block],
+        outputs: Tensor | None = None,
+        output_shape: tuple[int, ...] | None = None,
+    ) -> None:
         self.levels: tuple[Level, ...] = tuple(levels)
         self.blocks: tuple[Block, ...] = tuple(blocks)
         self._validate_structure()
         last = self.levels[-1]
         if outputs is None:
             self.outputs = torch.arange(last.offset, last.offset + last.size, device=self.device)
-            self.output_shape: tuple[int, ...] = last.shape
+            self.output_shape: tuple[int, ...] = tuple(output_shape) if output_shape is not None else last.shape
         else:
             self.outputs = outputs.to(device=self.device, dtype=torch.long)
-            self.output_shape = (len(self.outputs),)
+            self.output_shape = tuple(output_shape) if output_shape is not None else (len(self.outputs),)
+        if math.prod(self.output_shape) != len(self.outputs):
+            raise ValueError(f"output_shape {self.output_shape} does not hold {len(self.outputs)} outputs")
         self.incoming: tuple[tuple[Block, ...], ...] = tuple(
             tuple(b for b in self.blocks if b.dst == level.index) for level in self.levels
         )
@@ -139,6 +153,9 @@ class Graph:
         """Device of the graph's tensors."""
         for block in self.blocks:
             return block.device
+        for level in self.levels:
+            if level.bias is not None:
+                return level.bias.device
         return torch.device("cpu")
 
     @property
@@ -146,6 +163,9 @@ class Graph:
         """Floating dtype of the graph's weights."""
         for block in self.blocks:
             return block.dtype
+        for level in self.levels:
+            if level.bias is not None:
+                return level.bias.dtype
         return torch.get_default_dtype()
 
     # -- edges --------------------------------------------------------------------------------
@@ -183,10 +203,7 @@ class Graph:
             replace(l, bias=None if l.bias is None else l.bias.to(device=device, dtype=dtype)) for l in self.levels
         ]
         blocks = [b.to(device=device, dtype=dtype) for b in self.blocks]
-        outputs = None if self.outputs is None else self.outputs.to(device)
-        graph = Graph(levels, blocks, outputs)
-        graph.output_shape = self.output_shape
-        return graph
+        return Graph(levels, blocks, self.outputs.to(device), self.output_shape)
 
     def clear_cache(self) -> None:
         """Drop the transformed weights that blocks cache per rule."""

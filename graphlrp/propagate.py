@@ -18,6 +18,12 @@ class Trace:
     activations: list[Tensor]
     preactivations: list[Tensor | None]
     output: Tensor
+    #: per-batch states of sample-dependent blocks, by ``id(block)``
+    states: dict[int, object] = field(default_factory=dict)
+
+    def state(self, block) -> object:
+        """The state ``block.prepare`` returned in this forward pass (``None`` for most blocks)."""
+        return self.states.get(id(block))
 
 
 @dataclass
@@ -68,19 +74,25 @@ def run_forward(graph: Graph, x: Tensor) -> Trace:
     first = graph.levels[0]
     activations: list[Tensor] = [first.activation(x.reshape(batch, first.size))]
     preactivations: list[Tensor | None] = [None]
+    states: dict[int, object] = {}
     for level in graph.levels[1:]:
-        z = _sum_incoming(graph, level, activations, batch, x)
+        z = _sum_incoming(graph, level, activations, states, batch, x)
         preactivations.append(z)
         activations.append(level.activation(z))
     nodes = torch.cat(activations, dim=1) if len(activations) > 1 else activations[0]
     output = nodes.index_select(1, graph.outputs).reshape(batch, *graph.output_shape)
-    return Trace(activations, preactivations, output)
+    return Trace(activations, preactivations, output, states)
 
 
-def _sum_incoming(graph: Graph, level: Level, activations: list[Tensor], batch: int, like: Tensor) -> Tensor:
+def _sum_incoming(
+    graph: Graph, level: Level, activations: list[Tensor], states: dict[int, object], batch: int, like: Tensor
+) -> Tensor:
     z = None
     for block in graph.incoming[level.index]:
-        part = block.matvec(activations[block.src])
+        state = block.prepare(activations[block.src])
+        if state is not None:
+            states[id(block)] = state
+        part = block.forward(activations[block.src], state)
         z = part if z is None else z + part
     if z is None:
         z = like.new_zeros((batch, level.size))
@@ -115,8 +127,8 @@ class _Inputs:
         return self._cache[transform]
 
 
-def _is_forward_denominator(group: Group) -> bool:
-    if len(group.terms) != 1:
+def _is_forward_denominator(group: Group, blocks) -> bool:
+    if len(group.terms) != 1 or not all(block.linear_forward for block in blocks):
         return False
     term = group.terms[0]
     return (
@@ -127,8 +139,10 @@ def _is_forward_denominator(group: Group) -> bool:
     )
 
 
-def _denominator(graph: Graph, level: Level, group: Group, inputs: dict[int, _Inputs], z_forward: Tensor) -> Tensor:
-    if _is_forward_denominator(group):
+def _denominator(
+    graph: Graph, level: Level, group: Group, inputs: dict[int, _Inputs], z_forward: Tensor, trace: Trace
+) -> Tensor:
+    if _is_forward_denominator(group, graph.incoming[level.index]):
         # the rule's denominator is the forward pre-activation itself: reuse it
         if isinstance(group.terms[0].bias, Zero) and level.bias is not None:
             return z_forward - level.bias
@@ -138,7 +152,7 @@ def _denominator(graph: Graph, level: Level, group: Group, inputs: dict[int, _In
         for block in graph.incoming[level.index]:
             term_input = inputs[block.src](term.inputs)
             if term_input is not None:
-                denominator = denominator + term.sign * block.matvec(term_input, term.weights)
+                denominator = denominator + term.sign * block.matvec(term_input, term.weights, trace.state(block))
         if level.bias is not None and not isinstance(term.bias, Zero):
             denominator = denominator + term.sign * term.bias(level.bias)
     return denominator
@@ -166,7 +180,7 @@ def redistribute_level(
     zeros = r_level.new_zeros(len(r_level))
     out, bias_part, stab_part, dropped = zeros.clone(), zeros.clone(), zeros.clone(), r_level.sum(1)
     for group in groups:
-        denominator = _denominator(graph, level, group, inputs, z_forward)
+        denominator = _denominator(graph, level, group, inputs, z_forward, trace)
         stabilized = rule.stabilize(denominator)
         served = _served(group, z_forward)
         target = r_level if served is None else r_level * served
@@ -178,7 +192,7 @@ def redistribute_level(
                 term_input = inputs[block.src](term.inputs)
                 if term_input is None:
                     continue
-                contribution = (group.scale * term.sign) * term_input * block.rmatvec(quotient, term.weights)
+                contribution = (group.scale * term.sign) * term_input * block.rmatvec(quotient, term.weights, trace.state(block))
                 relevance[block.src] += contribution
                 out += contribution.sum(1)
         if level.bias is not None:

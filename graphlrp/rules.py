@@ -338,6 +338,20 @@ class ZBox(Rule):
         )
 
 
+class Norm(Epsilon):
+    """Zennit's ``Norm`` for sums and average pooling: ``c_ij = a_i w_ij``, no bias, ε = 1e-6.
+
+    The default rule of sum nodes and average-pooling levels: it splits relevance in proportion to
+    each input's contribution, which conserves relevance across residual branches.
+    """
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        super().__init__(epsilon, zero_bias=True)
+
+    def __repr__(self) -> str:
+        return f"Norm(epsilon={self.epsilon!r})"
+
+
 class Pass(Rule):
     """Pass relevance through: each destination's relevance is split equally over its incoming edges.
 

@@ -88,6 +88,6 @@ def test_edge_messages_are_the_rule_formula_on_each_edge():
     z = x @ W.T + b
     relevance = torch.zeros_like(z)
     relevance[:, 1] = z[:, 1]
-    expected = x[:, None, :] * W[None] * (relevance / (z + 0.1 * torch.where(z >= 0, 1.0, -1.0)))[:, :, None]
+    expected = x[:, None, :] * W[None] * (relevance / (z + 0.1 * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)))[:, :, None]
     src, dst, _ = graph.edges()
     torch.testing.assert_close(explanation.edge_relevance(), expected.detach()[:, dst - 4, src])

@@ -1,7 +1,10 @@
 """Edge blocks: the edges between two levels, held in one kind each."""
-from .base import Block
+from .base import Block, StaticBlock
+from .conv import ConvBlock
 from .dense import DenseBlock
 from .edgelist import EdgeListBlock
+from .elementwise import ElementwiseBlock
+from .pool import MaxPoolBlock
 from .sparse import SparseBlock
 
 #: block kinds a user may force when lowering
@@ -19,4 +22,7 @@ def block_from_matrix(kind: str, src: int, dst: int, weight) -> Block:
     raise ValueError(f"unknown block kind {kind!r}; choose one of {BLOCK_KINDS}")
 
 
-__all__ = ["Block", "DenseBlock", "SparseBlock", "EdgeListBlock", "BLOCK_KINDS", "block_from_matrix"]
+__all__ = [
+    "Block", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
+    "BLOCK_KINDS", "block_from_matrix",
+]

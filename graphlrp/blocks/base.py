@@ -10,6 +10,10 @@ does the two reductions an LRP rule needs with the kernel that suits that kind:
 * ``edge_messages``: ``x_i f(w_ij) s_j`` for every edge, for the few samples asked;
 * ``edges``: the block's edges as local ``(src, dst, weight)``.
 
+A block whose edges depend on the sample (max pooling: only the window's winner is connected)
+computes a per-batch ``state`` in :meth:`Block.prepare` during the forward pass; the reductions
+then receive it. Such a block's forward is not its ``matvec`` (``linear_forward`` is False).
+
 ``f`` is a rule's weight transform (:mod:`graphlrp.transforms`). Transformed weights are cached
 per transform; the cache is dropped by :meth:`Block.clear_cache` and on :meth:`Block.to`.
 """
@@ -27,6 +31,8 @@ class Block(ABC):
     """Edges from level ``src`` (``n_src`` nodes) to level ``dst`` (``n_dst`` nodes)."""
 
     kind: str = "abstract"
+    #: whether the forward pass is ``matvec`` with untransformed weights
+    linear_forward: bool = True
 
     def __init__(self, src: int, dst: int, n_src: int, n_dst: int) -> None:
         self.src = src
@@ -57,14 +63,12 @@ class Block(ABC):
         """Floating dtype of the block's weights."""
 
     @abstractmethod
-    def _transformed(self, transform: Transform) -> object:
-        """Build the kind's operand for weights transformed by ``transform``."""
+    def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
+        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``."""
 
     @abstractmethod
-    def _matvec(self, x: Tensor, operand: object) -> Tensor: ...
-
-    @abstractmethod
-    def _rmatvec(self, s: Tensor, operand: object) -> Tensor: ...
+    def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
+        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``."""
 
     @abstractmethod
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -74,26 +78,23 @@ class Block(ABC):
     def _to(self, device: torch.device | str | None, dtype: torch.dtype | None) -> "Block": ...
 
     # -- shared mechanism -------------------------------------------------------------------
-    def operand(self, transform: Transform = Identity()) -> object:
-        """The kind's operand for ``transform`` (cached)."""
-        cached = self._cache.get(transform)
-        if cached is None:
-            if not isinstance(transform, Identity):
-                check_maps_zero_to_zero(transform)
-            cached = self._transformed(transform)
-            self._cache[transform] = cached
-        return cached
+    def prepare(self, x: Tensor) -> object:
+        """Per-batch state computed from the source activations in the forward pass (none here)."""
+        return None
 
-    def matvec(self, x: Tensor, transform: Transform = Identity()) -> Tensor:
-        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``."""
-        return self._matvec(x, self.operand(transform))
+    def select_state(self, state: object, samples: Tensor) -> object:
+        """The part of a batch ``state`` that belongs to ``samples`` (row indices)."""
+        return state
 
-    def rmatvec(self, s: Tensor, transform: Transform = Identity()) -> Tensor:
-        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``."""
-        return self._rmatvec(s, self.operand(transform))
+    def forward(self, x: Tensor, state: object = None) -> Tensor:
+        """The block's part of the destinations' pre-activation for source activations ``x``."""
+        return self.matvec(x)
 
-    def edge_messages(self, x: Tensor, s: Tensor, transform: Transform = Identity()) -> Tensor:
-        """``x_i f(w_ij) s_j`` per edge, shape ``(B, num_edges)``, for ``x (B, n_src)``, ``s (B, n_dst)``."""
+    def edge_messages(self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
+        """``x_i f(w_ij) s_j`` per edge, shape ``(B, num_edges)``, for ``x (B, n_src)``, ``s (B, n_dst)``.
+
+        ``state`` is the block's state for exactly these ``B`` samples.
+        """
         src, dst, weight = self.edges()
         return x[:, src] * transform(weight) * s[:, dst]
 
@@ -109,3 +110,35 @@ class Block(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.src}->{self.dst}, {self.n_src}x{self.n_dst}, edges={self.num_edges})"
+
+
+class StaticBlock(Block):
+    """A block whose edges are the same for every sample; its operand is built once per transform."""
+
+    def operand(self, transform: Transform = Identity()) -> object:
+        """The kind's operand for ``transform`` (cached)."""
+        cached = self._cache.get(transform)
+        if cached is None:
+            if not isinstance(transform, Identity):
+                check_maps_zero_to_zero(transform)
+            cached = self._transformed(transform)
+            self._cache[transform] = cached
+        return cached
+
+    def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
+        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``."""
+        return self._matvec(x, self.operand(transform))
+
+    def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
+        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``."""
+        return self._rmatvec(s, self.operand(transform))
+
+    @abstractmethod
+    def _transformed(self, transform: Transform) -> object:
+        """Build the kind's operand for weights transformed by ``transform``."""
+
+    @abstractmethod
+    def _matvec(self, x: Tensor, operand: object) -> Tensor: ...
+
+    @abstractmethod
+    def _rmatvec(self, s: Tensor, operand: object) -> Tensor: ...

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from ..transforms import Transform
-from .base import Block
+from .base import StaticBlock
 
 
-class DenseBlock(Block):
+class DenseBlock(StaticBlock):
     """Edges held as a ``(n_dst, n_src)`` weight matrix (``nn.Linear``'s layout); zeros are not edges.
 
     Parameters

@@ -11,13 +11,13 @@ from torch import Tensor
 
 from .. import reductions
 from ..transforms import Transform
-from .base import Block
+from .base import StaticBlock
 
 #: elements of the largest temporary (chunk of edges × batch) the kernels allocate
 CHUNK_ELEMENTS = 1 << 22
 
 
-class EdgeListBlock(Block):
+class EdgeListBlock(StaticBlock):
     """Edges held as local index lists and weights (duplicates must already be merged)."""
 
     kind = "edges"

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..transforms import Transform
-from .base import Block
+from .base import StaticBlock
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -27,7 +27,7 @@ def _rows_of(crow: Tensor) -> Tensor:
     return torch.repeat_interleave(torch.arange(len(counts), device=crow.device, dtype=crow.dtype), counts)
 
 
-class SparseBlock(Block):
+class SparseBlock(StaticBlock):
     """Edges held in CSR, in both directions.
 
     Build it with :meth:`from_dense` or :meth:`from_edges`.

@@ -1,0 +1,143 @@
+"""Convolution block: weight-shared edges, reductions by convolution and transposed convolution.
+
+A convolution's edges are never materialized for the reductions: ``matvec`` is the convolution
+with the (transformed) kernel and ``rmatvec`` its transpose. ``edges`` lists them on demand by
+vectorized index arithmetic: output unit ``(o, *p)`` receives from input unit
+``(g·C_in/groups + c, *(p·stride − padding + k·dilation))`` for every kernel position ``(c, *k)``
+whose weight is nonzero and whose input position is inside the input (padding gives no edge).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..transforms import Transform
+from .base import StaticBlock
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
+
+
+class ConvBlock(StaticBlock):
+    """Edges of an N-d convolution (N = 1, 2 or 3) between two levels.
+
+    Parameters
+    ----------
+    src, dst : int
+        Source and destination level indices.
+    weight : Tensor
+        ``(C_out, C_in / groups, *kernel)``.
+    in_shape, out_shape : tuple of int
+        ``(C_in, *spatial_in)`` and ``(C_out, *spatial_out)`` of one sample.
+    stride, padding, dilation : tuple of int
+        Per spatial dimension.
+    groups : int
+    """
+
+    kind = "conv"
+
+    def __init__(
+        self,
+        src: int,
+        dst: int,
+        weight: Tensor,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        stride: tuple[int, ...],
+        padding: tuple[int, ...],
+        dilation: tuple[int, ...],
+        groups: int,
+    ) -> None:
+        super().__init__(src, dst, n_src=math.prod(in_shape), n_dst=math.prod(out_shape))
+        self.dims = weight.dim() - 2
+        if self.dims not in _CONV:
+            raise ValueError(f"convolution weight must have 3 to 5 dimensions, got {weight.dim()}")
+        self.weight = weight
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        self.groups = groups
+        self._num_edges = self._count_edges()
+        self._edges: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def _valid_positions(self, axis: int) -> Tensor:
+        """For each kernel offset along ``axis``, how many output positions read inside the input."""
+        kernel = self.weight.shape[2 + axis]
+        out = torch.arange(self.out_shape[1 + axis], device=self.weight.device)
+        offsets = torch.arange(kernel, device=self.weight.device)
+        position = out[None, :] * self.stride[axis] - self.padding[axis] + offsets[:, None] * self.dilation[axis]
+        return ((position >= 0) & (position < self.in_shape[1 + axis])).sum(1)
+
+    def _count_edges(self) -> int:
+        counts = self.weight.ne(0).to(torch.int64)
+        for axis in range(self.dims):
+            shape = [1] * self.weight.dim()
+            shape[2 + axis] = -1
+            counts = counts * self._valid_positions(axis).reshape(shape)
+        return int(counts.sum())
+
+    @property
+    def num_edges(self) -> int:
+        return self._num_edges
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    def _transformed(self, transform: Transform) -> Tensor:
+        return transform(self.weight)
+
+    def _matvec(self, x: Tensor, operand: Tensor) -> Tensor:
+        out = _CONV[self.dims](x.reshape(len(x), *self.in_shape), operand, None, self.stride, self.padding,
+                               self.dilation, self.groups)
+        return out.reshape(len(x), self.n_dst)
+
+    def _rmatvec(self, s: Tensor, operand: Tensor) -> Tensor:
+        out = _CONV_INPUT_GRAD[self.dims]((len(s), *self.in_shape), operand, s.reshape(len(s), *self.out_shape),
+                                          self.stride, self.padding, self.dilation, self.groups)
+        return out.reshape(len(s), self.n_src)
+
+    def edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self._edges is None:
+            self._edges = self._enumerate_edges()
+        return self._edges
+
+    def _enumerate_edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        device = self.weight.device
+        c_out, c_in_group = self.weight.shape[:2]
+        out_per_group = c_out // self.groups
+        # kernel entries with a nonzero weight: (o, c, *k)
+        nonzero = torch.nonzero(self.weight, as_tuple=True)
+        o, c, kernel = nonzero[0], nonzero[1], nonzero[2:]
+        weights = self.weight[nonzero]
+        in_channel = (o // out_per_group) * c_in_group + c
+        # every output position, flattened: (P, dims)
+        grids = torch.meshgrid(*[torch.arange(n, device=device) for n in self.out_shape[1:]], indexing="ij")
+        positions = torch.stack([g.reshape(-1) for g in grids], dim=1)
+        src_flat = in_channel[:, None].clone()
+        dst_flat = o[:, None] * positions.shape[0] + torch.arange(positions.shape[0], device=device)[None, :]
+        valid = torch.ones((len(o), positions.shape[0]), dtype=torch.bool, device=device)
+        for axis in range(self.dims):
+            coordinate = (positions[None, :, axis] * self.stride[axis] - self.padding[axis]
+                          + kernel[axis][:, None] * self.dilation[axis])
+            valid &= (coordinate >= 0) & (coordinate < self.in_shape[1 + axis])
+            src_flat = src_flat * self.in_shape[1 + axis] + coordinate
+        src = src_flat[valid]
+        dst = dst_flat[valid]
+        weight = weights[:, None].expand_as(valid)[valid]
+        order = torch.argsort(dst * self.n_src + src)
+        return src[order], dst[order], weight[order]
+
+    def _to(self, device, dtype) -> "ConvBlock":
+        return ConvBlock(self.src, self.dst, self.weight.to(device=device, dtype=dtype), self.in_shape,
+                         self.out_shape, self.stride, self.padding, self.dilation, self.groups)

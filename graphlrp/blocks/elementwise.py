@@ -1,0 +1,71 @@
+"""Element-wise block: every destination has exactly one incoming edge.
+
+Covers copies and renumberings (a permutation, a concatenation's part, an activation applied to a
+tensor that is also used before it) with weight 1, and element-wise affine layers (a batch norm
+that cannot be folded) with one weight per node.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import reductions
+from ..transforms import Transform
+from .base import StaticBlock
+
+
+class ElementwiseBlock(StaticBlock):
+    """Destination ``j`` receives from source ``index[j]`` with weight ``weight[j]``.
+
+    Parameters
+    ----------
+    src, dst : int
+        Source and destination level indices.
+    n_src : int
+        Size of the source level.
+    index : Tensor
+        ``(n_dst,)`` local source node of every destination.
+    weight : Tensor
+        ``(n_dst,)`` edge weights (zeros are not edges).
+    """
+
+    kind = "elementwise"
+
+    def __init__(self, src: int, dst: int, n_src: int, index: Tensor, weight: Tensor) -> None:
+        super().__init__(src, dst, n_src=n_src, n_dst=len(index))
+        self.index = index.to(device=weight.device, dtype=torch.long)
+        self.weight = weight
+
+    @property
+    def num_edges(self) -> int:
+        return int(torch.count_nonzero(self.weight))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.index, self.weight))
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    def _transformed(self, transform: Transform) -> Tensor:
+        return transform(self.weight)
+
+    def _matvec(self, x: Tensor, operand: Tensor) -> Tensor:
+        return x.index_select(1, self.index) * operand
+
+    def _rmatvec(self, s: Tensor, operand: Tensor) -> Tensor:
+        out = s.new_zeros((self.n_src, len(s)))
+        return reductions.scatter_add_(out, self.index, (s * operand).T).T
+
+    def edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        keep = self.weight != 0
+        return self.index[keep], torch.nonzero(keep).flatten(), self.weight[keep]
+
+    def _to(self, device, dtype) -> "ElementwiseBlock":
+        return ElementwiseBlock(self.src, self.dst, self.n_src, self.index.to(device),
+                                self.weight.to(device=device, dtype=dtype))

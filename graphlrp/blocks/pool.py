@@ -1,0 +1,119 @@
+"""Max-pooling block: edges that depend on the sample.
+
+A max-pooling edge exists for every (window position → output unit) pair inside the input, with
+weight 1 (padding gives no edge); they are listed by :meth:`MaxPoolBlock.edges`. In one sample,
+the forward pass uses only the winner's edge. With ``mode='winner'`` (the default, and what
+Zennit's gradient does) the winner's edge is the only active one in that sample: its effective
+weight is 1, every other edge of the window has effective weight 0, so relevance goes to the unit
+that won. With ``mode='proportional'`` every window edge stays active with weight 1 and the level's
+rule (by default the ε-like ``Norm``) splits relevance over the window in proportion to the
+inputs. The winners are found in the forward pass and kept as the block's state.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..transforms import Transform
+from .base import Block
+from .conv import ConvBlock
+
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+MODES = ("winner", "proportional")
+
+
+class MaxPoolBlock(Block):
+    """Max pooling over windows of an N-d input (N = 1, 2 or 3), channel by channel."""
+
+    kind = "maxpool"
+    linear_forward = False
+
+    def __init__(
+        self,
+        src: int,
+        dst: int,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        kernel: tuple[int, ...],
+        stride: tuple[int, ...],
+        padding: tuple[int, ...],
+        dilation: tuple[int, ...],
+        ceil_mode: bool = False,
+        mode: str = "winner",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"max pooling mode must be one of {MODES}, got {mode!r}")
+        channels = in_shape[0]
+        ones = torch.ones((channels, 1, *kernel), dtype=dtype, device=device)
+        # the windows as a depthwise convolution with unit weights: same edges, same geometry
+        self.windows = ConvBlock(src, dst, ones, in_shape, out_shape, stride, padding, dilation, groups=channels)
+        super().__init__(src, dst, self.windows.n_src, self.windows.n_dst)
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
+        self.ceil_mode, self.mode = ceil_mode, mode
+
+    @property
+    def num_edges(self) -> int:
+        return self.windows.num_edges
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.windows.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.windows.dtype
+
+    def _planes(self, x: Tensor) -> Tensor:
+        return x.reshape(len(x), self.in_shape[0], -1)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Index of each window's winner within its channel plane, ``(B, C, outputs per channel)``."""
+        pool = _MAX_POOL[len(self.kernel)]
+        _, winners = pool(x.reshape(len(x), *self.in_shape), self.kernel, self.stride, self.padding,
+                          self.dilation, self.ceil_mode, return_indices=True)
+        return winners.reshape(len(x), self.in_shape[0], -1)
+
+    def select_state(self, state: Tensor, samples: Tensor) -> Tensor:
+        return state.index_select(0, samples)
+
+    def forward(self, x: Tensor, state: Tensor = None) -> Tensor:
+        return self._planes(x).gather(2, state).reshape(len(x), self.n_dst)
+
+    def _unit_weight(self, transform: Transform) -> float:
+        return float(transform(torch.ones(1, dtype=torch.float64)))
+
+    def matvec(self, x: Tensor, transform: Transform, state: Tensor = None) -> Tensor:
+        if self.mode == "proportional":
+            return self.windows.matvec(x, transform)
+        return self.forward(x, state) * self._unit_weight(transform)
+
+    def rmatvec(self, s: Tensor, transform: Transform, state: Tensor = None) -> Tensor:
+        if self.mode == "proportional":
+            return self.windows.rmatvec(s, transform)
+        planes = s.new_zeros((len(s), self.in_shape[0], self.n_src // self.in_shape[0]))
+        planes.scatter_add_(2, state, s.reshape(len(s), self.in_shape[0], -1) * self._unit_weight(transform))
+        return planes.reshape(len(s), self.n_src)
+
+    def edge_messages(self, x: Tensor, s: Tensor, transform: Transform, state: Tensor = None) -> Tensor:
+        src, dst, weight = self.edges()
+        messages = x[:, src] * transform(weight) * s[:, dst]
+        if self.mode == "proportional":
+            return messages
+        plane = self.n_src // self.in_shape[0]
+        winner = state.reshape(len(s), -1) + (torch.arange(self.n_dst, device=s.device) // (self.n_dst // self.in_shape[0]) * plane)
+        return messages * (src[None, :] == winner[:, dst])
+
+    def edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.windows.edges()
+
+    def _to(self, device, dtype) -> "MaxPoolBlock":
+        return MaxPoolBlock(self.src, self.dst, self.in_shape, self.out_shape, self.kernel, self.stride, self.padding,
+                            self.dilation, self.ceil_mode, self.mode, dtype or self.dtype, device)

@@ -1,0 +1,156 @@
+"""How each supported ``torch.nn`` module becomes graph operations (shared by every front-end)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..activations import Activation
+from .builder import GraphBuilder, Value
+
+#: element-wise activation modules; relevance passes through them unchanged
+ELEMENTWISE_TYPES: tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Tanhshrink, nn.LogSigmoid,
+)
+#: modules that leave values and node order unchanged (dropout only in eval mode)
+PASSTHROUGH_TYPES: tuple[type, ...] = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+#: modules that reshape without reordering nodes
+RESHAPE_TYPES: tuple[type, ...] = (nn.Flatten, nn.Unflatten)
+
+Handler = Callable[[GraphBuilder, str, nn.Module, Value, tuple[int, ...], bool], Value]
+
+
+def effective_parameter(module: nn.Module, name: str) -> Tensor | None:
+    """The parameter ``name`` as the module uses it: ``<name>_orig * <name>_mask`` when pruned.
+
+    ``torch.nn.utils.prune`` keeps the trained values in ``weight_orig`` and the mask in
+    ``weight_mask``, and recomputes ``weight`` only in a forward pre-hook; reading the product
+    gives the effective weights even when ``weight`` is stale.
+    """
+    with torch.no_grad():
+        original = getattr(module, f"{name}_orig", None)
+        mask = getattr(module, f"{name}_mask", None)
+        if isinstance(original, Tensor) and isinstance(mask, Tensor):
+            return (original * mask).detach().clone()
+        value = getattr(module, name, None)
+        return None if value is None else value.detach().clone()
+
+
+def _linear(builder: GraphBuilder, path: str, module: nn.Linear, value: Value, out_shape, exclusive) -> Value:
+    return builder.linear(path, type(module), value, effective_parameter(module, "weight"),
+                          effective_parameter(module, "bias"))
+
+
+def _conv(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
+    if module.padding_mode != "zeros":
+        raise ValueError(f"{path} ({type(module).__name__}): padding_mode={module.padding_mode!r} is not supported "
+                         "(only 'zeros')")
+    padding = module.padding
+    if isinstance(padding, str):  # 'same' / 'valid': recover the numbers from the shapes
+        padding = _explicit_padding(module, value.shape, out_shape)
+    return builder.conv(path, type(module), value, effective_parameter(module, "weight"),
+                        effective_parameter(module, "bias"), out_shape, module.stride, padding, module.dilation,
+                        module.groups)
+
+
+def _explicit_padding(module: nn.Module, in_shape, out_shape) -> tuple[int, ...]:
+    if module.padding == "valid":
+        return (0,) * (len(in_shape) - 1)
+    pads = []
+    for k, d in zip(module.kernel_size, module.dilation):
+        total = d * (k - 1)
+        if total % 2:
+            raise ValueError(f"{type(module).__name__} with padding='same' and an even receptive field pads "
+                             "asymmetrically, which is not supported")
+        pads.append(total // 2)
+    return tuple(pads)
+
+
+def _as_tuple(value, dims: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
+
+
+def _max_pool(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
+    dims = len(value.shape) - 1
+    if getattr(module, "return_indices", False):
+        raise ValueError(f"{path} ({type(module).__name__}): return_indices=True is not supported")
+    kernel = _as_tuple(module.kernel_size, dims)
+    stride = _as_tuple(module.stride if module.stride is not None else module.kernel_size, dims)
+    return builder.max_pool(path, type(module), value, out_shape, kernel, stride, _as_tuple(module.padding, dims),
+                            _as_tuple(module.dilation, dims), module.ceil_mode)
+
+
+def _avg_pool(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
+    dims = len(value.shape) - 1
+    padding = _as_tuple(module.padding, dims)
+    if module.ceil_mode or (not module.count_include_pad and any(padding)):
+        raise ValueError(f"{path} ({type(module).__name__}): ceil_mode=True and count_include_pad=False with "
+                         "padding are not supported")
+    kernel = _as_tuple(module.kernel_size, dims)
+    stride = _as_tuple(module.stride if module.stride is not None else module.kernel_size, dims)
+    return builder.avg_pool(path, type(module), value, out_shape, kernel, stride, padding,
+                            getattr(module, "divisor_override", None))
+
+
+def _adaptive_avg_pool(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
+    return builder.adaptive_avg_pool(path, type(module), value, out_shape)
+
+
+def _batch_norm(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
+    if module.training:
+        raise ValueError(f"{path} ({type(module).__name__}) is in training mode; call model.eval() first")
+    if module.running_mean is None:
+        raise ValueError(f"{path} ({type(module).__name__}) has no running statistics (track_running_stats=False)")
+    with torch.no_grad():
+        scale = torch.rsqrt(module.running_var + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight
+        shift = -module.running_mean * scale
+        if module.bias is not None:
+            shift = shift + module.bias
+    return builder.batch_norm(path, type(module), value, scale.detach().clone(), shift.detach().clone(),
+                              fold=exclusive)
+
+
+def _activation(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
+    return builder.activation(path, value, Activation(type(module).__name__, module), exclusive)
+
+
+def _reshape(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
+    return builder.reshape(value, out_shape)
+
+
+def _passthrough(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
+    if module.training and not isinstance(module, nn.Identity):
+        raise ValueError(f"{path} ({type(module).__name__}) is in training mode; call model.eval() first")
+    return value
+
+
+HANDLERS: dict[tuple[type, ...], Handler] = {
+    (nn.Linear,): _linear,
+    (nn.Conv1d, nn.Conv2d, nn.Conv3d): _conv,
+    (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d): _max_pool,
+    (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d): _avg_pool,
+    (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d): _adaptive_avg_pool,
+    (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d): _batch_norm,
+    ELEMENTWISE_TYPES: _activation,
+    RESHAPE_TYPES: _reshape,
+    PASSTHROUGH_TYPES: _passthrough,
+}
+
+
+def handler_for(module: nn.Module) -> Handler | None:
+    """The handler of a supported module, or ``None``."""
+    for types, handler in HANDLERS.items():
+        if isinstance(module, types):
+            return handler
+    return None
+
+
+def supported_modules() -> str:
+    """Names of the supported module types, for error messages."""
+    names = {t.__name__ for types in HANDLERS for t in types} | {"Sequential"}
+    return ", ".join(sorted(names))
