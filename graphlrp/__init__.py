@@ -6,7 +6,7 @@ so that relevance is available for every node and every edge.
 """
 from . import composites, reductions, rules
 from .composites import Composite
-from .errors import LoweringMismatchError, UnsupportedModuleError
+from .errors import GraphTooLargeError, LoweringMismatchError, UnsupportedModuleError
 from .explanation import Explanation, LevelBalance, explain
 from .graph import Graph, Level
 from .lower import lower
@@ -17,6 +17,7 @@ __all__ = [
     "Composite",
     "Explanation",
     "Graph",
+    "GraphTooLargeError",
     "Level",
     "LevelBalance",
     "LoweringMismatchError",

@@ -7,3 +7,7 @@ class UnsupportedModuleError(TypeError):
 
 class LoweringMismatchError(RuntimeError):
     """The lowered graph does not compute what the module computes on the example input."""
+
+
+class GraphTooLargeError(MemoryError):
+    """A graph or an edge listing would exceed its memory budget; the message says how large it would be."""

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .composites import Composite
 from .graph import Graph
+from .memory import check_budget
 from .propagate import LevelRecord, Trace, _Inputs, redistribute_level, run_forward
 from .rules import Rule
 
@@ -62,12 +63,14 @@ class Explanation:
         """The rule used at each level (``None`` for the input level)."""
         return [None if r is None else r.rule for r in self._records]
 
-    def edge_relevance(self, sample: int | Sequence[int] | None = None) -> Tensor:
+    def edge_relevance(self, sample: int | Sequence[int] | None = None, max_bytes: int | None = None) -> Tensor:
         """The relevance message each edge carries, in :meth:`Graph.edges` order.
 
         The messages leaving a node sum to that node's relevance. Computed on demand, only for the
         samples asked: ``sample`` an int gives ``(num_edges,)``, a sequence gives
-        ``(len(sample), num_edges)``, ``None`` gives every sample ``(B, num_edges)``.
+        ``(len(sample), num_edges)``, ``None`` gives every sample ``(B, num_edges)``. A result
+        that would exceed ``max_bytes`` (default: half the available memory) is refused before
+        anything is allocated.
         """
         batch = len(self.node_relevance)
         if sample is None:
@@ -79,6 +82,9 @@ class Explanation:
         for row in rows:
             if not -batch <= row < batch:
                 raise IndexError(f"sample {row} is out of range for a batch of {batch}")
+        element = self.node_relevance.element_size()
+        check_budget(f"edge relevance of {len(rows)} sample(s) × {self.graph.num_edges:,} edges",
+                     self.graph.num_edges * (len(rows) * element * 3 + 16 + element), max_bytes)
         index = torch.tensor(rows, dtype=torch.long, device=self.node_relevance.device)
         parts = [self._block_messages(block, index) for block in self.graph.blocks]
         if parts:

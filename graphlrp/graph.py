@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .activations import IDENTITY, Activation
 from .blocks import Block
+from .memory import check_budget, format_bytes
 
 LayerType = Any  # a module class (e.g. ``torch.nn.Linear``) or a string such as ``'input'``
 
@@ -169,8 +170,13 @@ class Graph:
         return torch.get_default_dtype()
 
     # -- edges --------------------------------------------------------------------------------
-    def edges(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Global ``(src, dst, weight)`` of every edge, block after block (the order of edge relevance)."""
+    def edges(self, max_bytes: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Global ``(src, dst, weight)`` of every edge, block after block (the order of edge relevance).
+
+        Convolutions' edges are listed on demand; ``max_bytes`` (default: half the available
+        memory) refuses a listing that would not fit, before allocating it.
+        """
+        check_budget(f"listing {self.num_edges:,} edges", self.num_edges * (16 + _element_size(self.dtype)), max_bytes)
         if not self.blocks:
             empty = torch.zeros(0, dtype=torch.long, device=self.device)
             return empty, empty, torch.zeros(0, dtype=self.dtype, device=self.device)
@@ -220,7 +226,7 @@ class Graph:
     def __repr__(self) -> str:
         header = (
             f"Graph(levels={len(self.levels)}, nodes={self.num_nodes:,}, edges={self.num_edges:,}, "
-            f"memory={_format_bytes(self.nbytes)}, device={self.device}, dtype={self.dtype})"
+            f"memory={format_bytes(self.nbytes)}, device={self.device}, dtype={self.dtype})"
         )
         rows = [("level", "name", "type", "shape", "nodes", "activation", "incoming")]
         for level in self.levels:
@@ -234,9 +240,5 @@ class Graph:
         return "\n".join([header, *lines])
 
 
-def _format_bytes(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1000
-    return f"{n} B"  # pragma: no cover
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

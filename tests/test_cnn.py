@@ -281,3 +281,27 @@ def test_untraceable_model_and_unsupported_op_are_named():
 
     with pytest.raises(graphlrp.UnsupportedModuleError, match=r"unsupported operation 'mul' at node 'mul'"):
         graphlrp.lower(Multiplying(), torch.randn(2, 3))
+
+
+def test_memory_guard_refuses_before_allocating():
+    model = nn.Sequential(nn.Linear(300, 400), nn.ReLU(), nn.Linear(400, 10))
+    x = torch.randn(2, 300)
+    with pytest.raises(graphlrp.GraphTooLargeError, match=r"124,000 edges\) would need .* above the budget of 100.0 kB"):
+        graphlrp.lower(model, x, max_bytes=100_000)
+    with pytest.raises(graphlrp.GraphTooLargeError, match=r"more edges than max_edges=1,000"):
+        graphlrp.lower(model, x, max_edges=1000)
+
+
+def test_implicit_convolution_edges_are_cheap_to_hold_and_guarded_when_listed():
+    """A wide convolution holds only its kernel; listing its 10⁹ edges is refused up front."""
+    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(64, 2))
+    x = torch.randn(1, 64, 128, 128)
+    graph = graphlrp.lower(model, x)
+    assert graph.num_edges > 5 * 10**8 and graph.nbytes < 10**7  # explicit edges: > 7 GB
+    with pytest.raises(graphlrp.GraphTooLargeError, match=r"listing .* edges would need .* above the budget"):
+        graph.edges(max_bytes=10**9)
+    explanation = graphlrp.explain(graph, x, target=1)
+    assert explanation.input_relevance.shape == x.shape
+    with pytest.raises(graphlrp.GraphTooLargeError, match=r"edge relevance of 1 sample"):
+        explanation.edge_relevance(0, max_bytes=10**9)

@@ -21,6 +21,28 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
 
 
+def _valid_positions(kernel: int, n_in: int, n_out: int, stride: int, padding: int, dilation: int,
+                     device: torch.device) -> Tensor:
+    """For each kernel offset along one axis, how many output positions read inside the input."""
+    out = torch.arange(n_out, device=device)
+    offsets = torch.arange(kernel, device=device)
+    position = out[None, :] * stride - padding + offsets[:, None] * dilation
+    return ((position >= 0) & (position < n_in)).sum(1)
+
+
+def count_conv_edges(weight: Tensor, in_shape, out_shape, stride, padding, dilation) -> int:
+    """Number of edges of a convolution (nonzero kernel entries × output positions reading inside
+    the input), computed without listing them."""
+    counts = weight.ne(0).to(torch.int64)
+    for axis in range(weight.dim() - 2):
+        valid = _valid_positions(weight.shape[2 + axis], in_shape[1 + axis], out_shape[1 + axis], stride[axis],
+                                 padding[axis], dilation[axis], weight.device)
+        shape = [1] * weight.dim()
+        shape[2 + axis] = -1
+        counts = counts * valid.reshape(shape)
+    return int(counts.sum())
+
+
 class ConvBlock(StaticBlock):
     """Edges of an N-d convolution (N = 1, 2 or 3) between two levels.
 
@@ -59,24 +81,9 @@ class ConvBlock(StaticBlock):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
         self.groups = groups
-        self._num_edges = self._count_edges()
+        self._num_edges = count_conv_edges(weight, self.in_shape, self.out_shape, self.stride, self.padding,
+                                           self.dilation)
         self._edges: tuple[Tensor, Tensor, Tensor] | None = None
-
-    def _valid_positions(self, axis: int) -> Tensor:
-        """For each kernel offset along ``axis``, how many output positions read inside the input."""
-        kernel = self.weight.shape[2 + axis]
-        out = torch.arange(self.out_shape[1 + axis], device=self.weight.device)
-        offsets = torch.arange(kernel, device=self.weight.device)
-        position = out[None, :] * self.stride[axis] - self.padding[axis] + offsets[:, None] * self.dilation[axis]
-        return ((position >= 0) & (position < self.in_shape[1 + axis])).sum(1)
-
-    def _count_edges(self) -> int:
-        counts = self.weight.ne(0).to(torch.int64)
-        for axis in range(self.dims):
-            shape = [1] * self.weight.dim()
-            shape[2 + axis] = -1
-            counts = counts * self._valid_positions(axis).reshape(shape)
-        return int(counts.sum())
 
     @property
     def num_edges(self) -> int:

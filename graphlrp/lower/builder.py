@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..activations import IDENTITY, Activation, compose
 from ..blocks import Block, ConvBlock, ElementwiseBlock, MaxPoolBlock, SparseBlock, block_from_matrix
+from ..blocks.conv import count_conv_edges
 from ..graph import Graph, LayerType, Level
 from ..rules import Norm, Pass
 
@@ -44,11 +45,36 @@ class Value:
 
 @dataclass
 class _BlockSpec:
+    """A block to build at the end: its levels, weights, how to build it and what it will cost."""
+
     src: int
     dst: int
     weight: Tensor
     build: Callable[[int, int, Tensor], Block]
+    cost: Callable[[Tensor], tuple[int, int]]  # weights -> (edges, bytes the block will hold)
     channel_axis_size: int | None = None  # output channels, for folding a batch norm
+
+
+def _matrix_cost(kind: str) -> Callable[[Tensor], tuple[int, int]]:
+    def cost(weight: Tensor) -> tuple[int, int]:
+        edges = int(torch.count_nonzero(weight))
+        size = weight.element_size()
+        held = {"dense": weight.numel() * size, "sparse": edges * (12 + size), "edges": edges * (8 + size)}
+        chosen = _choose_kind(kind, weight)
+        return edges, held[chosen] + (4 * sum(weight.shape) if chosen == "sparse" else 0)
+
+    return cost
+
+
+def _elementwise_cost(weight: Tensor) -> tuple[int, int]:
+    return int(torch.count_nonzero(weight)), weight.numel() * (8 + weight.element_size())
+
+
+def _kernel_cost(count: Callable[[Tensor], int]) -> Callable[[Tensor], tuple[int, int]]:
+    def cost(weight: Tensor) -> tuple[int, int]:
+        return count(weight), weight.numel() * weight.element_size()
+
+    return cost
 
 
 def _choose_kind(block_kind: str, weight: Tensor) -> str:
@@ -95,7 +121,7 @@ class GraphBuilder:
             chosen = owner == src
             local = torch.where(chosen, value.index - offsets[src], torch.zeros_like(value.index))
             weight = chosen.to(self.dtype)
-            self.specs.append(_BlockSpec(src, level, weight, self._elementwise_builder(local)))
+            self.specs.append(_BlockSpec(src, level, weight, self._elementwise_builder(local), _elementwise_cost))
         return level
 
     def _elementwise_builder(self, local: Tensor) -> Callable[[int, int, Tensor], Block]:
@@ -118,7 +144,7 @@ class GraphBuilder:
         def build(s: int, d: int, w: Tensor) -> Block:
             return block_from_matrix(_choose_kind(kind, w), s, d, w)
 
-        self.specs.append(_BlockSpec(src, dst, weight, build, weight.shape[0]))
+        self.specs.append(_BlockSpec(src, dst, weight, build, _matrix_cost(kind), weight.shape[0]))
         return Value((weight.shape[0],), dst)
 
     def conv(self, name: str, layer_type: LayerType, value: Value, weight: Tensor, bias: Tensor | None,
@@ -133,7 +159,10 @@ class GraphBuilder:
         def build(s: int, d: int, w: Tensor) -> Block:
             return ConvBlock(s, d, w, in_shape, out_shape, stride, padding, dilation, groups)
 
-        self.specs.append(_BlockSpec(src, dst, weight, build, channels))
+        def count(w: Tensor) -> int:
+            return count_conv_edges(w, in_shape, out_shape, stride, padding, dilation)
+
+        self.specs.append(_BlockSpec(src, dst, weight, build, _kernel_cost(count), channels))
         return Value(tuple(out_shape), dst)
 
     def avg_pool(self, name: str, layer_type: LayerType, value: Value, out_shape: tuple[int, ...], kernel,
@@ -170,7 +199,7 @@ class GraphBuilder:
         def build(s: int, d: int, w: Tensor) -> Block:
             return SparseBlock.from_edges(s, d, n_src, n_dst, src_idx.to(w.device), dst_idx.to(w.device), w)
 
-        self.specs.append(_BlockSpec(src, dst, weight, build))
+        self.specs.append(_BlockSpec(src, dst, weight, build, _matrix_cost("sparse")))
         return Value(tuple(out_shape), dst)
 
     def max_pool(self, name: str, layer_type: LayerType, value: Value, out_shape: tuple[int, ...], kernel, stride,
@@ -185,7 +214,11 @@ class GraphBuilder:
             return MaxPoolBlock(s, d, in_shape, out_shape, kernel, stride, padding, dilation, ceil_mode, mode,
                                 w.dtype, w.device)
 
-        self.specs.append(_BlockSpec(src, dst, torch.ones(1, dtype=self.dtype), build))
+        def cost(w: Tensor) -> tuple[int, int]:
+            ones = torch.ones((in_shape[0], 1, *kernel))
+            return count_conv_edges(ones, in_shape, out_shape, stride, padding, dilation), 0
+
+        self.specs.append(_BlockSpec(src, dst, torch.ones(1, dtype=self.dtype), build, cost))
         return Value(tuple(out_shape), dst)
 
     def batch_norm(self, name: str, layer_type: LayerType, value: Value, scale: Tensor, shift: Tensor,
@@ -207,7 +240,8 @@ class GraphBuilder:
             return value
         src = self.source(value, f"{name}:input")
         dst = self._add_level(name, layer_type, value.shape, node_shift, default_rule=Pass())
-        self.specs.append(_BlockSpec(src, dst, node_scale, self._elementwise_builder(torch.arange(value.size))))
+        self.specs.append(_BlockSpec(src, dst, node_scale, self._elementwise_builder(torch.arange(value.size)),
+                                     _elementwise_cost))
         return Value(value.shape, dst)
 
     def _foldable_spec(self, value: Value) -> _BlockSpec | None:
@@ -231,7 +265,7 @@ class GraphBuilder:
             src = self.source(value, f"{name}:input")
         dst = self._add_level(name, "copy", value.shape, default_rule=Pass())
         self.specs.append(_BlockSpec(src, dst, torch.ones(value.size, dtype=self.dtype),
-                                     self._elementwise_builder(torch.arange(value.size))))
+                                     self._elementwise_builder(torch.arange(value.size)), _elementwise_cost))
         self.levels[dst] = replace(self.levels[dst], activation=activation)
         return Value(value.shape, dst)
 
@@ -245,7 +279,7 @@ class GraphBuilder:
         for value in values:
             src = self.source(value, f"{name}:operand")
             self.specs.append(_BlockSpec(src, dst, torch.ones(value.size, dtype=self.dtype),
-                                         self._elementwise_builder(torch.arange(value.size))))
+                                         self._elementwise_builder(torch.arange(value.size)), _elementwise_cost))
         return Value(shape, dst)
 
     # -- renumberings (no nodes, no edges) ------------------------------------------------------
@@ -272,6 +306,13 @@ class GraphBuilder:
         return Value(tuple(ids.shape), None, ids.reshape(-1))
 
     # -- result -------------------------------------------------------------------------------
+    def estimate(self) -> tuple[int, int, int]:
+        """Nodes, edges and bytes of the graph being built, before any block is allocated."""
+        nodes = sum(level.size for level in self.levels)
+        costs = [spec.cost(spec.weight) for spec in self.specs]
+        biases = sum(l.bias.numel() * l.bias.element_size() for l in self.levels if l.bias is not None)
+        return nodes, sum(c[0] for c in costs), sum(c[1] for c in costs) + biases
+
     def finish(self, output: Value) -> Graph:
         """The graph, its output ``output``."""
         blocks = [spec.build(spec.src, spec.dst, spec.weight) for spec in self.specs]

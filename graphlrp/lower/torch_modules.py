@@ -9,8 +9,9 @@ from torch import Tensor
 
 from ..blocks import BLOCK_KINDS
 from ..blocks.pool import MODES as MAX_POOL_MODES
-from ..errors import LoweringMismatchError, UnsupportedModuleError
+from ..errors import GraphTooLargeError, LoweringMismatchError, UnsupportedModuleError
 from ..graph import Graph
+from ..memory import check_budget
 from .builder import GraphBuilder, Value
 from .modules import handler_for, supported_modules
 
@@ -61,6 +62,8 @@ def lower(
     block_kind: str = "auto",
     max_pool: str = "winner",
     check: bool = True,
+    max_edges: int | None = None,
+    max_bytes: int | None = None,
 ) -> Graph:
     """Lower a torch network to a :class:`~graphlrp.Graph` of neurons and weighted edges.
 
@@ -85,6 +88,12 @@ def lower(
     check : bool
         Compare the graph's forward with ``model(example_input)`` and raise
         :class:`~graphlrp.errors.LoweringMismatchError` if they differ.
+    max_edges : int, optional
+        Refuse a graph with more edges (convolutions' implicit edges included); no limit by default.
+    max_bytes : int, optional
+        Refuse a graph whose blocks would hold more bytes (default: half the available memory).
+        Both are checked on an estimate, before any block is allocated, and raise
+        :class:`~graphlrp.errors.GraphTooLargeError` saying how large the graph would be.
 
     Returns
     -------
@@ -105,10 +114,19 @@ def lower(
         from .fx import lower_traced
 
         output = lower_traced(model, example_input, builder)
+    _check_size(builder, max_edges, max_bytes)
     graph = builder.finish(output).to(device=example_input.device)
     if check:
         _check_forward(model, graph, example_input)
     return graph
+
+
+def _check_size(builder: GraphBuilder, max_edges: int | None, max_bytes: int | None) -> None:
+    nodes, edges, nbytes = builder.estimate()
+    what = f"the graph ({nodes:,} nodes, {edges:,} edges)"
+    if max_edges is not None and edges > max_edges:
+        raise GraphTooLargeError(f"{what} has more edges than max_edges={max_edges:,}")
+    check_budget(what, nbytes, max_bytes)
 
 
 def _check_forward(model: nn.Module, graph: Graph, example_input: Tensor) -> None:

@@ -1,0 +1,35 @@
+"""Memory budgets: refuse, with the size in the message, what cannot fit."""
+from __future__ import annotations
+
+import os
+
+from .errors import GraphTooLargeError
+
+
+def available_bytes() -> int:
+    """Physical memory currently available on this machine (a large number if unknown)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
+        return 1 << 40
+
+
+def default_budget() -> int:
+    """Half of the available memory: the default ceiling for one graph or one edge listing."""
+    return available_bytes() // 2
+
+
+def format_bytes(n: float) -> str:
+    """``1234567`` → ``'1.2 MB'``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # pragma: no cover
+
+
+def check_budget(what: str, needed: int, budget: int | None) -> None:
+    """Raise :class:`GraphTooLargeError` if ``needed`` bytes exceed ``budget`` (default: half the free memory)."""
+    limit = default_budget() if budget is None else budget
+    if needed > limit:
+        raise GraphTooLargeError(f"{what} would need {format_bytes(needed)}, above the budget of {format_bytes(limit)}")
