@@ -130,7 +130,7 @@ class Explanation:
         header = ("level", "name", "rule", "relevance in", "out", "bias", "stabilizer", "dropped")
         rows = [header]
         for b in self.conservation():
-            rows.append((str(b.level), b.name, repr(b.rule)[:40], *(f"{value(t):+.6g}" for t in
+            rows.append((str(b.level), b.name, b.rule.label(), *(f"{value(t):+.6g}" for t in
                          (b.relevance_in, b.relevance_out, b.bias, b.stabilizer, b.dropped))))
         widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
         return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -108,6 +108,16 @@ class Rule:
         sign = torch.where(denominator >= 0, 1.0, -1.0).to(denominator.dtype)
         return denominator + self.epsilon * sign
 
+    def label(self) -> str:
+        """A short name for tables: the class and its own parameters, e.g. ``Gamma(gamma=0.25)``."""
+        common = ("epsilon", "zero_bias", "weights_only", "stabilizer")
+        own = [k for k in vars(self) if k not in common and not k.startswith("_")]
+        if isinstance(self, Epsilon):
+            own = ["epsilon"]
+        flags = [k for k in ("zero_bias", "weights_only") if getattr(self, k, False)]
+        args = [f"{k}={_format_parameter(getattr(self, k))}" for k in own] + flags
+        return f"{type(self).__name__}({', '.join(args)})"
+
     def __repr__(self) -> str:
         common = ("epsilon", "zero_bias", "weights_only", "stabilizer")
         own = [k for k in vars(self) if k not in common and not k.startswith("_")]
