@@ -9,12 +9,13 @@ from .composites import Composite
 from .errors import GraphTooLargeError, LoweringMismatchError, UnsupportedModuleError
 from .explanation import Explanation, LevelBalance, explain
 from .graph import Graph, Level
-from .lower import lower
+from .lower import CycleError, from_neat, from_neat_network, from_networkx, graph_from_edges, graph_to_networkx, lower
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Composite",
+    "CycleError",
     "Explanation",
     "Graph",
     "GraphTooLargeError",
@@ -24,6 +25,11 @@ __all__ = [
     "UnsupportedModuleError",
     "composites",
     "explain",
+    "from_neat",
+    "from_neat_network",
+    "from_networkx",
+    "graph_from_edges",
+    "graph_to_networkx",
     "lower",
     "reductions",
     "rules",

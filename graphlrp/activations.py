@@ -61,7 +61,7 @@ def _exp(z: Tensor) -> Tensor:
 
 #: Activations known by name. ``sigmoid``/``tanh`` are the standard functions; the ``neat_*``
 #: variants and ``gauss``, ``clamped``, ``inv``, ``hat``, ``cube``, ``square``, ``log``, ``exp``,
-#: ``sin``, ``abs`` follow neat-python's definitions.
+#: ``abs`` follow neat-python's definitions.
 ACTIVATIONS: dict[str, ActivationFn] = {
     "identity": _identity,
     "relu": torch.relu,

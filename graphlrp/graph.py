@@ -106,9 +106,22 @@ class Graph:
             self.output_shape = tuple(output_shape) if output_shape is not None else (len(self.outputs),)
         if math.prod(self.output_shape) != len(self.outputs):
             raise ValueError(f"output_shape {self.output_shape} does not hold {len(self.outputs)} outputs")
-        self.incoming: tuple[tuple[Block, ...], ...] = tuple(
-            tuple(b for b in self.blocks if b.dst == level.index) for level in self.levels
-        )
+        incoming: list[list[Block]] = [[] for _ in self.levels]
+        for block in self.blocks:
+            incoming[block.dst].append(block)
+        #: the blocks coming into each level
+        self.incoming: tuple[tuple[Block, ...], ...] = tuple(tuple(blocks) for blocks in incoming)
+        #: the caller's id of every node, for graphs built from edge lists (``Graph.from_edges``)
+        self.original_ids: Tensor | None = None
+        #: the caller's name of every node, when names were given (``from_edges(names=...)``, ``from_networkx``)
+        self.node_names: list | None = None
+
+    @classmethod
+    def from_edges(cls, src, dst, weight, bias=None, activation="identity", **kwargs) -> "Graph":
+        """A graph of any DAG given as edge lists; see :func:`graphlrp.lower.edges.graph_from_edges`."""
+        from .lower.edges import graph_from_edges
+
+        return graph_from_edges(src, dst, weight, bias, activation, **kwargs)
 
     def _validate_structure(self) -> None:
         if not self.levels:
@@ -209,7 +222,10 @@ class Graph:
             replace(l, bias=None if l.bias is None else l.bias.to(device=device, dtype=dtype)) for l in self.levels
         ]
         blocks = [b.to(device=device, dtype=dtype) for b in self.blocks]
-        return Graph(levels, blocks, self.outputs.to(device), self.output_shape)
+        graph = Graph(levels, blocks, self.outputs.to(device), self.output_shape)
+        graph.original_ids = None if self.original_ids is None else self.original_ids.to(device)
+        graph.node_names = self.node_names
+        return graph
 
     def clear_cache(self) -> None:
         """Drop the transformed weights that blocks cache per rule."""

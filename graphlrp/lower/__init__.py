@@ -1,4 +1,9 @@
 """Front-ends that turn a network into a :class:`~graphlrp.Graph`."""
+from .edges import CycleError, graph_from_edges
+from .neat import from_neat, from_neat_network
+from .networkx_graph import from_networkx, graph_to_networkx
 from .torch_modules import lower
 
-__all__ = ["lower"]
+__all__ = [
+    "CycleError", "from_neat", "from_neat_network", "from_networkx", "graph_from_edges", "graph_to_networkx", "lower",
+]

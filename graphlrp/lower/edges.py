@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Hashable, Sequence, Union
+from typing import Callable, Hashable, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from ..graph import Graph, Level
 
 ArrayLike = Union[Tensor, np.ndarray, Sequence[float]]
 ActivationSpec = Union[str, Activation]
+Labeller = Callable[[int], Hashable]
 
 #: nodes of a cycle spelled out in a :class:`CycleError` message (the attribute holds them all)
 CYCLE_MESSAGE_NODES = 20
@@ -43,6 +44,22 @@ class CycleError(ValueError):
         super().__init__(
             f"the edges contain a cycle: {' -> '.join(shown)}{more} -> {cycle[0]!r}; a graph must be acyclic"
         )
+
+
+@dataclass(frozen=True)
+class _Network:
+    """The checked arguments: ``n`` nodes, edge lists, per-node bias and activation codes."""
+
+    n: int
+    src: Tensor
+    dst: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    activations: list[Activation]  # the distinct activations
+    codes: Tensor  # index into ``activations`` of every node
+    inputs: Tensor
+    outputs: Tensor | None
+    label: Labeller  # names node ``i`` in error messages
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,7 @@ def graph_from_edges(
         How each block of edges is held (:class:`SparseBlock`, :class:`EdgeListBlock`,
         :class:`DenseBlock`).
     names : sequence of hashable, optional
-        A name per node, used in error messages and kept as ``graph.node_labels``.
+        A name per node, used in error messages and kept as ``graph.node_names``.
     dtype : torch.dtype, optional
         Floating dtype of weights and biases (default: ``weight``'s if floating, else torch's
         default dtype).
@@ -107,7 +124,7 @@ def graph_from_edges(
     Graph
         Level 0 holds the inputs in the given order; every later level holds the nodes of one
         depth and one activation (named ``'depth d'``, layer type ``'node'``), in ascending id.
-        ``graph.original_ids[g]`` is the caller's id of graph node ``g``; ``graph.node_labels``
+        ``graph.original_ids[g]`` is the caller's id of graph node ``g``; ``graph.node_names``
         is ``names`` in graph node order (``None`` without names).
 
     Raises
@@ -120,6 +137,32 @@ def graph_from_edges(
     """
     if block_kind not in BLOCK_KINDS:
         raise ValueError(f"unknown block_kind {block_kind!r}; choose one of {BLOCK_KINDS}")
+    network = _checked_network(src, dst, weight, bias, activation, inputs, outputs, names, dtype)
+    depth = longest_path_depths(network.src, network.dst, network.n, network.inputs, network.label)
+    outputs_t = _default_outputs(network) if network.outputs is None else network.outputs
+    src_t, dst_t, weight_t = merge_duplicate_edges(network.src, network.dst, network.weight, network.n)
+    nonzero = weight_t != 0
+    layout = _layout(depth, network.codes, network.activations, network.inputs)
+    blocks = _blocks(layout, block_kind, src_t[nonzero], dst_t[nonzero], weight_t[nonzero])
+    graph = Graph(_levels(layout, network.bias), blocks, outputs=layout.new_id[outputs_t])
+    graph.original_ids = layout.order
+    graph.node_names = None if names is None else [names[i] for i in layout.order.tolist()]
+    return graph
+
+
+# -- checking and converting the arguments --------------------------------------------------------
+def _checked_network(
+    src: ArrayLike,
+    dst: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None,
+    activation: ActivationSpec | Sequence[ActivationSpec],
+    inputs: ArrayLike | None,
+    outputs: ArrayLike | None,
+    names: Sequence[Hashable] | None,
+    dtype: torch.dtype | None,
+) -> _Network:
+    """The arguments as tensors on ``weight``'s device, checked (outputs ``None`` when not given)."""
     weight_t = _as_values("weight", weight, dtype)
     device = weight_t.device
     src_t, dst_t = _as_ids("src", src, device), _as_ids("dst", dst, device)
@@ -127,7 +170,7 @@ def graph_from_edges(
         raise ValueError(f"src, dst and weight must have one entry per edge, got lengths "
                          f"{len(src_t)}, {len(dst_t)} and {len(weight_t)}")
     inputs_t = None if inputs is None else _as_ids("inputs", inputs, device)
-    outputs_t = None if outputs is None else _as_ids("outputs", outputs, device)
+    outputs_t = None if outputs is None else _checked_outputs(_as_ids("outputs", outputs, device))
     single_activation = isinstance(activation, (str, Activation))
     declared = {
         "len(bias)": None if bias is None else len(bias),
@@ -137,26 +180,13 @@ def graph_from_edges(
     n = _count_nodes([src_t, dst_t, inputs_t, outputs_t], declared)
     label = _labeller(names)
     inputs_t = _default_inputs(dst_t, n) if inputs_t is None else _checked_inputs(inputs_t, label)
-    is_input = torch.zeros(n, dtype=torch.bool, device=device)
-    is_input[inputs_t] = True
-    outputs_t = _default_outputs(src_t, is_input) if outputs_t is None else _checked_outputs(outputs_t)
-    _check_no_edges_into_inputs(src_t, dst_t, is_input, label)
+    _check_no_edges_into_inputs(src_t, dst_t, inputs_t, n, label)
     bias_t = None if bias is None else _as_values("bias", bias, weight_t.dtype).to(device)
     activations, codes = _resolve_activations(activation, n, device)
     _check_plain_inputs(inputs_t, bias_t, activations, codes, single_activation, label)
-    depth = longest_path_depths(src_t, dst_t, n, inputs_t, label)
-    src_t, dst_t, weight_t = merge_duplicate_edges(src_t, dst_t, weight_t, n)
-    nonzero = weight_t != 0
-    layout = _layout(depth, codes, activations, inputs_t)
-    levels = _levels(layout, bias_t)
-    blocks = _blocks(layout, block_kind, src_t[nonzero], dst_t[nonzero], weight_t[nonzero])
-    graph = Graph(levels, blocks, outputs=layout.new_id[outputs_t])
-    graph.original_ids = layout.order
-    graph.node_labels = None if names is None else [names[i] for i in layout.order.tolist()]
-    return graph
+    return _Network(n, src_t, dst_t, weight_t, bias_t, activations, codes, inputs_t, outputs_t, label)
 
 
-# -- checking and converting the arguments --------------------------------------------------------
 def _as_ids(name: str, values: ArrayLike, device: torch.device) -> Tensor:
     ids = torch.as_tensor(values, device=device)
     if ids.numel() == 0:
@@ -172,13 +202,15 @@ def _as_ids(name: str, values: ArrayLike, device: torch.device) -> Tensor:
 
 
 def _as_values(name: str, values: ArrayLike, dtype: torch.dtype | None) -> Tensor:
-    tensor = torch.as_tensor(values)
+    """A 1-D tensor of ``dtype``; without one, a tensor's or array's floating dtype, else torch's default."""
+    is_sequence = not isinstance(values, (Tensor, np.ndarray))
+    tensor = torch.from_numpy(np.asarray(values)) if is_sequence else torch.as_tensor(values)  # floats at full precision
     if tensor.dtype == torch.bool or tensor.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
     if tensor.dim() != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {tuple(tensor.shape)}")
-    target = dtype or (tensor.dtype if tensor.is_floating_point() else torch.get_default_dtype())
-    tensor = tensor.to(target)
+    keeps_own = tensor.is_floating_point() and not is_sequence
+    tensor = tensor.to(dtype or (tensor.dtype if keeps_own else torch.get_default_dtype()))
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()[:LISTED_IN_ERRORS].tolist()
@@ -204,7 +236,7 @@ def _count_nodes(ids: list[Tensor | None], declared: dict[str, int | None]) -> i
     return n
 
 
-def _labeller(names: Sequence[Hashable] | None):
+def _labeller(names: Sequence[Hashable] | None) -> Labeller:
     """How error messages name node ``i``: by ``names`` when given, else by id."""
     if names is None:
         return int
@@ -216,7 +248,7 @@ def _default_inputs(dst: Tensor, n: int) -> Tensor:
     return torch.nonzero(~has_incoming).flatten()
 
 
-def _checked_inputs(inputs: Tensor, label) -> Tensor:
+def _checked_inputs(inputs: Tensor, label: Labeller) -> Tensor:
     if inputs.numel() == 0:
         raise ValueError("inputs is empty; a graph needs at least one input node")
     unique, counts = torch.unique(inputs, return_counts=True)
@@ -226,11 +258,12 @@ def _checked_inputs(inputs: Tensor, label) -> Tensor:
     return inputs
 
 
-def _default_outputs(src: Tensor, is_input: Tensor) -> Tensor:
-    has_outgoing = torch.bincount(src, minlength=len(is_input)) > 0
+def _default_outputs(network: _Network) -> Tensor:
+    has_outgoing = torch.bincount(network.src, minlength=network.n) > 0
+    is_input = _mask(network.inputs, network.n)
     outputs = torch.nonzero(~has_outgoing & ~is_input).flatten()
     if outputs.numel() == 0:
-        raise ValueError("every non-input node has outgoing edges; give outputs= explicitly")
+        raise ValueError("no non-input node lacks outgoing edges to serve as default output; give outputs=")
     return outputs
 
 
@@ -240,8 +273,14 @@ def _checked_outputs(outputs: Tensor) -> Tensor:
     return outputs
 
 
-def _check_no_edges_into_inputs(src: Tensor, dst: Tensor, is_input: Tensor, label) -> None:
-    into_input = is_input[dst]
+def _mask(nodes: Tensor, n: int) -> Tensor:
+    mask = torch.zeros(n, dtype=torch.bool, device=nodes.device)
+    mask[nodes] = True
+    return mask
+
+
+def _check_no_edges_into_inputs(src: Tensor, dst: Tensor, inputs: Tensor, n: int, label: Labeller) -> None:
+    into_input = _mask(inputs, n)[dst]
     if bool(into_input.any()):
         bad = torch.nonzero(into_input).flatten()[:LISTED_IN_ERRORS]
         listed = ", ".join(f"{label(s)!r} -> {label(d)!r}" for s, d in zip(src[bad].tolist(), dst[bad].tolist()))
@@ -259,19 +298,23 @@ def _resolve(spec: ActivationSpec) -> Activation:
 def _resolve_activations(
     activation: ActivationSpec | Sequence[ActivationSpec], n: int, device: torch.device
 ) -> tuple[list[Activation], Tensor]:
-    """The distinct activations and, per node, the index of its activation among them."""
+    """The distinct activations, sorted by name, and per node the index of its activation among them."""
     if isinstance(activation, (str, Activation)):
         return [_resolve(activation)], torch.zeros(n, dtype=torch.long, device=device)
     spec_codes: dict[ActivationSpec, int] = {}
     per_node = [spec_codes.setdefault(spec, len(spec_codes)) for spec in activation]
     distinct: dict[Activation, int] = {}
     spec_to_code = [distinct.setdefault(_resolve(spec), len(distinct)) for spec in spec_codes]
-    codes = torch.tensor(spec_to_code, dtype=torch.long, device=device)[torch.tensor(per_node, device=device)]
-    return list(distinct), codes
+    found = list(distinct)
+    by_name = sorted(range(len(found)), key=lambda k: found[k].name)  # level order independent of node order
+    rank = torch.empty(len(found), dtype=torch.long)
+    rank[by_name] = torch.arange(len(found))
+    codes = rank[spec_to_code][per_node].to(device)
+    return [found[k] for k in by_name], codes
 
 
 def _check_plain_inputs(
-    inputs: Tensor, bias: Tensor | None, activations: list[Activation], codes: Tensor, single: bool, label
+    inputs: Tensor, bias: Tensor | None, activations: list[Activation], codes: Tensor, single: bool, label: Labeller
 ) -> None:
     """Inputs hold the input values: no bias, and the identity when activations are given per node."""
     if bias is not None and bool((bias[inputs] != 0).any()):
@@ -288,7 +331,7 @@ def _check_plain_inputs(
 
 
 # -- depth ----------------------------------------------------------------------------------------
-def longest_path_depths(src: Tensor, dst: Tensor, n: int, inputs: Tensor, label=int) -> Tensor:
+def longest_path_depths(src: Tensor, dst: Tensor, n: int, inputs: Tensor, label: Labeller = int) -> Tensor:
     """Depth of every node: 0 for ``inputs``, 1 for other nodes without incoming edges, else one
     more than the largest depth among the node's predecessors.
 
@@ -378,9 +421,7 @@ def merge_duplicate_edges(src: Tensor, dst: Tensor, weight: Tensor, n: int) -> t
 def _layout(depth: Tensor, codes: Tensor, activations: list[Activation], inputs: Tensor) -> _Layout:
     """Inputs first, in their order; then the other nodes by (depth, activation), ascending id within."""
     n = len(depth)
-    others = torch.ones(n, dtype=torch.bool, device=depth.device)
-    others[inputs] = False
-    rest = torch.nonzero(others).flatten()
+    rest = torch.nonzero(~_mask(inputs, n)).flatten()
     key = depth[rest] * len(activations) + codes[rest]
     by_key = torch.argsort(key, stable=True)
     keys, counts = torch.unique_consecutive(key[by_key], return_counts=True)

@@ -57,8 +57,15 @@ def from_networkx(
     Returns
     -------
     Graph
-        With ``graph.node_labels`` the label of every graph node and ``graph.original_ids`` its
+        With ``graph.node_names`` the label of every graph node and ``graph.original_ids`` its
         position in ``G.nodes``.
+
+    Raises
+    ------
+    ValueError
+        For an edge without a weight, inputs or outputs that are not nodes of ``G``, and
+        everything :func:`~graphlrp.lower.edges.graph_from_edges` refuses (a cycle, named by
+        its labels, an edge into an input, an unknown activation, ...).
     """
     if not isinstance(G, nx.DiGraph):
         raise TypeError(f"G must be a networkx.DiGraph (directed), got {type(G).__name__}")
@@ -66,7 +73,7 @@ def from_networkx(
     index = {label: i for i, label in enumerate(labels)}
     src, dst, weights = _edge_lists(G, index, weight)
     inputs = _given_or_default(inputs, G.graph.get("inputs"), (n for n, d in G.in_degree() if d == 0))
-    input_set = set(inputs)
+    input_set = set(inputs or ())
     outputs = _given_or_default(
         outputs, G.graph.get("outputs"), (n for n, d in G.out_degree() if d == 0 and n not in input_set)
     )
@@ -96,19 +103,24 @@ def _edge_lists(G: nx.DiGraph, index: dict[Hashable, int], weight: str) -> tuple
 
 def _given_or_default(
     given: Sequence[Hashable] | None, stored: Sequence[Hashable] | None, fallback: Iterable[Hashable]
-) -> list[Hashable]:
+) -> list[Hashable] | None:
+    """The nodes given, else those stored in the graph, else the fallback's sorted (``None`` if none)."""
     if given is not None:
         return list(given)
     if stored is not None:
         return list(stored)
     nodes = list(fallback)
+    if not nodes:  # a cycle leaves no node to default to: graph_from_edges names it
+        return None
     try:
         return sorted(nodes)
     except TypeError:  # labels of mixed types keep the graph's node order
         return nodes
 
 
-def _ids_of(role: str, nodes: Sequence[Hashable], index: dict[Hashable, int]) -> list[int]:
+def _ids_of(role: str, nodes: Sequence[Hashable] | None, index: dict[Hashable, int]) -> list[int] | None:
+    if nodes is None:
+        return None
     missing = [n for n in nodes if n not in index]
     if missing:
         raise ValueError(f"{role} names nodes that are not in the graph: {missing[:5]}")
@@ -118,24 +130,27 @@ def _ids_of(role: str, nodes: Sequence[Hashable], index: dict[Hashable, int]) ->
 def graph_to_networkx(graph: Graph) -> nx.DiGraph:
     """The network of ``graph`` as a ``networkx.DiGraph``, readable by :func:`from_networkx`.
 
-    Nodes are labelled by ``graph.node_labels`` when present, else by ``graph.original_ids``,
+    Nodes are labelled by ``graph.node_names`` when present, else by ``graph.original_ids``,
     else by global node id; they carry ``bias``, ``activation`` (its name when it is one of
     :data:`~graphlrp.activations.ACTIVATIONS`, else the :class:`Activation` itself) and ``level``.
     Edges carry ``weight``. ``G.graph['inputs']`` and ``G.graph['outputs']`` list the input and
     output nodes in order, so ``from_networkx(graph_to_networkx(graph))`` computes what
-    ``graph`` computes (with the output flattened to one dimension).
+    ``graph`` computes (with input and output flattened to one dimension).
 
     Raises
     ------
     ValueError
-        If the input level has an activation other than the identity (a node attribute cannot
-        hold it: input nodes take the input values).
+        If the input level has an activation other than the identity (input nodes take the
+        input values), or a block's edges depend on the sample (max pooling).
     """
     first = graph.levels[0]
     if first.activation.name != "identity":
         raise ValueError(
             f"the input level applies {first.activation.name!r}; a networkx graph holds inputs as plain values"
         )
+    for block in graph.blocks:
+        if not getattr(block, "linear_forward", True):
+            raise ValueError(f"{block!r} connects nodes differently per sample; a networkx graph holds fixed edges")
     labels = _labels(graph)
     G = nx.DiGraph()
     for level in graph.levels:
@@ -153,9 +168,9 @@ def graph_to_networkx(graph: Graph) -> nx.DiGraph:
 
 
 def _labels(graph: Graph) -> list[Hashable]:
-    node_labels = getattr(graph, "node_labels", None)
-    if node_labels is not None:
-        return list(node_labels)
+    node_names = getattr(graph, "node_names", None)
+    if node_names is not None:
+        return list(node_names)
     original_ids = getattr(graph, "original_ids", None)
     if original_ids is not None:
         return original_ids.tolist()
