@@ -10,7 +10,7 @@ from torch import Tensor
 from .composites import Composite
 from .graph import Graph
 from .memory import check_budget
-from .propagate import LevelRecord, Trace, _Inputs, redistribute_level, run_forward
+from .propagate import LevelRecord, Trace, _Inputs, level_balance, redistribute_level, run_forward
 from .rules import Rule
 
 
@@ -116,10 +116,9 @@ class Explanation:
         balances = []
         for level in reversed(self.graph.levels[1:]):
             record = self._records[level.index]
-            balances.append(
-                LevelBalance(level.index, level.name, record.rule, record.relevance_in, record.relevance_out,
-                             record.bias, record.stabilizer, record.dropped)
-            )
+            r_level = self.node_relevance[:, level.offset : level.offset + level.size]
+            parts = level_balance(record, level, r_level, self._trace.preactivations[level.index])
+            balances.append(LevelBalance(level.index, level.name, record.rule, **parts))
         return balances
 
     def conservation_table(self, sample: int | None = None) -> str:

@@ -28,21 +28,17 @@ class Trace:
 
 @dataclass
 class LevelRecord:
-    """How relevance crossed into one level's sources: the rule, its quotients and the balance.
+    """How relevance crossed into one level's sources: the rule, its denominators and quotients.
 
     ``quotients[g]`` is ``s_j = R_j / stab(z_j)`` of the rule's group ``g`` (zero where the group
-    does not serve ``j`` or the denominator is zero); every edge message is built from them.
-    Balance entries are per sample, shape ``(B,)``.
+    does not serve ``j`` or the denominator is zero) and ``denominators[g]`` the unstabilized
+    ``z_j``, both ``(B, n)``; every edge message and the level's balance are built from them.
     """
 
     rule: Rule
     groups: tuple[Group, ...]
     quotients: list[Tensor] = field(default_factory=list)
-    relevance_in: Tensor | None = None
-    relevance_out: Tensor | None = None
-    bias: Tensor | None = None
-    stabilizer: Tensor | None = None
-    dropped: Tensor | None = None
+    denominators: list[Tensor] = field(default_factory=list)
 
 
 def check_input(graph: Graph, x: Tensor) -> None:
@@ -175,33 +171,59 @@ def redistribute_level(
     incoming = graph.incoming[level.index]
     inputs = {b.src: _Inputs(graph.levels[b.src], trace.activations[b.src]) for b in incoming}
     r_level = relevance[level.index]
-    groups = rule.groups()
-    record = LevelRecord(rule, groups, relevance_in=r_level.sum(1))
-    zeros = r_level.new_zeros(len(r_level))
-    out, bias_part, stab_part, dropped = zeros.clone(), zeros.clone(), zeros.clone(), r_level.sum(1)
-    for group in groups:
+    record = LevelRecord(rule, rule.groups())
+    for group in record.groups:
         denominator = _denominator(graph, level, group, inputs, z_forward, trace)
-        stabilized = rule.stabilize(denominator)
-        served = _served(group, z_forward)
-        target = r_level if served is None else r_level * served
-        nonzero = stabilized != 0
-        quotient = torch.where(nonzero, target / torch.where(nonzero, stabilized, 1.0), 0.0)
+        quotient = _quotient(rule, group, r_level, denominator, z_forward)
+        record.denominators.append(denominator)
         record.quotients.append(quotient)
         for block in incoming:
             for term in group.terms:
                 term_input = inputs[block.src](term.inputs)
-                if term_input is None:
-                    continue
-                contribution = (group.scale * term.sign) * term_input * block.rmatvec(quotient, term.weights, trace.state(block))
-                relevance[block.src] += contribution
-                out += contribution.sum(1)
-        if level.bias is not None:
-            bias_term = sum(
-                (t.sign * t.bias(level.bias) for t in group.terms if not isinstance(t.bias, Zero)),
-                torch.zeros_like(level.bias),
-            )
-            bias_part += group.scale * (quotient * bias_term).sum(1)
-        stab_part += group.scale * (quotient * (stabilized - denominator)).sum(1)
-        dropped -= group.scale * torch.where(nonzero, target, 0.0).sum(1)
-    record.relevance_out, record.bias, record.stabilizer, record.dropped = out, bias_part, stab_part, dropped
+                if term_input is not None:
+                    back = block.rmatvec(quotient, term.weights, trace.state(block))
+                    relevance[block.src].addcmul_(term_input, back, value=group.scale * term.sign)
     return record
+
+
+def _quotient(rule: Rule, group: Group, r_level: Tensor, denominator: Tensor, z_forward: Tensor) -> Tensor:
+    """``s_j = R_j / stab(z_j)`` where the group serves ``j``, else 0; a zero denominator gives 0."""
+    served = _served(group, z_forward)
+    target = r_level if served is None else r_level * served
+    stabilized = rule.stabilize(denominator)
+    if rule.epsilon > 0 and rule.stabilizer == "signed":  # |stab(z)| >= ε: never zero
+        return target / stabilized
+    nonzero = stabilized != 0
+    return torch.where(nonzero, target / torch.where(nonzero, stabilized, 1.0), 0.0)
+
+
+def group_bias(group: Group, bias: Tensor | None) -> Tensor | None:
+    """The group's bias term ``β_j = Σ_terms sign · f_b(b_j)`` (``None`` without bias)."""
+    terms = [t for t in group.terms if not isinstance(t.bias, Zero)]
+    if bias is None or not terms:
+        return None
+    return sum(t.sign * t.bias(bias) for t in terms)
+
+
+def level_balance(record: LevelRecord, level: Level, r_level: Tensor, z_forward: Tensor) -> dict[str, Tensor]:
+    """Per sample: relevance in, out through the edges, absorbed by bias and stabilizer, dropped.
+
+    Computed from the quotients and denominators kept in ``record``: with ``c_j`` the sum of the
+    group's contributions into ``j`` (``denominator − β``), ``out = Σ_g scale Σ_j s_j c_j``.
+    """
+    zeros = r_level.new_zeros(len(r_level))
+    out, bias_part, stab_part, kept = zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone()
+    for group, quotient, denominator in zip(record.groups, record.quotients, record.denominators):
+        beta = group_bias(group, level.bias)
+        stabilized = record.rule.stabilize(denominator)
+        contributions = denominator if beta is None else denominator - beta
+        out += group.scale * (quotient * contributions).sum(1)
+        if beta is not None:
+            bias_part += group.scale * (quotient * beta).sum(1)
+        stab_part += group.scale * (quotient * (stabilized - denominator)).sum(1)
+        served = _served(group, z_forward)
+        target = r_level if served is None else r_level * served
+        kept += group.scale * torch.where(stabilized != 0, target, 0.0).sum(1)
+    relevance_in = r_level.sum(1)
+    return {"relevance_in": relevance_in, "relevance_out": out, "bias": bias_part, "stabilizer": stab_part,
+            "dropped": relevance_in - kept}

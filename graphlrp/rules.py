@@ -105,8 +105,7 @@ class Rule:
             return denominator
         if self.stabilizer == "plain":
             return denominator + self.epsilon
-        sign = torch.where(denominator >= 0, 1.0, -1.0).to(denominator.dtype)
-        return denominator + self.epsilon * sign
+        return torch.where(denominator >= 0, denominator + self.epsilon, denominator - self.epsilon)
 
     def label(self) -> str:
         """A short name for tables: the class and its own parameters, e.g. ``Gamma(gamma=0.25)``."""
