@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
@@ -12,6 +12,9 @@ from .graph import Graph
 from .memory import check_budget
 from .propagate import LevelRecord, Trace, _Inputs, level_balance, redistribute_level, run_forward
 from .rules import Rule
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,24 @@ class Explanation:
         if messages is None:
             messages = chosen.new_zeros((len(index), block.num_edges))
         return messages
+
+    def to_networkx(self, sample: int | Sequence[int] | None = 0, **options) -> "nx.DiGraph":
+        """This explanation as a networkx graph; see :func:`graphlrp.export.explanation_to_networkx`."""
+        from .export import explanation_to_networkx
+
+        return explanation_to_networkx(self, sample, **options)
+
+    def bias_relevance(self, sample: int | Sequence[int] | None = None) -> Tensor:
+        """Relevance absorbed by each node's bias term; see :func:`graphlrp.export.bias_relevance`."""
+        from .export import bias_relevance
+
+        return bias_relevance(self, sample)
+
+    def edge_contributions(self, sample: int | Sequence[int] | None = None) -> Tensor:
+        """Forward contribution ``a_i·w_ij`` of every edge; see :func:`graphlrp.export.edge_contributions`."""
+        from .export import edge_contributions
+
+        return edge_contributions(self, sample)
 
     def conservation(self) -> list[LevelBalance]:
         """Per level (last first), relevance in and out, and what biases and the stabilizer absorbed."""

@@ -1,0 +1,550 @@
+"""Questions about an explanation answered over its edges: paths, circuits, flows, rankings.
+
+Every function takes an :class:`~graphlrp.Explanation` (or, for :func:`mean_edge_relevance`, a
+graph and a data set) and works on the edge relevance of :meth:`Explanation.edge_relevance`:
+the message ``m_ij`` on edge ``i → j`` is the part of ``R_j`` that went to ``i``, and the messages
+leaving ``i`` sum to ``R_i``. Several samples are processed in chunks, never ``samples × edges``
+at once.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import reductions
+from .composites import Composite
+from .explanation import Explanation, explain
+from .export import Samples, _is_int, check_fraction, edge_relevance_chunks, edges_holding_mass, sample_rows
+from .graph import Graph, Level
+from .rules import Rule
+
+PathScore = Literal["product", "sum"]
+PATH_SCORES = ("product", "sum")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _one_sample(explanation: Explanation, sample: int) -> int:
+    """``sample`` as a non-negative row, which must be a single int."""
+    if not _is_int(sample):
+        raise TypeError(f"sample must be one int, got {sample!r}")
+    return sample_rows(explanation, sample)[0]
+
+
+def _block_ranges(graph: Graph) -> list[tuple[int, int]]:
+    """``(start, stop)`` of every block's edges in :meth:`Graph.edges` order."""
+    ranges, start = [], 0
+    for block in graph.blocks:
+        ranges.append((start, start + block.num_edges))
+        start += block.num_edges
+    return ranges
+
+
+def _position(level: Level, node: int) -> tuple[int, ...]:
+    return tuple(int(c) for c in np.unravel_index(node - level.offset, level.shape))
+
+
+# -- top paths ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Path:
+    """A path of edges from an input node to an output node.
+
+    Attributes
+    ----------
+    nodes : tuple of int
+        Global node ids, input first.
+    labels : tuple of str
+        :meth:`Graph.node_label` of each node.
+    score : float
+        ``'product'``: the relevance that flows along the path, ``R_t · Π f_e`` with ``f_ij =
+        m_ij / R_j`` (signed); ``'sum'``: ``Σ |m_e|`` over its edges.
+    edge_relevance : tuple of float
+        The message ``m_e`` of each edge along the path.
+    """
+
+    nodes: tuple[int, ...]
+    labels: tuple[str, ...]
+    score: float
+    edge_relevance: tuple[float, ...]
+
+
+@dataclass
+class _Suffixes:
+    """For every node, the ``k`` best path scores from it to the target, and how each continues."""
+
+    value: Tensor  # (N, k) best scores, -inf where there is no path
+    next_edge: Tensor  # (N, k) edge taken first (-1 for none)
+    next_rank: Tensor  # (N, k) which of the edge's destination's paths continues it
+
+
+def top_paths(
+    explanation: Explanation, sample: int = 0, target: int | None = None, k: int = 5, score: PathScore = "product"
+) -> list[Path]:
+    """The ``k`` most relevant paths from any input node to one output node.
+
+    Found by dynamic programming over the DAG, level by level backwards from the target, keeping
+    the ``k`` best continuations per node (paths are never enumerated).
+
+    Parameters
+    ----------
+    explanation : Explanation
+    sample : int
+        Sample of the batch.
+    target : int, optional
+        Index into ``graph.outputs`` of the output node; default the output node with the largest
+        ``|relevance|``.
+    k : int
+        Number of paths, ``>= 1``; fewer when fewer paths reach the target.
+    score : {'product', 'sum'}
+        ``'product'``: a path's relevance, ``R_t · Π f_ij`` with the flow fraction
+        ``f_ij = m_ij / R_j`` (0 where ``R_j = 0``) — the part of the target's relevance that
+        reached the input along the path; ranked by its absolute value. ``'sum'``: ``Σ |m_ij|``
+        along the path.
+
+    Returns
+    -------
+    list of Path
+        Best first; ties in no particular order.
+    """
+    row = _one_sample(explanation, sample)
+    if score not in PATH_SCORES:
+        raise ValueError(f"unknown score {score!r}; choose one of {PATH_SCORES}")
+    if not _is_int(k) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    graph = explanation.graph
+    relevance = explanation.node_relevance[row].double()
+    messages = explanation.edge_relevance(row).double()
+    src, dst, _ = graph.edges()
+    goal = _target_node(graph, relevance, target)
+    nonzero = relevance[dst] != 0
+    fraction = torch.where(nonzero, messages / torch.where(nonzero, relevance[dst], 1.0), 0.0)
+    step = fraction.abs() if score == "product" else messages.abs()
+    suffixes = _best_suffixes(graph, src, dst, step, goal, k, score)
+    first = graph.levels[0]
+    starts = suffixes.value[first.offset : first.offset + first.size].flatten()
+    order = torch.argsort(starts, descending=True, stable=True)
+    paths = []
+    for slot in order[starts[order] > float("-inf")][:k].tolist():
+        nodes, edges = _follow(suffixes, dst, first.offset + slot // k, slot % k, goal)
+        index = torch.tensor(edges, dtype=torch.long, device=messages.device)
+        if score == "product":
+            value = float(relevance[goal]) * math.prod(fraction[index].tolist())
+        else:
+            value = float(messages[index].abs().sum())
+        labels = tuple(graph.node_label(v) for v in nodes)
+        paths.append(Path(nodes, labels, value, tuple(messages[index].tolist())))
+    return paths
+
+
+def _target_node(graph: Graph, relevance: Tensor, target: int | None) -> int:
+    outputs = graph.outputs
+    if target is None:
+        return int(outputs[relevance[outputs].abs().argmax()])
+    if not _is_int(target) or not 0 <= target < len(outputs):
+        raise IndexError(f"target {target!r} is not an index into the graph's {len(outputs)} outputs")
+    return int(outputs[target])
+
+
+def _best_suffixes(
+    graph: Graph, src: Tensor, dst: Tensor, step: Tensor, goal: int, k: int, score: PathScore
+) -> _Suffixes:
+    """The ``k`` best scores of paths from every node to ``goal``, source levels last to first."""
+    n = graph.num_nodes
+    suffixes = _Suffixes(
+        value=step.new_full((n, k), float("-inf")),
+        next_edge=torch.full((n, k), -1, dtype=torch.long, device=step.device),
+        next_rank=torch.full((n, k), -1, dtype=torch.long, device=step.device),
+    )
+    suffixes.value[goal, 0] = 1.0 if score == "product" else 0.0
+    ranges = _block_ranges(graph)
+    for level in reversed(graph.levels[: graph.level_of(goal).index]):
+        parts = [torch.arange(*r, device=src.device) for b, r in zip(graph.blocks, ranges) if b.src == level.index]
+        if parts:
+            _relax(level, torch.cat(parts), src, dst, step, k, score, suffixes)
+    return suffixes
+
+
+def _relax(
+    level: Level, edges: Tensor, src: Tensor, dst: Tensor, step: Tensor, k: int, score: PathScore, suffixes: _Suffixes
+) -> None:
+    """Fill the rows of ``level``'s nodes from their outgoing ``edges`` (all destinations are final)."""
+    ahead = suffixes.value[dst[edges]]
+    which, rank = torch.nonzero(ahead > float("-inf"), as_tuple=True)
+    if len(which) == 0:
+        return
+    edge = edges[which]
+    following = ahead[which, rank]
+    candidate = step[edge] * following if score == "product" else step[edge] + following
+    local = src[edge] - level.offset
+    if k == 1:
+        _, arg = reductions.scatter_max(candidate, local, level.size)
+        nodes = torch.nonzero(arg >= 0).flatten()
+        picked, slots = arg[nodes], torch.zeros_like(nodes)
+    else:
+        picked, nodes, slots = _k_best_per_group(candidate, local, level.size, k)
+    rows = level.offset + nodes
+    suffixes.value[rows, slots] = candidate[picked]
+    suffixes.next_edge[rows, slots] = edge[picked]
+    suffixes.next_rank[rows, slots] = rank[picked]
+
+
+def _k_best_per_group(values: Tensor, group: Tensor, groups: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` largest ``values`` of every group: positions, their group and rank within it."""
+    order = torch.argsort(values, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    grouped = group[order]
+    counts = torch.bincount(grouped, minlength=groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(order), device=values.device) - starts[grouped]
+    keep = rank < k
+    return order[keep], grouped[keep], rank[keep]
+
+
+def _follow(suffixes: _Suffixes, dst: Tensor, node: int, rank: int, goal: int) -> tuple[tuple[int, ...], list[int]]:
+    """The nodes and edges of path number ``rank`` from ``node`` to ``goal``."""
+    nodes, edges = [node], []
+    while node != goal:
+        edge = int(suffixes.next_edge[node, rank])
+        node, rank = int(dst[edge]), int(suffixes.next_rank[node, rank])
+        nodes.append(node)
+        edges.append(edge)
+    return tuple(nodes), edges
+
+
+# -- relevant circuit ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Faithfulness:
+    """The network's output for one sample, in full and with only a circuit's edges."""
+
+    output: Tensor
+    circuit_output: Tensor
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """The fewest edges that carry a given fraction of one sample's total ``|edge relevance|``.
+
+    Attributes
+    ----------
+    sample : int
+    edges : Tensor
+        Positions of the circuit's edges in :meth:`Graph.edges` order, by decreasing ``|relevance|``.
+    src, dst : Tensor
+        Global node ids of each edge's ends.
+    relevance : Tensor
+        Each edge's message.
+    nodes : Tensor
+        The edges' endpoints, ascending.
+    fraction : float
+        The share of the total ``|edge relevance|`` the circuit carries.
+    """
+
+    explanation: Explanation = field(repr=False)
+    sample: int
+    edges: Tensor
+    src: Tensor
+    dst: Tensor
+    relevance: Tensor
+    nodes: Tensor
+    fraction: float
+
+    def faithfulness(self) -> Faithfulness:
+        """The sample's output when only the circuit's edges are kept (others weigh 0), and in full.
+
+        Biases and activations are kept. At ``fraction=1`` under LRP-0/ε the explained output is
+        reproduced (up to rounding, unless relevance cancels exactly): there, an edge that carries
+        no relevance adds nothing to any node that passes relevance on. Outputs that received no
+        relevance, and outputs under rules that split by sign (z⁺, αβ), generally change.
+
+        Raises
+        ------
+        ValueError
+            For a graph with blocks whose edges depend on the sample (max pooling).
+        """
+        graph = self.explanation.graph
+        pruned = prune(graph, self.edges)
+        inputs = self.explanation._trace.activations[0][self.sample : self.sample + 1]
+        circuit_output = pruned(inputs).reshape(graph.output_shape)
+        return Faithfulness(self.explanation.output[self.sample], circuit_output)
+
+
+def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float = 0.9) -> Circuit:
+    """The fewest edges, taken by decreasing ``|relevance|``, that carry ``fraction`` of the total.
+
+    Taking edges greedily is optimal: no smaller set of edges carries the fraction.
+
+    Parameters
+    ----------
+    explanation : Explanation
+    sample : int
+    fraction : float
+        In ``(0, 1]``. Edges without relevance are never part of a circuit.
+
+    Returns
+    -------
+    Circuit
+        :meth:`Circuit.faithfulness` runs the network on the circuit alone.
+    """
+    row = _one_sample(explanation, sample)
+    check_fraction("fraction", fraction)
+    messages = explanation.edge_relevance(row)
+    magnitude = messages.abs()
+    kept = torch.as_tensor(edges_holding_mass(magnitude.cpu().numpy(), fraction), device=messages.device)
+    src, dst, _ = explanation.graph.edges()
+    total = float(magnitude.sum())
+    return Circuit(
+        explanation, row, kept, src[kept], dst[kept], messages[kept],
+        nodes=torch.unique(torch.cat([src[kept], dst[kept]])),
+        fraction=float(magnitude[kept].sum()) / total if total > 0 else 1.0,
+    )
+
+
+def prune(graph: Graph, keep: Tensor) -> Graph:
+    """A graph computing ``graph`` with only the edges ``keep`` (positions in :meth:`Graph.edges` order).
+
+    The result is a :meth:`Graph.from_edges` graph whose ``original_ids`` are ``graph``'s global
+    node ids, with the same biases, activations and outputs (flattened to one dimension). Its
+    inputs are level 0's nodes in order; feed them the values after the input level's activation
+    (``explanation._trace.activations[0]``).
+
+    Raises
+    ------
+    ValueError
+        For blocks whose edges depend on the sample (max pooling), naming the block.
+    """
+    for block in graph.blocks:
+        if not block.linear_forward:
+            raise ValueError(f"cannot prune {block!r} (kind {block.kind!r}): its edges depend on the sample")
+    src, dst, weight = graph.edges()
+    mask = torch.zeros(len(weight), dtype=torch.bool, device=weight.device)
+    mask[keep] = True
+    bias = torch.cat([weight.new_zeros(l.size) if l.bias is None or l.index == 0 else l.bias for l in graph.levels])
+    activation = ["identity"] * graph.levels[0].size + [l.activation for l in graph.levels[1:] for _ in l.nodes]
+    first = graph.levels[0]
+    return Graph.from_edges(
+        src, dst, torch.where(mask, weight, 0.0), bias, activation,
+        inputs=torch.arange(first.size, device=weight.device), outputs=graph.outputs, dtype=graph.dtype,
+    )
+
+
+# -- flows and rankings -------------------------------------------------------------------------
+def level_flow(explanation: Explanation, sample: Samples = None) -> list[dict[str, object]]:
+    """Relevance that crossed from each destination level to each source level.
+
+    Parameters
+    ----------
+    explanation : Explanation
+    sample : int or sequence of int or None
+        Summed over these samples (``None``: all).
+
+    Returns
+    -------
+    list of dict
+        One row per (source level, destination level) pair with edges, ordered by the pair:
+        ``src_level``, ``dst_level``, ``src_name``, ``dst_name``, ``positive`` and ``negative``
+        (sums of the positive and negative messages) and ``total``. The totals of the rows into
+        a level equal that level's ``relevance_out`` in :meth:`Explanation.conservation`.
+    """
+    graph = explanation.graph
+    ranges = _block_ranges(graph)
+    pairs = sorted({(b.src, b.dst) for b in graph.blocks})
+    positive = {pair: 0.0 for pair in pairs}
+    negative = {pair: 0.0 for pair in pairs}
+    for messages in edge_relevance_chunks(explanation, sample):
+        for block, (start, stop) in zip(graph.blocks, ranges):
+            part = messages[:, start:stop]
+            positive[block.src, block.dst] += float(part.clamp(min=0).sum())
+            negative[block.src, block.dst] += float(part.clamp(max=0).sum())
+    return [
+        {
+            "src_level": a, "dst_level": b, "src_name": graph.levels[a].name, "dst_name": graph.levels[b].name,
+            "positive": positive[a, b], "negative": negative[a, b], "total": positive[a, b] + negative[a, b],
+        }
+        for a, b in pairs
+    ]
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """A node of a level with its relevance."""
+
+    node: int
+    label: str
+    position: tuple[int, ...]
+    relevance: float
+
+
+def rank_neurons(
+    explanation: Explanation, level: int | str, sample: Samples = None, k: int = 10, absolute: bool = False
+) -> list[Neuron]:
+    """The ``k`` most relevant nodes of one level.
+
+    Parameters
+    ----------
+    explanation : Explanation
+    level : int or str
+        Level index or name.
+    sample : int or sequence of int or None
+        One sample, or the mean over several (``None``: all).
+    k : int
+        How many, ``>= 1``.
+    absolute : bool
+        Rank by ``|relevance|`` instead of relevance (most positive first).
+    """
+    graph = explanation.graph
+    chosen = _level(graph, level)
+    if not _is_int(k) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    index = torch.tensor(sample_rows(explanation, sample), device=explanation.node_relevance.device)
+    values = explanation.node_relevance.index_select(0, index)[:, chosen.offset : chosen.offset + chosen.size].mean(0)
+    order = torch.argsort(values.abs() if absolute else values, descending=True, stable=True)[:k]
+    nodes = [(chosen.offset + i, float(values[i])) for i in order.tolist()]
+    return [Neuron(node, graph.node_label(node), _position(chosen, node), value) for node, value in nodes]
+
+
+def _level(graph: Graph, level: int | str) -> Level:
+    if isinstance(level, str):
+        for candidate in graph.levels:
+            if candidate.name == level:
+                return candidate
+        raise ValueError(f"no level is named {level!r}; levels: {[l.name for l in graph.levels]}")
+    if not _is_int(level) or not 0 <= level < len(graph.levels):
+        raise IndexError(f"level {level!r} is not one of the graph's {len(graph.levels)} levels")
+    return graph.levels[level]
+
+
+@dataclass(frozen=True)
+class EdgeContrast:
+    """An edge's relevance in two explanations; ``difference = relevance_a - relevance_b``."""
+
+    edge: int
+    src: int
+    dst: int
+    relevance_a: float
+    relevance_b: float
+    difference: float
+
+
+def contrast(
+    explanation_a: Explanation, explanation_b: Explanation, sample: int = 0, k: int = 20
+) -> list[EdgeContrast]:
+    """The ``k`` edges whose relevance differs most between two explanations of one graph.
+
+    E.g. the same input explained for class A and for class B.
+
+    Raises
+    ------
+    ValueError
+        If the explanations are of different graphs.
+    """
+    _check_same_graph(explanation_a.graph, explanation_b.graph)
+    if not _is_int(k) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    a = explanation_a.edge_relevance(_one_sample(explanation_a, sample))
+    b = explanation_b.edge_relevance(_one_sample(explanation_b, sample))
+    difference = a - b
+    order = torch.argsort(difference.abs(), descending=True, stable=True)[:k]
+    src, dst, _ = explanation_a.graph.edges()
+    return [
+        EdgeContrast(e, int(src[e]), int(dst[e]), float(a[e]), float(b[e]), float(difference[e]))
+        for e in order.tolist()
+    ]
+
+
+def _check_same_graph(a: Graph, b: Graph) -> None:
+    if a is b:
+        return
+    if (a.num_nodes, a.num_edges) != (b.num_nodes, b.num_edges):
+        raise ValueError(f"the explanations are of different graphs: {a.num_nodes:,} nodes and {a.num_edges:,} "
+                         f"edges against {b.num_nodes:,} nodes and {b.num_edges:,} edges")
+    if not all(torch.equal(x, y) for x, y in zip(a.edges(), b.edges())):
+        raise ValueError("the explanations are of different graphs: their edges or weights differ")
+
+
+# -- data sets ----------------------------------------------------------------------------------
+def mean_edge_relevance(
+    graph: Graph,
+    inputs: Tensor,
+    targets: int | Sequence[int] | Tensor,
+    rule: Rule | None = None,
+    composite: Composite | None = None,
+    batch_size: int = 64,
+    absolute: bool = False,
+    progress: bool = True,
+) -> Tensor:
+    """Mean edge relevance over a data set, explained batch by batch.
+
+    Parameters
+    ----------
+    graph : Graph
+    inputs : Tensor
+        ``(N, *graph.input_shape)``.
+    targets : int or sequence of int or Tensor
+        Class to explain, one for all or one per sample.
+    rule, composite : optional
+        As for :func:`graphlrp.explain`.
+    batch_size : int
+        Samples explained at once.
+    absolute : bool
+        Average ``|relevance|`` instead of relevance.
+    progress : bool
+        Show progress on stderr (with tqdm when it is installed).
+
+    Returns
+    -------
+    Tensor
+        ``(num_edges,)`` in :meth:`Graph.edges` order. Only one batch's node relevance and one
+        chunk of edge relevance are held at a time.
+    """
+    count = len(inputs)
+    if count == 0:
+        raise ValueError("inputs holds no samples")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    per_sample = torch.as_tensor(targets).reshape(-1)
+    if per_sample.numel() not in (1, count):
+        raise ValueError(f"targets has {per_sample.numel()} entries for {count} samples; give one, or one per sample")
+    total = torch.zeros(graph.num_edges, dtype=graph.dtype, device=graph.device)
+    with _progress(count, progress) as advance:
+        for start in range(0, count, batch_size):
+            batch = inputs[start : start + batch_size]
+            target = per_sample if per_sample.numel() == 1 else per_sample[start : start + batch_size]
+            explanation = explain(graph, batch, target=target, rule=rule, composite=composite)
+            for messages in edge_relevance_chunks(explanation):
+                total += (messages.abs() if absolute else messages).sum(0)
+            advance(len(batch))
+    return total / count
+
+
+@contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``, which reports ``n`` more samples done (with tqdm, else on stderr)."""
+    if not enabled:
+        yield lambda n: None
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        with tqdm(total=total, unit="sample", desc="mean_edge_relevance") as bar:
+            yield bar.update
+        return
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        sys.stderr.write(f"\rmean_edge_relevance: {done}/{total} samples")
+        sys.stderr.flush()
+
+    try:
+        yield advance
+    finally:
+        sys.stderr.write("\n")

@@ -1,0 +1,399 @@
+"""An explanation as a ``networkx`` graph of relevance, and files that Gephi and Cytoscape open.
+
+:func:`explanation_to_networkx` turns the relevance of every node and every edge into a
+``networkx.DiGraph`` keyed by global node id; :func:`write_graphml` / :func:`read_graphml` and
+:func:`write_json` / :func:`read_json` store it and read it back with every attribute exactly as
+it was (floats to the last bit).
+
+Several samples are reduced (``aggregate``) chunk by chunk: no more than :data:`CHUNK_ELEMENTS`
+edge values per array are held at once, never ``samples × edges``.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+
+import networkx as nx
+import numpy as np
+import torch
+from torch import Tensor
+
+from .transforms import Identity, Zero
+
+if TYPE_CHECKING:  # pragma: no cover - import for annotations only
+    from .explanation import Explanation
+
+Aggregate = Literal["sum", "mean", "mean_abs"]
+AGGREGATES = ("sum", "mean", "mean_abs")
+Samples = int | Sequence[int] | None
+
+#: most edge values per ``(samples, edges)`` chunk when several samples are reduced
+CHUNK_ELEMENTS = 1 << 22
+
+#: the node attribute and the graph attribute that hold tuples, which GraphML stores as text
+_POSITION = "position"
+_SAMPLES = "samples"
+
+
+# -- samples ------------------------------------------------------------------------------------
+def sample_rows(explanation: "Explanation", sample: Samples) -> list[int]:
+    """The batch rows ``sample`` names (``None``: all), as non-negative ints.
+
+    Raises
+    ------
+    TypeError
+        If a sample is not an int.
+    IndexError
+        If a sample is out of range for the explained batch.
+    """
+    batch = len(explanation.node_relevance)
+    rows = list(range(batch)) if sample is None else [sample] if _is_int(sample) else list(sample)
+    for row in rows:
+        if not _is_int(row):
+            raise TypeError(f"samples must be ints, got {row!r}")
+        if not -batch <= row < batch:
+            raise IndexError(f"sample {row} is out of range for a batch of {batch}")
+    return [int(row) % batch for row in rows]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _chunks(rows: list[int], num_edges: int) -> Iterator[list[int]]:
+    size = max(1, CHUNK_ELEMENTS // max(num_edges, 1))
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def edge_relevance_chunks(explanation: "Explanation", sample: Samples = None) -> Iterator[Tensor]:
+    """Edge relevance of the samples asked, ``(chunk, num_edges)`` at a time (see :data:`CHUNK_ELEMENTS`)."""
+    for chunk in _chunks(sample_rows(explanation, sample), explanation.graph.num_edges):
+        yield explanation.edge_relevance(chunk)
+
+
+# -- per-node and per-edge values ---------------------------------------------------------------
+def bias_relevance(explanation: "Explanation", sample: Samples = None) -> Tensor:
+    """The relevance each node's bias term absorbed, ``(samples, num_nodes)`` (``(num_nodes,)`` for an int).
+
+    For node ``j`` of a level whose rule has groups ``g``: ``Σ_g scale_g · s_gj · β_gj`` with
+    ``s_gj`` the group's quotient and ``β_gj`` its bias term. Summed over a level's nodes it is
+    that level's :attr:`LevelBalance.bias`. Input nodes and nodes without a bias absorb nothing.
+    """
+    rows = sample_rows(explanation, sample)
+    graph = explanation.graph
+    index = torch.tensor(rows, dtype=torch.long, device=explanation.node_relevance.device)
+    shares = explanation.node_relevance.new_zeros((len(rows), graph.num_nodes))
+    for level in graph.levels[1:]:
+        if level.bias is None:
+            continue
+        record = explanation._records[level.index]
+        view = shares[:, level.offset : level.offset + level.size]
+        for group, quotient in zip(record.groups, record.quotients):
+            terms = [t.sign * t.bias(level.bias) for t in group.terms if not isinstance(t.bias, Zero)]
+            if terms:
+                view += group.scale * quotient.index_select(0, index) * sum(terms)
+    return shares[0] if _is_int(sample) else shares
+
+
+def edge_contributions(explanation: "Explanation", sample: Samples = None) -> Tensor:
+    """The forward contribution ``a_i · w_ij`` of every edge, in :meth:`Graph.edges` order.
+
+    ``(samples, num_edges)``, or ``(num_edges,)`` for an int sample. A max-pooling block in
+    ``'winner'`` mode contributes only through each window's winner.
+    """
+    rows = sample_rows(explanation, sample)
+    trace = explanation._trace
+    index = torch.tensor(rows, dtype=torch.long, device=explanation.node_relevance.device)
+    parts = []
+    for block in explanation.graph.blocks:
+        inputs = trace.activations[block.src].index_select(0, index)
+        ones = inputs.new_ones((len(rows), block.n_dst))
+        state = block.select_state(trace.state(block), index)
+        parts.append(block.edge_messages(inputs, ones, Identity(), state))
+    contributions = torch.cat(parts, dim=1) if parts else explanation.node_relevance.new_zeros((len(rows), 0))
+    return contributions[0] if _is_int(sample) else contributions
+
+
+def _fold(values: Tensor, aggregate: Aggregate) -> Tensor:
+    """Sum over samples (dim 0), of absolute values for ``'mean_abs'``."""
+    return (values.abs() if aggregate == "mean_abs" else values).sum(0)
+
+
+def _reduce(values: Tensor, aggregate: Aggregate, count: int) -> Tensor:
+    """Finish an aggregate from its sum over ``count`` samples."""
+    return values if aggregate == "sum" else values / count
+
+
+def _edge_values(explanation: "Explanation", rows: list[int], aggregate: Aggregate) -> tuple[Tensor, Tensor]:
+    """Aggregated edge relevance and contribution, computed over chunks of samples."""
+    num_edges = explanation.graph.num_edges
+    relevance = explanation.node_relevance.new_zeros(num_edges)
+    contribution = explanation.node_relevance.new_zeros(num_edges)
+    for chunk in _chunks(rows, num_edges):
+        relevance += _fold(explanation.edge_relevance(chunk), aggregate)
+        contribution += _fold(edge_contributions(explanation, chunk), aggregate)
+    return _reduce(relevance, aggregate, len(rows)), _reduce(contribution, aggregate, len(rows))
+
+
+def _node_values(explanation: "Explanation", rows: list[int], aggregate: Aggregate) -> dict[str, Tensor]:
+    """Aggregated relevance, output and bias share of every node."""
+    index = torch.tensor(rows, dtype=torch.long, device=explanation.node_relevance.device)
+    activations = torch.cat([a.index_select(0, index) for a in explanation._trace.activations], dim=1)
+    values = {
+        "relevance": explanation.node_relevance.index_select(0, index),
+        "activation_value": activations,
+        "bias_share": bias_relevance(explanation, rows),
+    }
+    return {name: _reduce(_fold(v, aggregate), aggregate, len(rows)) for name, v in values.items()}
+
+
+# -- choosing edges -----------------------------------------------------------------------------
+def edges_holding_mass(magnitude: np.ndarray, fraction: float) -> np.ndarray:
+    """The fewest entries whose sum reaches ``fraction`` of the total, largest first.
+
+    Taking entries by decreasing magnitude is optimal: no smaller set reaches the fraction.
+    Ties keep index order. An all-zero ``magnitude`` gives no entries.
+
+    Parameters
+    ----------
+    magnitude : ndarray
+        Non-negative values, e.g. ``|edge relevance|``.
+    fraction : float
+        In ``(0, 1]``.
+
+    Returns
+    -------
+    ndarray of int
+        Indices into ``magnitude``, by decreasing magnitude.
+    """
+    check_fraction("mass", fraction)
+    order = np.argsort(-magnitude, kind="stable")
+    cumulative = np.cumsum(magnitude[order])
+    if len(cumulative) == 0 or cumulative[-1] == 0:
+        return order[:0]
+    count = int(np.searchsorted(cumulative, fraction * cumulative[-1], side="left")) + 1
+    return order[: min(count, len(order))]
+
+
+def check_fraction(name: str, fraction: float) -> None:
+    """Raise ``ValueError`` unless ``0 < fraction <= 1``."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"{name} must be a fraction in (0, 1], got {fraction!r}")
+
+
+def select_edges(
+    magnitude: np.ndarray, top_k: int | None = None, threshold: float | None = None, mass: float | None = None
+) -> np.ndarray:
+    """Indices (ascending) of the entries that pass every criterion given (all without any).
+
+    Parameters
+    ----------
+    magnitude : ndarray
+        Non-negative values, e.g. ``|edge relevance|``.
+    top_k : int, optional
+        Keep the ``top_k`` largest (ties in index order).
+    threshold : float, optional
+        Keep those ``>= threshold``.
+    mass : float, optional
+        Keep the fewest, largest first, that hold this fraction of the total
+        (:func:`edges_holding_mass`).
+    """
+    keep = np.ones(len(magnitude), dtype=bool)
+    if top_k is not None:
+        if not _is_int(top_k) or top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+        keep &= _mask(len(magnitude), np.argsort(-magnitude, kind="stable")[:top_k])
+    if threshold is not None:
+        keep &= magnitude >= threshold
+    if mass is not None:
+        keep &= _mask(len(magnitude), edges_holding_mass(magnitude, mass))
+    return np.flatnonzero(keep)
+
+
+def _mask(n: int, indices: np.ndarray) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[indices] = True
+    return mask
+
+
+# -- building the networkx graph ----------------------------------------------------------------
+def explanation_to_networkx(
+    explanation: "Explanation",
+    sample: Samples = 0,
+    aggregate: Aggregate = "sum",
+    top_k: int | None = None,
+    threshold: float | None = None,
+    mass: float | None = None,
+    keep_all_nodes: bool = False,
+) -> nx.DiGraph:
+    """The explained network as a ``networkx.DiGraph`` carrying relevance on nodes and edges.
+
+    Parameters
+    ----------
+    explanation : Explanation
+    sample : int or sequence of int or None
+        One sample of the batch, several (reduced by ``aggregate``), or ``None`` for all.
+    aggregate : {'sum', 'mean', 'mean_abs'}
+        How several samples' values are reduced: their sum, mean, or mean of absolute values.
+        Ignored for an int ``sample``. With ``'sum'`` and ``'mean'`` an edge's relevance still
+        sums, over a node's outgoing edges, to the node's relevance.
+    top_k, threshold, mass : optional
+        Keep only the edges that matter, by ``|relevance|`` (see :func:`select_edges`): the
+        ``top_k`` largest, those ``>= threshold``, the fewest holding the fraction ``mass`` of
+        the total. Given together, an edge must pass all of them. Default: every edge.
+    keep_all_nodes : bool
+        Keep every node, not only the endpoints of the kept edges.
+
+    Returns
+    -------
+    networkx.DiGraph
+        Nodes are global node ids, in ascending order, with attributes ``id`` (the same id),
+        ``level`` (index), ``layer`` (level name), ``layer_type``, ``position`` (tuple index in
+        the level's tensor, e.g. ``(channel, row, col)``), ``activation`` (name),
+        ``relevance``, ``activation_value`` (the output ``a_j``) and ``bias_share`` (relevance
+        absorbed by the bias term, :func:`bias_relevance`). Edges carry ``weight``,
+        ``contribution`` (``a_i · w_ij``, aggregated like relevance) and ``relevance`` (the
+        message); parallel edges (two blocks between the same levels) are summed into one.
+        ``G.graph`` holds ``samples`` (tuple), ``aggregate``,
+        ``edges_total`` (edges before filtering) and ``mass_kept`` (fraction of the total
+        ``|relevance|`` on the kept edges).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``aggregate`` or a ``mass`` outside ``(0, 1]``.
+    IndexError
+        For a sample out of range.
+    """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {AGGREGATES}")
+    rows = sample_rows(explanation, sample)
+    mode: Aggregate = "sum" if _is_int(sample) else aggregate
+    graph = explanation.graph
+    relevance, contribution = (t.cpu().numpy() for t in _edge_values(explanation, rows, mode))
+    magnitude = np.abs(relevance)
+    kept = select_edges(magnitude, top_k, threshold, mass)
+    src, dst, weight = (t.cpu().numpy() for t in graph.edges())
+    src, dst, columns = _merge_parallel_edges(
+        src[kept], dst[kept], [weight[kept], contribution[kept], relevance[kept]], graph.num_nodes
+    )
+    nodes = np.arange(graph.num_nodes) if keep_all_nodes else np.unique(np.concatenate([src, dst]))
+    total = float(magnitude.sum())
+    G = nx.DiGraph(
+        samples=tuple(rows), aggregate=mode, edges_total=graph.num_edges,
+        mass_kept=float(magnitude[kept].sum()) / total if total > 0 else 1.0,
+    )
+    G.add_nodes_from(_node_records(explanation, nodes, _node_values(explanation, rows, mode)))
+    G.add_edges_from(_edge_records(src, dst, *columns))
+    return G
+
+
+def _merge_parallel_edges(
+    src: np.ndarray, dst: np.ndarray, columns: list[np.ndarray], num_nodes: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Sum the values of repeated ``(src, dst)`` pairs (two blocks between the same levels may share one)."""
+    unique, inverse = np.unique(src * num_nodes + dst, return_inverse=True)
+    if len(unique) == len(src):
+        return src, dst, columns
+    merged = [np.bincount(inverse, weights=column, minlength=len(unique)) for column in columns]
+    return unique // num_nodes, unique % num_nodes, merged
+
+
+def _node_records(explanation: "Explanation", nodes: np.ndarray, values: dict[str, Tensor]) -> Iterator[tuple]:
+    levels = explanation.graph.levels
+    level_of = np.searchsorted(np.array([level.offset for level in levels]), nodes, side="right") - 1
+    positions: list[tuple[int, ...]] = [()] * len(nodes)
+    for level in levels:
+        members = np.flatnonzero(level_of == level.index)
+        coordinates = np.unravel_index(nodes[members] - level.offset, level.shape)
+        for slot, position in zip(members.tolist(), zip(*(c.tolist() for c in coordinates))):
+            positions[slot] = position
+    columns = {name: v.cpu().numpy()[nodes].tolist() for name, v in values.items()}
+    for node, level_index, position, relevance, output, bias_share in zip(
+        nodes.tolist(), level_of.tolist(), positions, columns["relevance"], columns["activation_value"],
+        columns["bias_share"],
+    ):
+        level = levels[level_index]
+        yield node, {
+            "id": node, "level": level_index, "layer": level.name, "layer_type": level.type_name,
+            "position": position, "activation": level.activation.name, "relevance": relevance,
+            "activation_value": output, "bias_share": bias_share,
+        }
+
+
+def _edge_records(src, dst, weight, contribution, relevance) -> Iterator[tuple]:
+    """``(u, v, attributes)`` per edge, from plain lists: no per-edge array indexing."""
+    attributes = (
+        {"weight": w, "contribution": c, "relevance": r}
+        for w, c, r in zip(weight.tolist(), contribution.tolist(), relevance.tolist())
+    )
+    return zip(src.tolist(), dst.tolist(), attributes)
+
+
+# -- files --------------------------------------------------------------------------------------
+def write_graphml(G: nx.DiGraph, path: str | os.PathLike) -> None:
+    """Write ``G`` (from :func:`explanation_to_networkx`) as GraphML, for Gephi, Cytoscape or yEd.
+
+    GraphML holds only scalars: ``position`` and ``G.graph['samples']`` are written as text,
+    comma-separated (``(3, 4)`` → ``"3,4"``); :func:`read_graphml` turns them back. Floats are
+    written with ``repr`` precision, so they read back exactly.
+    """
+    nx.write_graphml(_with_text_tuples(G), path)
+
+
+def read_graphml(path: str | os.PathLike) -> nx.DiGraph:
+    """Read a file of :func:`write_graphml` back into the graph that was written (int node ids, tuples)."""
+    G = nx.read_graphml(path, node_type=int)
+    for default in ("node_default", "edge_default"):  # added by networkx's reader, empty for our files
+        G.graph.pop(default, None)
+    for data in G.nodes.values():
+        data[_POSITION] = _parse_tuple(data[_POSITION])
+    G.graph[_SAMPLES] = _parse_tuple(G.graph[_SAMPLES])
+    return G
+
+
+def write_json(G: nx.DiGraph, path: str | os.PathLike) -> None:
+    """Write ``G`` as node-link JSON: ``nodes`` and ``edges`` lists, as D3 and ``networkx.node_link_data`` use.
+
+    Tuples are written as JSON lists and floats with ``repr`` precision; :func:`read_json` reads
+    the graph back exactly. (For Gephi and Cytoscape, prefer :func:`write_graphml`.)
+    """
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(nx.node_link_data(G, **_node_link_keywords()), file)
+
+
+def read_json(path: str | os.PathLike) -> nx.DiGraph:
+    """Read a file of :func:`write_json` back into the graph that was written."""
+    with open(path, encoding="utf-8") as file:
+        G = nx.node_link_graph(json.load(file), **_node_link_keywords())
+    for node, data in G.nodes.items():
+        data["id"] = node  # node-link JSON stores the ``id`` attribute as the node's key
+        data[_POSITION] = tuple(data[_POSITION])
+    G.graph[_SAMPLES] = tuple(G.graph[_SAMPLES])
+    return G
+
+
+def _node_link_keywords() -> dict[str, Any]:
+    """``edges='edges'`` where networkx supports it (3.4+), else its default ``'links'``."""
+    return {"edges": "edges"} if "edges" in inspect.signature(nx.node_link_data).parameters else {}
+
+
+def _with_text_tuples(G: nx.DiGraph) -> nx.DiGraph:
+    """A shallow copy of ``G`` whose tuple attributes are comma-separated text."""
+    H = G.copy()
+    for data in H.nodes.values():
+        data[_POSITION] = _format_tuple(data[_POSITION])
+    H.graph[_SAMPLES] = _format_tuple(H.graph[_SAMPLES])
+    return H
+
+
+def _format_tuple(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+def _parse_tuple(text: str | None) -> tuple[int, ...]:
+    # an empty tuple is written as an empty element, which networkx reads as the text "None"
+    return () if text in (None, "", "None") else tuple(int(part) for part in text.split(","))
