@@ -96,7 +96,7 @@ class Block(ABC):
         ``state`` is the block's state for exactly these ``B`` samples.
         """
         src, dst, weight = self.edges()
-        return x[:, src] * transform(weight) * s[:, dst]
+        return x.index_select(1, src).mul_(transform(weight)).mul_(s.index_select(1, dst))
 
     def clear_cache(self) -> None:
         """Drop cached transformed weights."""

@@ -103,12 +103,13 @@ class MaxPoolBlock(Block):
         return planes.reshape(len(s), self.n_src)
 
     def edge_messages(self, x: Tensor, s: Tensor, transform: Transform, state: Tensor = None) -> Tensor:
-        src, dst, weight = self.edges()
-        messages = x[:, src] * transform(weight) * s[:, dst]
+        messages = super().edge_messages(x, s, transform)
         if self.mode == "proportional":
             return messages
-        plane = self.n_src // self.in_shape[0]
-        winner = state.reshape(len(s), -1) + (torch.arange(self.n_dst, device=s.device) // (self.n_dst // self.in_shape[0]) * plane)
+        src, dst, _ = self.edges()
+        channels = self.in_shape[0]
+        plane_start = torch.arange(self.n_dst, device=s.device) // (self.n_dst // channels) * (self.n_src // channels)
+        winner = state.reshape(len(s), -1) + plane_start  # local source id of each output's winner
         return messages * (src[None, :] == winner[:, dst])
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:

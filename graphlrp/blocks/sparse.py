@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..transforms import Transform
+from ..transforms import Identity, Transform
 from .base import StaticBlock
 
 
@@ -118,6 +118,11 @@ class SparseBlock(StaticBlock):
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.col.long(), _rows_of(self.crow).long(), self.values
+
+    def edge_messages(self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
+        # straight from the 32-bit CSR indices: no 64-bit edge lists are materialized
+        messages = x.index_select(1, self.col).mul_(transform(self.values))
+        return messages.mul_(s.index_select(1, _rows_of(self.crow)))
 
     def _to(self, device, dtype) -> "SparseBlock":
         def move(t: Tensor) -> Tensor:
