@@ -55,7 +55,7 @@ def baked_copy(model: nn.Module) -> nn.Module:
     """A copy with the effective (masked) weights as plain parameters and no prune hooks."""
     baked = copy.deepcopy(model)
     for module in baked.modules():
-        if prune.is_pruned(module) and hasattr(module, "weight_mask"):
+        if hasattr(module, "weight_mask"):
             prune.remove(module, "weight")
     return baked
 
@@ -107,7 +107,9 @@ class RuleSpec:
 EPSILON = RuleSpec("ε", lambda: {"rule": graphlrp.rules.Epsilon()}, _layer_map(zennit.rules.Epsilon))
 ZPLUS = RuleSpec("z⁺", lambda: {"rule": graphlrp.rules.ZPlus()}, _layer_map(zennit.rules.ZPlus))
 ALPHA_BETA = RuleSpec(
-    "αβ(2,1)", lambda: {"rule": graphlrp.rules.AlphaBeta(2.0, 1.0)}, _layer_map(lambda: zennit.rules.AlphaBeta(2.0, 1.0))
+    "αβ(2,1)",
+    lambda: {"rule": graphlrp.rules.AlphaBeta(2.0, 1.0)},
+    _layer_map(lambda: zennit.rules.AlphaBeta(2.0, 1.0)),
 )
 GAMMA = RuleSpec("γ(0.25)", lambda: {"rule": graphlrp.rules.Gamma(0.25)}, _layer_map(lambda: zennit.rules.Gamma(0.25)))
 EPSILON_PLUS_FLAT = RuleSpec(
@@ -147,6 +149,7 @@ class RuleResult:
     zennit_s: float
     target: Target | None
     error: float | None = None  # max |R_graphlrp − R_zennit| / max |R_zennit| (baked twin if pruned)
+    error_f64: float | None = None  # the same with both computed in float64
     error_as_is: float | None = None  # the same against Zennit on the pruned model as timed
 
     @property
@@ -167,6 +170,7 @@ class CaseResult:
     gradient_s: float | None = None
     epsilon_s: float | None = None
     rules: list[RuleResult] = field(default_factory=list)
+    foreign_cores: float = 0.0  # cores other processes kept busy meanwhile
 
     @property
     def gradient_ratio(self) -> float | None:
@@ -185,12 +189,14 @@ def relative_error(ours: Tensor, reference: Tensor) -> float:
     return difference / scale
 
 
-def _forward(model: nn.Module, x: Tensor) -> Tensor:
+def torch_forward(model: nn.Module, x: Tensor) -> Tensor:
+    """torch's inference forward pass (no autograd)."""
     with torch.no_grad():
         return model(x)
 
 
-def _gradient(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+def torch_gradient(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    """Plain gradient of the target logits w.r.t. the input (frozen parameters get no gradient)."""
     leaf = x.detach().requires_grad_()
     output = model(leaf)
     output[torch.arange(len(output)), target].sum().backward()
@@ -210,6 +216,7 @@ class _Setup:
     model: nn.Module  # Zennit's hooks go on this one (pruned as is)
     plain: nn.Module  # for torch's forward and gradient (no hooks, parameters frozen)
     reference: nn.Module  # effective weights baked in, for the agreement check
+    reference64: nn.Module  # the same in float64
     x: Tensor
     target: Tensor
     onehot: Tensor  # the target as a one-hot mask of the output
@@ -222,7 +229,7 @@ def _set_up(case: ModelCase, result: CaseResult) -> _Setup:
     if case.prune_amount is not None:
         prune_linear_layers(model, case.prune_amount)
     x = torch.randn(case.batch, *case.input_shape)
-    output = _forward(model, x)
+    output = torch_forward(model, x)
     target = output.argmax(1)
     onehot = F.one_hot(target, output.shape[1]).to(x.dtype)
     plain = copy.deepcopy(model).requires_grad_(False)
@@ -233,12 +240,8 @@ def _set_up(case: ModelCase, result: CaseResult) -> _Setup:
     except graphlrp.UnsupportedModuleError as error:
         conv = "Conv" in str(error)
         result.skipped = "convolutions not yet lowered" if conv else f"not lowered: {error}"
-    return _Setup(model, plain, baked_copy(model), x, target, onehot, graph)
-
-
-def _zennit_relevance(model: nn.Module, composite: ZennitComposite, setup: _Setup) -> Tensor:
-    with Gradient(model, composite) as attributor:
-        return attributor(setup.x, lambda output: output * setup.onehot)[1]
+    reference = baked_copy(model)
+    return _Setup(model, plain, reference, copy.deepcopy(reference).double(), x, target, onehot, graph)
 
 
 def _time_rule(spec: RuleSpec, setup: _Setup, timing: Timing, baselines: bool) -> dict[str, float]:
@@ -247,34 +250,49 @@ def _time_rule(spec: RuleSpec, setup: _Setup, timing: Timing, baselines: bool) -
         kwargs = spec.graphlrp()
         fns["graphlrp"] = lambda: graphlrp.explain(setup.graph, setup.x, target=setup.target, **kwargs)
     if baselines:
-        fns["forward"] = lambda: _forward(setup.plain, setup.x)
-        fns["gradient"] = lambda: _gradient(setup.plain, setup.x, setup.target)
+        fns["forward"] = lambda: torch_forward(setup.plain, setup.x)
+        fns["gradient"] = lambda: torch_gradient(setup.plain, setup.x, setup.target)
     with Gradient(setup.model, spec.zennit()) as attributor:
         fns["zennit"] = lambda: attributor(setup.x, lambda output: output * setup.onehot)
         return time_interleaved(fns, timing)
 
 
+def _agreement(spec: RuleSpec, setup: _Setup, model: nn.Module, composite: ZennitComposite) -> float:
+    """Relative error of graphlrp's input relevance against Zennit's on ``model``, in its dtype."""
+    dtype = next(model.parameters()).dtype
+    x, onehot = setup.x.to(dtype), setup.onehot.to(dtype)
+    ours = graphlrp.explain(setup.graph.to(dtype=dtype), x, target=setup.target, **spec.graphlrp()).input_relevance
+    with Gradient(model, composite) as attributor:
+        theirs = attributor(x, lambda output: output * onehot)[1]
+    return relative_error(ours, theirs)
+
+
 def _check_rule(spec: RuleSpec, setup: _Setup, pruned: bool, rule_result: RuleResult) -> None:
-    ours = graphlrp.explain(setup.graph, setup.x, target=setup.target, **spec.graphlrp()).input_relevance
+    """Agreement with Zennit in float32 (as timed) and float64 (free of rounding), and with Zennit
+    on the pruned module as is."""
     reference = (spec.reference or spec.zennit) if pruned else spec.zennit
-    rule_result.error = relative_error(ours, _zennit_relevance(setup.reference, reference(), setup))
+    rule_result.error = _agreement(spec, setup, setup.reference, reference())
+    rule_result.error_f64 = _agreement(spec, setup, setup.reference64, reference())
     if pruned:
-        rule_result.error_as_is = relative_error(ours, _zennit_relevance(setup.model, spec.zennit(), setup))
+        rule_result.error_as_is = _agreement(spec, setup, setup.model, spec.zennit())
 
 
 def run_case(case: ModelCase, timing: Timing) -> CaseResult:
-    """Lower the case's model once, then time and check every rule (baselines along with ε)."""
+    """Lower the case's model once, then time and check every rule (torch's baselines along with
+    the first rule)."""
     result = CaseResult(case)
     setup = _set_up(case, result)
-    for spec in case.rules:
-        times = _time_rule(spec, setup, timing, baselines=spec is EPSILON)
+    for index, spec in enumerate(case.rules):
+        times = _time_rule(spec, setup, timing, baselines=index == 0)
         limit = case.targets.get(spec.name)
         rule_result = RuleResult(spec.name, times.get("graphlrp"), times["zennit"],
                                  None if limit is None else Target(limit))
         if setup.graph is not None:
             _check_rule(spec, setup, case.prune_amount is not None, rule_result)
+        if index == 0:
+            result.forward_s, result.gradient_s = times["forward"], times["gradient"]
         if spec is EPSILON:
-            result.forward_s, result.gradient_s, result.epsilon_s = times["forward"], times["gradient"], rule_result.graphlrp_s
+            result.epsilon_s = rule_result.graphlrp_s
         result.rules.append(rule_result)
     return result
 

@@ -109,6 +109,39 @@ CHILD_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_"
 
 
 # -- machine ----------------------------------------------------------------------------------
+def _machine_busy_seconds() -> float:
+    """CPU seconds all processes have spent busy since boot (``/proc/stat``), or NaN."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class ForeignLoad:
+    """How many cores other processes kept busy while the benchmark ran (they distort timings)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.machine = _machine_busy_seconds()
+        self.own = _own_cpu_seconds()
+
+    def cores(self) -> float:
+        """Average number of cores busy with other processes since construction."""
+        elapsed = time.perf_counter() - self.start
+        foreign = (_machine_busy_seconds() - self.machine) - (_own_cpu_seconds() - self.own)
+        return max(0.0, foreign / elapsed)
+
+
+
 def cpu_model() -> str:
     """The CPU's model name from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
     try:
@@ -138,6 +171,8 @@ def machine_description() -> list[tuple[str, str]]:
         ("graphlrp", graphlrp.__version__),
         ("graphlrp reduction backends", ", ".join(graphlrp.reductions.available_backends())),
         ("dtype", "float32, CPU"),
+        ("peak memory probe", "VmHWM, reset per measurement (/proc/self/clear_refs)" if PeakProbe().resettable
+         else "ru_maxrss, cannot be reset here: peaks include set-up"),
     ]
 
 
