@@ -106,6 +106,10 @@ class Graph:
             self.output_shape = tuple(output_shape) if output_shape is not None else (len(self.outputs),)
         if math.prod(self.output_shape) != len(self.outputs):
             raise ValueError(f"output_shape {self.output_shape} does not hold {len(self.outputs)} outputs")
+        #: whether the outputs are the last level's nodes in order (the common case)
+        self.outputs_are_last_level = len(self.outputs) == last.size and bool(
+            (self.outputs == torch.arange(last.offset, last.offset + last.size, device=self.outputs.device)).all()
+        )
         incoming: list[list[Block]] = [[] for _ in self.levels]
         for block in self.blocks:
             incoming[block.dst].append(block)

@@ -57,6 +57,8 @@ def check_input(graph: Graph, x: Tensor) -> None:
         raise TypeError(f"input dtype {x.dtype} does not match the graph's {graph.dtype}; use graph.to(dtype=...)")
     if x.device != graph.device:
         raise ValueError(f"input is on {x.device} but the graph is on {graph.device}; use graph.to({str(x.device)!r})")
+    if bool(torch.isfinite(x.sum())):  # fast path: a finite sum has only finite terms
+        return
     finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()[:5].tolist()
@@ -75,9 +77,14 @@ def run_forward(graph: Graph, x: Tensor) -> Trace:
         z = _sum_incoming(graph, level, activations, states, batch, x)
         preactivations.append(z)
         activations.append(level.activation(z))
-    nodes = torch.cat(activations, dim=1) if len(activations) > 1 else activations[0]
-    output = nodes.index_select(1, graph.outputs).reshape(batch, *graph.output_shape)
-    return Trace(activations, preactivations, output, states)
+    return Trace(activations, preactivations, _outputs(graph, activations, batch), states)
+
+
+def _outputs(graph: Graph, activations: list[Tensor], batch: int) -> Tensor:
+    if graph.outputs_are_last_level:
+        return activations[-1].reshape(batch, *graph.output_shape)
+    nodes = torch.cat(activations, dim=1)
+    return nodes.index_select(1, graph.outputs).reshape(batch, *graph.output_shape)
 
 
 def _sum_incoming(
@@ -103,7 +110,7 @@ class _Inputs:
     def __init__(self, level: Level, activation: Tensor) -> None:
         self.level = level
         self.activation = activation
-        self.nonnegative = bool((activation >= 0).all())
+        self.nonnegative = activation.numel() == 0 or bool(activation.min() >= 0)
         self._cache: dict[Transform, Tensor | None] = {}
 
     def __call__(self, transform: Transform) -> Tensor | None:

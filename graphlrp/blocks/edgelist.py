@@ -61,7 +61,7 @@ class EdgeListBlock(StaticBlock):
         for start in range(0, self.num_edges, chunk):
             part = slice(start, start + chunk)
             messages = columns.index_select(0, gather[part]) * weight[part, None]
-            reductions.scatter_add_(out, scatter[part], messages)
+            reductions.scatter_add_(out, scatter[part].long(), messages)  # index_add_ is far slower on int32
         return out.T
 
     def _matvec(self, x: Tensor, operand: Tensor) -> Tensor:

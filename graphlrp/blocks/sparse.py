@@ -22,6 +22,13 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
         return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
 
 
+def _times(matrix: Tensor, x: Tensor) -> Tensor:
+    """``x @ matrixᵀ`` for a batch ``x`` (B, n), returned contiguous (B, m)."""
+    if len(x) == 1:
+        return torch.mv(matrix, x[0])[None]
+    return torch.sparse.mm(matrix, x.T).T.contiguous()
+
+
 def _rows_of(crow: Tensor) -> Tensor:
     counts = crow[1:] - crow[:-1]
     return torch.repeat_interleave(torch.arange(len(counts), device=crow.device, dtype=crow.dtype), counts)
@@ -111,10 +118,10 @@ class SparseBlock(StaticBlock):
         return forward, backward
 
     def _matvec(self, x: Tensor, operand: tuple[Tensor, Tensor]) -> Tensor:
-        return torch.sparse.mm(operand[0], x.T).T
+        return _times(operand[0], x)
 
     def _rmatvec(self, s: Tensor, operand: tuple[Tensor, Tensor]) -> Tensor:
-        return torch.sparse.mm(operand[1], s.T).T
+        return _times(operand[1], s)
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.col.long(), _rows_of(self.crow).long(), self.values

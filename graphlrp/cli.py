@@ -1,0 +1,759 @@
+"""The ``graphlrp`` command: explain a saved model from the shell (also ``python -m graphlrp``).
+
+Subcommands::
+
+    graphlrp explain MODEL INPUTS --out relevance.npy [--edges edges.graphml] [--verbose]
+    graphlrp paths   MODEL INPUTS [--sample 0] [--k 5] [--json]
+    graphlrp circuit MODEL INPUTS [--sample 0] [--fraction 0.9] [--edges circuit.json] [--draw circuit.png]
+    graphlrp plot    MODEL INPUTS --out heatmaps.png [--samples 8]
+
+Models
+------
+``MODEL`` is one of
+
+- a TorchScript file (``torch.jit.save``) of an ``nn.Sequential`` (nested ones too) of the modules
+  graphlrp lowers (:data:`SCRIPTED_TYPES`: ``Linear``, ``Conv1d/2d/3d``, max, average and adaptive
+  average pooling, batch norm, element-wise activations such as ``ReLU``, ``Flatten``/``Unflatten``,
+  ``Identity``, dropout). A TorchScript module can neither be traced by ``torch.fx`` nor lowered
+  directly, so it is rebuilt as an eager ``nn.Sequential`` of the same modules sharing its
+  parameters, and the rebuild is checked to compute what the TorchScript model computes. Any other
+  scripted module (a custom ``forward``) is refused: give it as ``module:function``.
+- ``module:function`` or ``path/to/file.py:function``: the function is called without arguments
+  and returns the model (any ``nn.Module`` that :func:`graphlrp.lower` takes). A module name is
+  imported with the current directory on ``sys.path``; a file with its own directory on it.
+
+The model is put in eval mode. ``INPUTS`` is a ``.pt`` file (``torch.save`` of one tensor) or a
+``.npy`` file, batch first ``(N, *input_shape)``; it is converted to the dtype of the model's
+parameters.
+
+Exit codes
+----------
+0 success; 1 unexpected error (a bug: the traceback is printed); 2 bad usage or arguments;
+3 a file cannot be read or written (missing or unreadable model or inputs, model function that
+fails); 4 the model cannot be lowered or explained (unsupported module, graph too large, input of
+the wrong shape, target out of range).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import traceback
+import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from itertools import chain
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Iterator, Sequence
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from . import __version__, analysis, composites, export, rules
+from .composites import Composite
+from .errors import GraphTooLargeError, UnsupportedModuleError
+from .explanation import Explanation, explain
+from .graph import Graph
+from .lower import lower
+from .lower.modules import HANDLERS
+from .rules import Rule
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_FILE = 3
+EXIT_MODEL = 4
+
+EPILOG = """\
+MODEL is a TorchScript file (torch.jit.save) of an nn.Sequential of supported modules, or
+module:function / path/to/file.py:function returning an nn.Module. INPUTS is a .pt (torch.save
+of a tensor) or .npy file, batch first.
+
+exit codes:
+  0  success
+  1  unexpected error (a bug; the traceback is printed)
+  2  bad usage or arguments
+  3  a file cannot be read or written (missing or unreadable model or inputs)
+  4  the model cannot be lowered or explained (unsupported, too large, wrong input shape, bad target)
+"""
+
+#: module types a TorchScript model may be made of, by their ``original_name``: those graphlrp lowers
+SCRIPTED_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for types in HANDLERS for t in types} | {
+    "Sequential": nn.Sequential
+}
+
+RULES = ("epsilon", "zplus", "alphabeta", "gamma", "wsquare", "flat", "zbox")
+COMPOSITES = ("epsilon-plus", "epsilon-plus-flat", "epsilon-alpha2-beta1", "epsilon-gamma-box")
+#: the --rule / --composite choices that use each rule parameter (--epsilon applies to all)
+PARAMETER_USERS: dict[str, tuple[str, ...]] = {
+    "gamma": ("gamma", "epsilon-gamma-box"),
+    "alpha": ("alphabeta",),
+    "beta": ("alphabeta",),
+    "low": ("zbox", "epsilon-gamma-box"),
+    "high": ("zbox", "epsilon-gamma-box"),
+}
+
+#: errors of lowering a model: unsupported or too large, or it cannot run on the inputs (RuntimeError)
+LOWER_ERRORS: tuple[type[BaseException], ...] = (UnsupportedModuleError, GraphTooLargeError, ValueError, RuntimeError)
+#: errors of explaining a lowered graph: a target out of range, an edge listing too large
+EXPLAIN_ERRORS: tuple[type[BaseException], ...] = (GraphTooLargeError, ValueError, IndexError)
+
+
+class CliError(Exception):
+    """A failure to report in one line, with the exit code to leave with."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@contextmanager
+def _failing(errors: tuple[type[BaseException], ...], what: str, code: int) -> Iterator[None]:
+    """Turn ``errors`` raised inside into a :class:`CliError` ``what: <first line of the error>``."""
+    try:
+        yield
+    except errors as error:
+        raise CliError(f"{what}: {_summary(error)}", code) from error
+
+
+def _summary(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message (its type when it has none), at most ``limit`` characters."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- argument types -----------------------------------------------------------------------------
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
+    return value
+
+
+def _target(text: str) -> int | str:
+    if text == "predicted":
+        return text
+    try:
+        return _int_at_least(0)(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a class index >= 0 or 'predicted', got {text!r}") from None
+
+
+def _path_with_suffix(*suffixes: str) -> Callable[[str], Path]:
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text!r} must end in {' or '.join(suffixes)}")
+        return path
+
+    parse.__name__ = "file name"
+    return parse
+
+
+# -- models -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model to lower: an eager module, and the TorchScript module it was rebuilt from, if any."""
+
+    module: nn.Module
+    scripted: torch.jit.ScriptModule | None = None
+
+
+def load_model(spec: str) -> LoadedModel:
+    """Load ``MODEL``: a TorchScript file, or ``module:function`` / ``file.py:function``.
+
+    Raises
+    ------
+    CliError
+        ``EXIT_FILE`` for a missing or unreadable file, a failing import or function;
+        ``EXIT_MODEL`` for a TorchScript model that cannot be rebuilt (see :func:`from_torchscript`).
+    """
+    if Path(spec).is_file():
+        scripted = _load_torchscript(Path(spec))
+        with _failing((UnsupportedModuleError,), "cannot lower the model", EXIT_MODEL):
+            return LoadedModel(from_torchscript(scripted), scripted)
+    if ":" in spec:
+        return LoadedModel(_call_factory(spec).eval())
+    raise CliError(f"model {spec!r}: no such file (give a TorchScript file, or module:function)", EXIT_FILE)
+
+
+def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    # any exception: torch reports unreadable archives with RuntimeError, ValueError, KeyError, ...
+    with _failing((Exception,), f"cannot read {path} as a TorchScript model (torch.jit.save)", EXIT_FILE):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still supported
+            return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def from_torchscript(scripted: torch.jit.ScriptModule) -> nn.Module:
+    """An eager copy, in eval mode, of a TorchScript ``nn.Sequential`` of :data:`SCRIPTED_TYPES`.
+
+    Each scripted module is rebuilt from its ``original_name``, the constructor arguments it keeps
+    as attributes, and its parameters and buffers (shared, not copied). Nested ``nn.Sequential`` s
+    keep their structure and child names, so levels are named as in the original model.
+
+    Raises
+    ------
+    UnsupportedModuleError
+        For a module of another type (naming its path), or one whose state does not fit its type.
+    """
+    return _rebuild(scripted, "").eval()
+
+
+def _rebuild(scripted: torch.jit.ScriptModule, path: str) -> nn.Module:
+    name = getattr(scripted, "original_name", type(scripted).__name__)
+    kind = SCRIPTED_TYPES.get(name)
+    where = f"TorchScript module {path or '(the model)'} ({name})"
+    if kind is None:
+        raise UnsupportedModuleError(
+            f"{where}: only an nn.Sequential of {', '.join(sorted(SCRIPTED_TYPES))} can be rebuilt from "
+            "TorchScript; give other models as module:function"
+        )
+    if kind is nn.Sequential:
+        children = scripted.named_children()
+        return nn.Sequential(OrderedDict((n, _rebuild(c, f"{path}.{n}" if path else n)) for n, c in children))
+    module = kind(**_constructor_arguments(kind, scripted, where))
+    try:
+        module.load_state_dict(scripted.state_dict(), assign=True)
+    except RuntimeError as error:  # e.g. a pruned layer's weight_orig and weight_mask
+        raise UnsupportedModuleError(f"{where}: its state does not fit {name}: {' '.join(str(error).split())}") from None
+    return module
+
+
+def _constructor_arguments(kind: type[nn.Module], scripted: torch.jit.ScriptModule, where: str) -> dict[str, object]:
+    """The arguments of ``kind(...)``, read from the attributes of the scripted module."""
+    arguments: dict[str, object] = {}
+    for name, parameter in inspect.signature(kind).parameters.items():
+        if name in ("device", "dtype") or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if name == "bias":  # a flag for the constructor, a tensor or None on the module
+            arguments[name] = getattr(scripted, "bias", None) is not None
+        elif hasattr(scripted, name):
+            arguments[name] = getattr(scripted, name)
+        elif parameter.default is parameter.empty:
+            raise UnsupportedModuleError(f"{where}: does not record its constructor argument {name!r}")
+    return arguments
+
+
+def _call_factory(spec: str) -> nn.Module:
+    location, _, name = spec.rpartition(":")
+    module = _import(location)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise CliError(f"model {spec!r}: {location} has no function {name!r}", EXIT_FILE)
+    with _failing((Exception,), f"model {spec!r}: calling {name}() failed", EXIT_FILE):
+        model = factory()
+    if not isinstance(model, nn.Module):
+        raise CliError(f"model {spec!r}: {name}() returned a {type(model).__name__}, not a torch.nn.Module", EXIT_FILE)
+    return model
+
+
+def _import(location: str) -> ModuleType:
+    """Import a module by name (the current directory on ``sys.path``) or a ``.py`` file by path."""
+    is_file = location.endswith(".py") or "/" in location or os.sep in location
+    if is_file and not Path(location).is_file():
+        raise CliError(f"no such model file: {location}", EXIT_FILE)
+    directory = str(Path(location).resolve().parent) if is_file else os.getcwd()
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    # any exception: importing runs the module's own code
+    with _failing((Exception,), f"cannot import {location}", EXIT_FILE):
+        if not is_file:
+            return importlib.import_module(location)
+        spec = importlib.util.spec_from_file_location(f"_graphlrp_model_{Path(location).stem}", location)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+
+def _float_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of the module's first floating-point parameter or buffer (default dtype without)."""
+    for tensor in chain(module.parameters(), module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
+
+
+# -- inputs and outputs -------------------------------------------------------------------------
+def load_inputs(path: Path) -> Tensor:
+    """A batch ``(N, ...)``, ``N >= 1``, from a ``.pt`` or ``.npy`` file.
+
+    Raises
+    ------
+    CliError
+        ``EXIT_FILE`` for a missing or unreadable file, or one that holds no batch of numbers.
+    """
+    if not path.is_file():
+        raise CliError(f"no such inputs file: {path}", EXIT_FILE)
+    # any exception: torch.load and numpy.load report corrupt files with many exception types
+    with _failing((Exception,), f"cannot read inputs from {path}", EXIT_FILE):
+        if path.suffix.lower() == ".npy":
+            data = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, Tensor):
+        raise CliError(f"{path} holds a {type(data).__name__}, not a tensor", EXIT_FILE)
+    if data.dim() < 2 or len(data) == 0:
+        raise CliError(f"{path}: inputs must be a batch (N, ...) of N >= 1 samples, got shape {tuple(data.shape)}",
+                       EXIT_FILE)
+    return data
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Create ``path``'s directory, then write inside; failures to write become ``EXIT_FILE``."""
+    with _failing((OSError,), f"cannot write {path}", EXIT_FILE):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield
+
+
+def save_tensor(tensor: Tensor, path: Path) -> None:
+    """Write ``tensor`` as ``.npy`` (numpy) or ``.pt`` (``torch.save``), by ``path``'s suffix."""
+    with _writing(path):
+        if path.suffix.lower() == ".npy":
+            np.save(path, tensor.numpy())
+        else:
+            torch.save(tensor, path)
+
+
+def _write_graph(G: nx.DiGraph, path: Path) -> None:
+    """Write a networkx graph as GraphML or node-link JSON, by ``path``'s suffix."""
+    with _writing(path):
+        (export.write_graphml if path.suffix.lower() == ".graphml" else export.write_json)(G, path)
+
+
+def _log(args: argparse.Namespace, message: str) -> None:
+    """Progress and notes go to stderr (results to stdout), unless ``--quiet``."""
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+# -- rules --------------------------------------------------------------------------------------
+def relevance_method(args: argparse.Namespace, inputs: Tensor) -> dict[str, Rule | Composite]:
+    """``{'rule': ...}`` or ``{'composite': ...}`` for :func:`graphlrp.explain`, from the options.
+
+    Raises
+    ------
+    CliError
+        ``EXIT_USAGE`` for a parameter the chosen rule does not use, or out of range.
+    """
+    method = args.composite or args.rule
+    for name, users in PARAMETER_USERS.items():
+        if getattr(args, name) is not None and method not in users:
+            raise CliError(f"--{name} applies only to {' or '.join(users)}, not to {method}", EXIT_USAGE)
+    with _failing((ValueError,), f"bad parameters for {method}", EXIT_USAGE):
+        if args.composite:
+            return {"composite": _composite(args, inputs)}
+        return {"rule": _rule(args, inputs)}
+
+
+def _alpha_beta(args: argparse.Namespace) -> tuple[float, float]:
+    """α and β, the missing one derived from ``α − β = 1`` (default 2 and 1)."""
+    if args.alpha is not None:
+        return args.alpha, args.beta if args.beta is not None else args.alpha - 1
+    beta = args.beta if args.beta is not None else 1.0
+    return beta + 1, beta
+
+
+def _bounds(args: argparse.Namespace, inputs: Tensor) -> tuple[float, float]:
+    """``--low`` and ``--high``, by default the smallest and largest value in the inputs."""
+    low = args.low if args.low is not None else float(inputs.min())
+    high = args.high if args.high is not None else float(inputs.max())
+    return low, high
+
+
+def _gamma(args: argparse.Namespace) -> float:
+    return args.gamma if args.gamma is not None else 0.25
+
+
+def _rule(args: argparse.Namespace, inputs: Tensor) -> Rule:
+    epsilon = args.epsilon
+    makers: dict[str, Callable[[], Rule]] = {
+        "epsilon": lambda: rules.Epsilon(epsilon),
+        "zplus": lambda: rules.ZPlus(epsilon),
+        "alphabeta": lambda: rules.AlphaBeta(*_alpha_beta(args), epsilon=epsilon),
+        "gamma": lambda: rules.Gamma(_gamma(args), epsilon=epsilon),
+        "wsquare": lambda: rules.WSquare(epsilon),
+        "flat": lambda: rules.Flat(epsilon),
+        "zbox": lambda: rules.ZBox(*_bounds(args, inputs), epsilon=epsilon),
+    }
+    return makers[args.rule]()
+
+
+def _composite(args: argparse.Namespace, inputs: Tensor) -> Composite:
+    epsilon = args.epsilon
+    makers: dict[str, Callable[[], Composite]] = {
+        "epsilon-plus": lambda: composites.EpsilonPlus(epsilon),
+        "epsilon-plus-flat": lambda: composites.EpsilonPlusFlat(epsilon),
+        "epsilon-alpha2-beta1": lambda: composites.EpsilonAlpha2Beta1(epsilon),
+        "epsilon-gamma-box": lambda: composites.EpsilonGammaBox(*_bounds(args, inputs), epsilon=epsilon,
+                                                                gamma=_gamma(args)),
+    }
+    return makers[args.composite]()
+
+
+# -- lowering and explaining --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """What every subcommand starts from: the model, the inputs in its dtype, and how to explain."""
+
+    model: LoadedModel
+    inputs: Tensor
+    method: dict[str, Rule | Composite]
+
+
+def _prepare(args: argparse.Namespace) -> Job:
+    inputs = load_inputs(args.inputs)
+    model = load_model(args.model)
+    inputs = inputs.to(_float_dtype(model.module))
+    return Job(model, inputs, relevance_method(args, inputs))
+
+
+def _one_sample(args: argparse.Namespace, job: Job) -> Tensor:
+    """Sample ``--sample`` of the inputs, as a batch of one."""
+    if args.sample >= len(job.inputs):
+        raise CliError(f"--sample {args.sample} is out of range for the {len(job.inputs)} samples in {args.inputs}",
+                       EXIT_USAGE)
+    return job.inputs[args.sample : args.sample + 1]
+
+
+def _lower(args: argparse.Namespace, model: LoadedModel, example: Tensor) -> Graph:
+    """Lower the model on ``example``; a TorchScript model is first checked against its rebuild."""
+    with _failing(LOWER_ERRORS, "cannot lower the model", EXIT_MODEL):
+        if model.scripted is not None:
+            _check_rebuild(model, example)
+        return lower(model.module, example, block_kind=args.block_kind, max_pool=args.max_pool,
+                     max_edges=args.max_edges)
+
+
+def _check_rebuild(model: LoadedModel, example: Tensor) -> None:
+    with torch.no_grad():
+        expected = model.scripted(example)
+        actual = model.module(example)
+    scale = float(expected.abs().max().clamp(min=1.0)) if expected.numel() else 1.0
+    if actual.shape != expected.shape or not torch.allclose(actual, expected, rtol=1e-4, atol=1e-4 * scale):
+        raise UnsupportedModuleError(
+            "the eager rebuild of the TorchScript model computes something else than the model "
+            "(a module with a custom forward?); give the model as module:function"
+        )
+
+
+def _targets(args: argparse.Namespace, graph: Graph, batch: Tensor) -> Tensor:
+    """The class to explain per sample: ``--target``, or the predicted (largest) output."""
+    if args.target != "predicted":
+        return torch.full((len(batch),), args.target, dtype=torch.long)
+    with torch.no_grad():
+        return graph(batch).reshape(len(batch), -1).argmax(1)
+
+
+def _explain(args: argparse.Namespace, job: Job, graph: Graph, batch: Tensor) -> tuple[Explanation, Tensor]:
+    """Explain ``batch`` for its targets; returns the explanation and the targets."""
+    targets = _targets(args, graph, batch)
+    with _failing(EXPLAIN_ERRORS, "cannot explain", EXIT_MODEL):
+        return explain(graph, batch, target=targets, **job.method), targets
+
+
+def _explain_sample(args: argparse.Namespace) -> tuple[Explanation, int]:
+    """Lower the model on sample ``--sample`` alone and explain it; returns it and its target class."""
+    job = _prepare(args)
+    x = _one_sample(args, job)
+    explanation, targets = _explain(args, job, _lower(args, job.model, x), x)
+    return explanation, int(targets[0])
+
+
+def _relevance_batches(args: argparse.Namespace, job: Job, graph: Graph) -> Iterator[Tensor]:
+    """Input relevance, batch by batch, with a progress line per batch and ``--verbose`` tables."""
+    total = len(job.inputs)
+    for start in range(0, total, args.batch_size):
+        batch = job.inputs[start : start + args.batch_size]
+        explanation, _ = _explain(args, job, graph, batch)
+        if args.verbose:
+            print(f"conservation, samples {start}..{start + len(batch) - 1} (summed):")
+            print(explanation.conservation_table())
+        _log(args, f"explain: {start + len(batch)}/{total} samples")
+        yield explanation.input_relevance.detach().cpu()
+
+
+def _edge_graph(args: argparse.Namespace, explanation: Explanation, **selection: float | None) -> nx.DiGraph:
+    """Sample 0 of ``explanation`` (sample ``--sample`` of the inputs) as a networkx graph."""
+    with _failing(EXPLAIN_ERRORS, "cannot list the edges", EXIT_MODEL):
+        G = explanation.to_networkx(0, **selection)
+    G.graph["samples"] = (args.sample,)
+    return G
+
+
+# -- subcommands --------------------------------------------------------------------------------
+def run_explain(args: argparse.Namespace) -> None:
+    """``explain``: input relevance of every sample to ``--out``; optionally one sample's edges."""
+    job = _prepare(args)
+    x = _one_sample(args, job)
+    graph = _lower(args, job.model, job.inputs[: args.batch_size])
+    relevance = torch.cat(list(_relevance_batches(args, job, graph)))
+    save_tensor(relevance, args.out)
+    _log(args, f"wrote input relevance {tuple(relevance.shape)} to {args.out}")
+    if args.edges is not None:
+        explanation, _ = _explain(args, job, graph, x)
+        G = _edge_graph(args, explanation, top_k=args.top_k, threshold=args.threshold, mass=args.mass)
+        _write_graph(G, args.edges)
+        _log(args, f"wrote {G.number_of_edges():,} of {graph.num_edges:,} edges of sample {args.sample} to {args.edges}")
+
+
+def run_paths(args: argparse.Namespace) -> None:
+    """``paths``: the ``--k`` most relevant input-to-output paths of one sample."""
+    explanation, _ = _explain_sample(args)
+    with _failing(EXPLAIN_ERRORS, "cannot find paths", EXIT_MODEL):
+        paths = analysis.top_paths(explanation, 0, target=args.target_node, k=args.k, score=args.score)
+    if args.json:
+        print(json.dumps([asdict(path) for path in paths], indent=2))
+    else:
+        print(_paths_table(paths))
+
+
+def _paths_table(paths: Sequence[analysis.Path]) -> str:
+    rows = [("rank", "score", "path")]
+    rows += [(str(i), f"{p.score:+.6g}", " -> ".join(p.labels)) for i, p in enumerate(paths, 1)]
+    widths = [max(len(row[c]) for row in rows) for c in range(2)]
+    return "\n".join(f"{r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}" for r in rows)
+
+
+def run_circuit(args: argparse.Namespace) -> None:
+    """``circuit``: the fewest edges carrying ``--fraction`` of one sample's relevance, and its faithfulness."""
+    explanation, target = _explain_sample(args)
+    with _failing(EXPLAIN_ERRORS, "cannot find the circuit", EXIT_MODEL):
+        circuit = analysis.relevant_circuit(explanation, 0, args.fraction)
+    total = explanation.graph.num_edges
+    kept = len(circuit.edges)
+    print(f"sample {args.sample}, target class {target}")
+    print(f"edges kept: {kept:,} of {total:,} ({kept / max(total, 1):.2%}), "
+          f"carrying {circuit.fraction:.2%} of |edge relevance|")
+    print(_faithfulness(circuit, target))
+    if args.edges is None and args.draw is None:
+        return
+    G = _edge_graph(args, explanation, mass=args.fraction)
+    if args.edges is not None:
+        _write_graph(G, args.edges)
+        _log(args, f"wrote the circuit's {G.number_of_edges():,} edges to {args.edges}")
+    if args.draw is not None:
+        from .plot import draw_circuit
+
+        with _failing((ValueError,), "cannot draw the circuit", EXIT_MODEL), _writing(args.draw):
+            draw_circuit(G, args.draw)
+        _log(args, f"drew the circuit to {args.draw}")
+
+
+def _faithfulness(circuit: analysis.Circuit, target: int) -> str:
+    """The target's output with the full network and with the circuit alone, as one line."""
+    try:
+        result = circuit.faithfulness()
+    except ValueError as error:  # max pooling: a circuit's edges depend on the sample
+        return f"faithfulness: not available ({error})"
+    full, alone = result.output.flatten(), result.circuit_output.flatten()
+    worst = float((full - alone).abs().max())
+    return (f"faithfulness: output[{target}] full {float(full[target]):+.6g}, circuit {float(alone[target]):+.6g} "
+            f"(difference {float(alone[target] - full[target]):+.3g}; largest over all outputs {worst:.3g})")
+
+
+def run_plot(args: argparse.Namespace) -> None:
+    """``plot``: heatmaps of the input relevance of the first ``--samples`` samples."""
+    job = _prepare(args)
+    if job.inputs.dim() not in (3, 4):
+        raise CliError(f"plot needs image-shaped inputs, (N, H, W) or (N, C, H, W); {args.inputs} holds "
+                       f"{tuple(job.inputs.shape)}", EXIT_USAGE)
+    x = job.inputs[: args.samples]
+    explanation, targets = _explain(args, job, _lower(args, job.model, x), x)
+    from .plot import save_heatmaps
+
+    with _writing(args.out):
+        save_heatmaps(explanation.input_relevance, args.out, inputs=x,
+                      titles=[f"#{i}: class {t}" for i, t in enumerate(targets.tolist())])
+    _log(args, f"wrote heatmaps of {len(x)} samples to {args.out}")
+
+
+# -- the parser ---------------------------------------------------------------------------------
+def _common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes: the model, the inputs, the rule, lowering and output."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("model", metavar="MODEL",
+                        help="TorchScript file (torch.jit.save) of an nn.Sequential of supported modules, or "
+                             "module:function / path/to/file.py:function returning an nn.Module")
+    parser.add_argument("inputs", metavar="INPUTS", type=_path_with_suffix(".pt", ".npy"),
+                        help="inputs, batch first: .pt (torch.save of a tensor) or .npy")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or notes on stderr")
+    relevance = parser.add_argument_group("relevance")
+    relevance.add_argument("--target", type=_target, default="predicted", metavar="INT|predicted",
+                           help="class to explain, for every sample, or each sample's predicted (largest) "
+                                "output (default: %(default)s)")
+    which = relevance.add_mutually_exclusive_group()
+    which.add_argument("--rule", choices=RULES, default="epsilon",
+                       help="one LRP rule for every layer (default: %(default)s, unless --composite)")
+    which.add_argument("--composite", choices=COMPOSITES,
+                       help="a rule per layer type, as Zennit's presets: z+, alpha-beta or gamma (z-box on the "
+                            "first) on convolutions, epsilon on dense layers (default: none, use --rule)")
+    relevance.add_argument("--epsilon", type=_nonnegative_float, default=1e-6,
+                           help="epsilon of the epsilon rule (and of a composite's dense layers), the stabilizer "
+                                "of the other rules (default: %(default)s)")
+    relevance.add_argument("--gamma", type=_nonnegative_float,
+                           help="gamma of --rule gamma and --composite epsilon-gamma-box (default: 0.25)")
+    relevance.add_argument("--alpha", type=_nonnegative_float,
+                           help="alpha of --rule alphabeta, alpha - beta = 1 (default: 2, or --beta + 1)")
+    relevance.add_argument("--beta", type=_nonnegative_float,
+                           help="beta of --rule alphabeta (default: 1, or --alpha - 1)")
+    relevance.add_argument("--low", type=float, help="lowest input value for --rule zbox and --composite "
+                                                     "epsilon-gamma-box (default: the inputs' minimum)")
+    relevance.add_argument("--high", type=float, help="highest input value for --rule zbox and --composite "
+                                                      "epsilon-gamma-box (default: the inputs' maximum)")
+    lowering = parser.add_argument_group("lowering")
+    lowering.add_argument("--max-pool", choices=("winner", "proportional"), default="winner",
+                          help="max pooling sends relevance to the window's winner, or splits it in proportion "
+                               "to the inputs (default: %(default)s)")
+    lowering.add_argument("--block-kind", choices=("auto", "dense", "sparse", "edges"), default="auto",
+                          help="how dense layers' edges are stored (default: %(default)s: by density)")
+    lowering.add_argument("--max-edges", type=_int_at_least(1),
+                          help="refuse (exit code 4) a graph with more edges (default: no limit; graphs larger "
+                               "than half the available memory are always refused)")
+    return parser
+
+
+def _add_sample(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--sample", type=_int_at_least(0), default=0,
+                        help=f"index of the sample {what} (default: %(default)s)")
+
+
+def _add_explain(subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "explain", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        help="input relevance of every sample, optionally one sample's edge relevance",
+        description="Explain every sample of INPUTS and write the input relevance, shaped like INPUTS, to "
+                    "--out. With --edges, also write the relevance of every edge for one sample (--sample).")
+    parser.add_argument("--out", required=True, type=_path_with_suffix(".pt", ".npy"),
+                        help="where to write the input relevance: .pt (torch.save) or .npy (required)")
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=64,
+                        help="samples explained at once; progress is printed after each batch (default: "
+                             "%(default)s)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print the conservation table (relevance in and out per layer) of every batch")
+    edges = parser.add_argument_group("edges")
+    edges.add_argument("--edges", type=_path_with_suffix(".graphml", ".json"),
+                       help="write one sample's edge relevance as a graph: .graphml (Gephi, Cytoscape) or "
+                            ".json (node-link) (default: not written)")
+    _add_sample(edges, "whose edges --edges writes")
+    edges.add_argument("--top-k", type=_int_at_least(0),
+                       help="keep only the K edges of largest |relevance| (default: all)")
+    edges.add_argument("--threshold", type=_nonnegative_float,
+                       help="keep only edges with |relevance| >= this (default: all)")
+    edges.add_argument("--mass", type=_fraction,
+                       help="keep the fewest edges holding this fraction of the total |relevance| (default: all)")
+    parser.set_defaults(run=run_explain)
+
+
+def _add_paths(subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "paths", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        help="the most relevant input-to-output paths of one sample",
+        description="Find the K most relevant paths from an input unit to an output unit for one sample, "
+                    "and print them as a table (or JSON).")
+    _add_sample(parser, "to explain")
+    parser.add_argument("--k", type=_int_at_least(1), default=5, help="number of paths (default: %(default)s)")
+    parser.add_argument("--score", choices=analysis.PATH_SCORES, default="product",
+                        help="product: the relevance that flows along the path (ranked by absolute value); "
+                             "sum: the sum of |relevance| of its edges (default: %(default)s)")
+    parser.add_argument("--target-node", type=_int_at_least(0),
+                        help="index of the output unit the paths end at (default: the one with the largest "
+                             "|relevance|, i.e. the explained class)")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list of paths (nodes, labels, score, edge_relevance), best first")
+    parser.set_defaults(run=run_paths)
+
+
+def _add_circuit(subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "circuit", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        help="the fewest edges carrying a fraction of one sample's relevance, and their faithfulness",
+        description="Find the relevant circuit of one sample: the fewest edges carrying --fraction of its "
+                    "total |edge relevance|. Prints how many edges it keeps and its faithfulness: the "
+                    "explained output of the full network and of the circuit alone (not available for "
+                    "networks with max pooling).")
+    _add_sample(parser, "to explain")
+    parser.add_argument("--fraction", type=_fraction, default=0.9,
+                        help="share of the total |edge relevance| the circuit carries (default: %(default)s)")
+    parser.add_argument("--edges", type=_path_with_suffix(".graphml", ".json"),
+                        help="write the circuit as a graph: .graphml or .json (default: not written)")
+    parser.add_argument("--draw", type=_path_with_suffix(".png", ".svg"),
+                        help="draw the circuit, layer by layer: .png or .svg (default: not drawn; needs matplotlib)")
+    parser.set_defaults(run=run_circuit)
+
+
+def _add_plot(subparsers, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "plot", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        help="heatmaps of input relevance for image inputs",
+        description="Draw the inputs and heatmaps of their relevance (red positive, blue negative; channels "
+                    "summed) for the first --samples samples. Needs image-shaped inputs, (N, H, W) or "
+                    "(N, C, H, W), and matplotlib.")
+    parser.add_argument("--out", required=True, type=_path_with_suffix(".png", ".svg"),
+                        help="where to write the picture: .png or .svg (required)")
+    parser.add_argument("--samples", type=_int_at_least(1), default=8,
+                        help="how many samples, from the first (default: %(default)s)")
+    parser.set_defaults(run=run_plot)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``graphlrp`` argument parser, one subcommand per task."""
+    parser = argparse.ArgumentParser(
+        prog="graphlrp", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Layer-wise Relevance Propagation on an explicit computation graph: explain a model's "
+                    "outputs by the relevance of its inputs, edges, paths and circuits.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       title="commands (COMMAND --help for its options)")
+    common = _common_options()
+    for add in (_add_explain, _add_paths, _add_circuit, _add_plot):
+        add(subparsers, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring).
+
+    Usage errors (exit code 2) and ``--help`` exit through argparse's ``SystemExit``.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except CliError as error:
+        print(f"graphlrp: error: {error}", file=sys.stderr)
+        return error.code
+    except Exception as error:  # noqa: BLE001 - the last resort: report, exit 1
+        traceback.print_exc()
+        print(f"graphlrp: unexpected error: {type(error).__name__}: {_summary(error)}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
