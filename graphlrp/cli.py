@@ -161,10 +161,9 @@ def _fraction(text: str) -> float:
 def _target(text: str) -> int | str:
     if text == "predicted":
         return text
-    try:
-        return _int_at_least(0)(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a class index >= 0 or 'predicted', got {text!r}") from None
+    if not text.isdecimal():
+        raise argparse.ArgumentTypeError(f"must be a class index >= 0 or 'predicted', got {text!r}")
+    return int(text)
 
 
 def _path_with_suffix(*suffixes: str) -> Callable[[str], Path]:
@@ -231,11 +230,12 @@ def from_torchscript(scripted: torch.jit.ScriptModule) -> nn.Module:
 def _rebuild(scripted: torch.jit.ScriptModule, path: str) -> nn.Module:
     name = getattr(scripted, "original_name", type(scripted).__name__)
     kind = SCRIPTED_TYPES.get(name)
-    where = f"TorchScript module {path or '(the model)'} ({name})"
+    where = f"TorchScript module {repr(path) if path else '(the model)'} ({name})"
     if kind is None:
         raise UnsupportedModuleError(
-            f"{where}: only an nn.Sequential of {', '.join(sorted(SCRIPTED_TYPES))} can be rebuilt from "
-            "TorchScript; give other models as module:function"
+            f"{where} cannot be lowered: a TorchScript model must be an nn.Sequential of the modules graphlrp "
+            "lowers (Linear, Conv, pooling, batch norm, element-wise activations, Flatten, Identity, dropout); "
+            "give other models as module:function"
         )
     if kind is nn.Sequential:
         children = scripted.named_children()
@@ -244,7 +244,8 @@ def _rebuild(scripted: torch.jit.ScriptModule, path: str) -> nn.Module:
     try:
         module.load_state_dict(scripted.state_dict(), assign=True)
     except RuntimeError as error:  # e.g. a pruned layer's weight_orig and weight_mask
-        raise UnsupportedModuleError(f"{where}: its state does not fit {name}: {' '.join(str(error).split())}") from None
+        detail = " ".join(str(error).split())
+        raise UnsupportedModuleError(f"{where}: its state does not fit a {name}: {detail}") from None
     return module
 
 
@@ -315,7 +316,8 @@ def load_inputs(path: Path) -> Tensor:
     if not path.is_file():
         raise CliError(f"no such inputs file: {path}", EXIT_FILE)
     # any exception: torch.load and numpy.load report corrupt files with many exception types
-    with _failing((Exception,), f"cannot read inputs from {path}", EXIT_FILE):
+    with _failing((Exception,), f"cannot read inputs from {path}", EXIT_FILE), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the error says it all
         if path.suffix.lower() == ".npy":
             data = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
@@ -449,10 +451,11 @@ def _one_sample(args: argparse.Namespace, job: Job) -> Tensor:
 def _lower(args: argparse.Namespace, model: LoadedModel, example: Tensor) -> Graph:
     """Lower the model on ``example``; a TorchScript model is first checked against its rebuild."""
     with _failing(LOWER_ERRORS, "cannot lower the model", EXIT_MODEL):
+        graph = lower(model.module, example, block_kind=args.block_kind, max_pool=args.max_pool,
+                      max_edges=args.max_edges)
         if model.scripted is not None:
             _check_rebuild(model, example)
-        return lower(model.module, example, block_kind=args.block_kind, max_pool=args.max_pool,
-                     max_edges=args.max_edges)
+    return graph
 
 
 def _check_rebuild(model: LoadedModel, example: Tensor) -> None:
@@ -470,6 +473,10 @@ def _check_rebuild(model: LoadedModel, example: Tensor) -> None:
 def _targets(args: argparse.Namespace, graph: Graph, batch: Tensor) -> Tensor:
     """The class to explain per sample: ``--target``, or the predicted (largest) output."""
     if args.target != "predicted":
+        classes = len(graph.outputs)
+        if args.target >= classes:
+            raise CliError(f"--target {args.target} is out of range: the model has {classes} outputs "
+                           f"(0..{classes - 1})", EXIT_MODEL)
         return torch.full((len(batch),), args.target, dtype=torch.long)
     with torch.no_grad():
         return graph(batch).reshape(len(batch), -1).argmax(1)
@@ -524,7 +531,8 @@ def run_explain(args: argparse.Namespace) -> None:
         explanation, _ = _explain(args, job, graph, x)
         G = _edge_graph(args, explanation, top_k=args.top_k, threshold=args.threshold, mass=args.mass)
         _write_graph(G, args.edges)
-        _log(args, f"wrote {G.number_of_edges():,} of {graph.num_edges:,} edges of sample {args.sample} to {args.edges}")
+        _log(args, f"wrote {G.number_of_edges():,} of {graph.num_edges:,} edges of sample {args.sample} "
+                   f"to {args.edges}")
 
 
 def run_paths(args: argparse.Namespace) -> None:
@@ -599,9 +607,8 @@ def run_plot(args: argparse.Namespace) -> None:
 
 
 # -- the parser ---------------------------------------------------------------------------------
-def _common_options() -> argparse.ArgumentParser:
-    """Options every subcommand takes: the model, the inputs, the rule, lowering and output."""
-    parser = argparse.ArgumentParser(add_help=False)
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Add what every subcommand takes: the model, the inputs, the rule and the lowering."""
     parser.add_argument("model", metavar="MODEL",
                         help="TorchScript file (torch.jit.save) of an nn.Sequential of supported modules, or "
                              "module:function / path/to/file.py:function returning an nn.Module")
@@ -618,112 +625,119 @@ def _common_options() -> argparse.ArgumentParser:
     which.add_argument("--composite", choices=COMPOSITES,
                        help="a rule per layer type, as Zennit's presets: z+, alpha-beta or gamma (z-box on the "
                             "first) on convolutions, epsilon on dense layers (default: none, use --rule)")
-    relevance.add_argument("--epsilon", type=_nonnegative_float, default=1e-6,
+    relevance.add_argument("--epsilon", metavar="X", type=_nonnegative_float, default=1e-6,
                            help="epsilon of the epsilon rule (and of a composite's dense layers), the stabilizer "
                                 "of the other rules (default: %(default)s)")
-    relevance.add_argument("--gamma", type=_nonnegative_float,
+    relevance.add_argument("--gamma", metavar="X", type=_nonnegative_float,
                            help="gamma of --rule gamma and --composite epsilon-gamma-box (default: 0.25)")
-    relevance.add_argument("--alpha", type=_nonnegative_float,
+    relevance.add_argument("--alpha", metavar="X", type=_nonnegative_float,
                            help="alpha of --rule alphabeta, alpha - beta = 1 (default: 2, or --beta + 1)")
-    relevance.add_argument("--beta", type=_nonnegative_float,
+    relevance.add_argument("--beta", metavar="X", type=_nonnegative_float,
                            help="beta of --rule alphabeta (default: 1, or --alpha - 1)")
-    relevance.add_argument("--low", type=float, help="lowest input value for --rule zbox and --composite "
-                                                     "epsilon-gamma-box (default: the inputs' minimum)")
-    relevance.add_argument("--high", type=float, help="highest input value for --rule zbox and --composite "
-                                                      "epsilon-gamma-box (default: the inputs' maximum)")
+    relevance.add_argument("--low", metavar="X", type=float,
+                           help="lowest input value, for --rule zbox and --composite epsilon-gamma-box "
+                                "(default: the inputs' minimum)")
+    relevance.add_argument("--high", metavar="X", type=float,
+                           help="highest input value, for --rule zbox and --composite epsilon-gamma-box "
+                                "(default: the inputs' maximum)")
     lowering = parser.add_argument_group("lowering")
     lowering.add_argument("--max-pool", choices=("winner", "proportional"), default="winner",
                           help="max pooling sends relevance to the window's winner, or splits it in proportion "
                                "to the inputs (default: %(default)s)")
     lowering.add_argument("--block-kind", choices=("auto", "dense", "sparse", "edges"), default="auto",
                           help="how dense layers' edges are stored (default: %(default)s: by density)")
-    lowering.add_argument("--max-edges", type=_int_at_least(1),
+    lowering.add_argument("--max-edges", type=_int_at_least(1), metavar="N",
                           help="refuse (exit code 4) a graph with more edges (default: no limit; graphs larger "
                                "than half the available memory are always refused)")
+
+
+def _subcommand(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    run: Callable[[argparse.Namespace], None],
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A subcommand's parser, with the common options, running ``run``."""
+    parser = subparsers.add_parser(name, help=summary, description=description, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common_options(parser)
+    parser.set_defaults(run=run)
     return parser
 
 
-def _add_sample(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--sample", type=_int_at_least(0), default=0,
+def _add_sample(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
+    parser.add_argument("--sample", type=_int_at_least(0), default=0, metavar="I",
                         help=f"index of the sample {what} (default: %(default)s)")
 
 
-def _add_explain(subparsers, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser(
-        "explain", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        help="input relevance of every sample, optionally one sample's edge relevance",
-        description="Explain every sample of INPUTS and write the input relevance, shaped like INPUTS, to "
-                    "--out. With --edges, also write the relevance of every edge for one sample (--sample).")
-    parser.add_argument("--out", required=True, type=_path_with_suffix(".pt", ".npy"),
+def _add_explain(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers, "explain", run_explain, "input relevance of every sample, optionally one sample's edges",
+        "Explain every sample of INPUTS and write the input relevance, shaped like INPUTS, to --out. With "
+        "--edges, also write the relevance of every edge for one sample (--sample).")
+    parser.add_argument("--out", required=True, metavar="FILE", type=_path_with_suffix(".pt", ".npy"),
                         help="where to write the input relevance: .pt (torch.save) or .npy (required)")
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=64,
-                        help="samples explained at once; progress is printed after each batch (default: "
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="N",
+                        help="samples explained at once; a progress line follows each batch (default: "
                              "%(default)s)")
     parser.add_argument("--verbose", action="store_true",
                         help="print the conservation table (relevance in and out per layer) of every batch")
     edges = parser.add_argument_group("edges")
-    edges.add_argument("--edges", type=_path_with_suffix(".graphml", ".json"),
+    edges.add_argument("--edges", metavar="FILE", type=_path_with_suffix(".graphml", ".json"),
                        help="write one sample's edge relevance as a graph: .graphml (Gephi, Cytoscape) or "
                             ".json (node-link) (default: not written)")
     _add_sample(edges, "whose edges --edges writes")
-    edges.add_argument("--top-k", type=_int_at_least(0),
+    edges.add_argument("--top-k", type=_int_at_least(0), metavar="K",
                        help="keep only the K edges of largest |relevance| (default: all)")
-    edges.add_argument("--threshold", type=_nonnegative_float,
-                       help="keep only edges with |relevance| >= this (default: all)")
-    edges.add_argument("--mass", type=_fraction,
-                       help="keep the fewest edges holding this fraction of the total |relevance| (default: all)")
-    parser.set_defaults(run=run_explain)
+    edges.add_argument("--threshold", metavar="X", type=_nonnegative_float,
+                       help="keep only edges with |relevance| >= X (default: all)")
+    edges.add_argument("--mass", metavar="X", type=_fraction,
+                       help="keep the fewest edges holding the fraction X of the total |relevance| (default: all)")
 
 
-def _add_paths(subparsers, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser(
-        "paths", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        help="the most relevant input-to-output paths of one sample",
-        description="Find the K most relevant paths from an input unit to an output unit for one sample, "
-                    "and print them as a table (or JSON).")
+def _add_paths(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers, "paths", run_paths, "the most relevant input-to-output paths of one sample",
+        "Find the K most relevant paths from an input unit to an output unit for one sample, and print them "
+        "as a table (or JSON).")
     _add_sample(parser, "to explain")
-    parser.add_argument("--k", type=_int_at_least(1), default=5, help="number of paths (default: %(default)s)")
+    parser.add_argument("--k", type=_int_at_least(1), default=5, metavar="K",
+                        help="number of paths (default: %(default)s)")
     parser.add_argument("--score", choices=analysis.PATH_SCORES, default="product",
                         help="product: the relevance that flows along the path (ranked by absolute value); "
                              "sum: the sum of |relevance| of its edges (default: %(default)s)")
-    parser.add_argument("--target-node", type=_int_at_least(0),
+    parser.add_argument("--target-node", type=_int_at_least(0), metavar="I",
                         help="index of the output unit the paths end at (default: the one with the largest "
                              "|relevance|, i.e. the explained class)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list of paths (nodes, labels, score, edge_relevance), best first")
-    parser.set_defaults(run=run_paths)
 
 
-def _add_circuit(subparsers, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser(
-        "circuit", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        help="the fewest edges carrying a fraction of one sample's relevance, and their faithfulness",
-        description="Find the relevant circuit of one sample: the fewest edges carrying --fraction of its "
-                    "total |edge relevance|. Prints how many edges it keeps and its faithfulness: the "
-                    "explained output of the full network and of the circuit alone (not available for "
-                    "networks with max pooling).")
+def _add_circuit(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers, "circuit", run_circuit, "the fewest edges carrying most of one sample's relevance",
+        "Find the relevant circuit of one sample: the fewest edges carrying the fraction --fraction of its "
+        "total |edge relevance|. Prints how many edges it keeps and its faithfulness: the explained output "
+        "of the full network and of the circuit alone (not available for networks with max pooling).")
     _add_sample(parser, "to explain")
-    parser.add_argument("--fraction", type=_fraction, default=0.9,
+    parser.add_argument("--fraction", metavar="X", type=_fraction, default=0.9,
                         help="share of the total |edge relevance| the circuit carries (default: %(default)s)")
-    parser.add_argument("--edges", type=_path_with_suffix(".graphml", ".json"),
+    parser.add_argument("--edges", metavar="FILE", type=_path_with_suffix(".graphml", ".json"),
                         help="write the circuit as a graph: .graphml or .json (default: not written)")
-    parser.add_argument("--draw", type=_path_with_suffix(".png", ".svg"),
-                        help="draw the circuit, layer by layer: .png or .svg (default: not drawn; needs matplotlib)")
-    parser.set_defaults(run=run_circuit)
+    parser.add_argument("--draw", metavar="FILE", type=_path_with_suffix(".png", ".svg"),
+                        help="draw the circuit layer by layer: .png or .svg (default: not drawn; needs matplotlib)")
 
 
-def _add_plot(subparsers, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser(
-        "plot", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        help="heatmaps of input relevance for image inputs",
-        description="Draw the inputs and heatmaps of their relevance (red positive, blue negative; channels "
-                    "summed) for the first --samples samples. Needs image-shaped inputs, (N, H, W) or "
-                    "(N, C, H, W), and matplotlib.")
-    parser.add_argument("--out", required=True, type=_path_with_suffix(".png", ".svg"),
+def _add_plot(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers, "plot", run_plot, "heatmaps of input relevance, for image inputs",
+        "Draw the inputs and heatmaps of their relevance (red positive, blue negative; channels summed) for "
+        "the first --samples samples. Needs image-shaped inputs, (N, H, W) or (N, C, H, W), and matplotlib.")
+    parser.add_argument("--out", required=True, metavar="FILE", type=_path_with_suffix(".png", ".svg"),
                         help="where to write the picture: .png or .svg (required)")
-    parser.add_argument("--samples", type=_int_at_least(1), default=8,
+    parser.add_argument("--samples", type=_int_at_least(1), default=8, metavar="N",
                         help="how many samples, from the first (default: %(default)s)")
-    parser.set_defaults(run=run_plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -735,9 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                        title="commands (COMMAND --help for its options)")
-    common = _common_options()
     for add in (_add_explain, _add_paths, _add_circuit, _add_plot):
-        add(subparsers, common)
+        add(subparsers)
     return parser
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .graph import Graph, Level
-from .rules import Group, Rule
+from .rules import Group, Rule, Term
 from .transforms import Identity, Negative, Positive, Transform, Zero
 
 
@@ -113,11 +113,20 @@ class _Inputs:
         self.nonnegative = activation.numel() == 0 or bool(activation.min() >= 0)
         self._cache: dict[Transform, Tensor | None] = {}
 
-    def __call__(self, transform: Transform) -> Tensor | None:
+    def effective(self, transform: Transform) -> Transform | None:
+        """The transform that gives the same values here: ``None`` if they are all zero."""
         if isinstance(transform, Identity) or (self.nonnegative and isinstance(transform, Positive)):
-            return self.activation
+            return Identity()
         if self.nonnegative and isinstance(transform, Negative):
             return None
+        return transform
+
+    def __call__(self, transform: Transform) -> Tensor | None:
+        transform = self.effective(transform)
+        if transform is None:
+            return None
+        if isinstance(transform, Identity):
+            return self.activation
         if transform not in self._cache:
             shaped = self.activation.reshape(len(self.activation), *self.level.shape)
             try:
@@ -130,35 +139,70 @@ class _Inputs:
         return self._cache[transform]
 
 
-def _is_forward_denominator(group: Group, blocks) -> bool:
-    if len(group.terms) != 1 or not all(block.linear_forward for block in blocks):
-        return False
-    term = group.terms[0]
-    return (
-        term.sign == 1.0
-        and isinstance(term.inputs, Identity)
-        and isinstance(term.weights, Identity)
-        and isinstance(term.bias, (Identity, Zero))
-    )
+#: a rule's terms rewritten for one block: (effective input transform, weight basis) -> coefficient
+Combination = dict[tuple[Transform, Transform], float]
+_LINEAR = (Identity(), Identity())
+
+
+def _combine(terms: tuple[Term, ...], scale: float, inputs: _Inputs) -> Combination:
+    """Merge terms that share input and weight transform.
+
+    The weights of a term whose input is the activation itself are expanded into their basis
+    (``W⁻ = W − W⁺``), so that the ``W`` part can come from the forward pass and products are
+    shared between terms; other terms keep their transform (expanding them would add products).
+    Inputs that are identically zero are dropped; ``x⁺`` of a non-negative input is the input.
+    """
+    combination: Combination = {}
+    for term in terms:
+        effective = inputs.effective(term.inputs)
+        if effective is None:
+            continue
+        expansion = term.weights.expansion() if isinstance(effective, Identity) else ((term.weights, 1.0),)
+        for basis, coefficient in expansion:
+            key = (effective, basis)
+            combination[key] = combination.get(key, 0.0) + scale * term.sign * coefficient
+    return {key: c for key, c in combination.items() if c != 0.0}
 
 
 def _denominator(
-    graph: Graph, level: Level, group: Group, inputs: dict[int, _Inputs], z_forward: Tensor, trace: Trace
+    graph: Graph,
+    level: Level,
+    group: Group,
+    inputs: dict[int, _Inputs],
+    z_forward: Tensor,
+    trace: Trace,
+    products: dict[tuple[int, Transform, Transform], Tensor],
 ) -> Tensor:
-    if _is_forward_denominator(group, graph.incoming[level.index]):
-        # the rule's denominator is the forward pre-activation itself: reuse it
-        if isinstance(group.terms[0].bias, Zero) and level.bias is not None:
-            return z_forward - level.bias
-        return z_forward
+    """``Σ_i c_ij + β_j`` of one group; the part ``Σ_i a_i w_ij`` is taken from the forward pass and
+    ``products`` keeps the level's other products for the next group."""
+    blocks = graph.incoming[level.index]
+    combinations = [_combine(group.terms, 1.0, inputs[b.src]) for b in blocks]
+    shared = all(b.linear_forward for b in blocks) and all(c == combinations[0] for c in combinations)
+    beta = group_bias(group, level.bias)
+    linear_coefficient = combinations[0].get(_LINEAR, 0.0) if shared and blocks else 0.0
+    if linear_coefficient == 1.0 and len(combinations[0]) == 1 and _is_forward_bias(group, level):
+        return z_forward  # the rule's denominator is the forward pre-activation itself
     denominator = torch.zeros_like(z_forward)
-    for term in group.terms:
-        for block in graph.incoming[level.index]:
-            term_input = inputs[block.src](term.inputs)
-            if term_input is not None:
-                denominator = denominator + term.sign * block.matvec(term_input, term.weights, trace.state(block))
-        if level.bias is not None and not isinstance(term.bias, Zero):
-            denominator = denominator + term.sign * term.bias(level.bias)
-    return denominator
+    if linear_coefficient:
+        linear = z_forward if level.bias is None else z_forward - level.bias
+        denominator = denominator + linear_coefficient * linear
+    for block, combination in zip(blocks, combinations):
+        for (effective, basis), coefficient in combination.items():
+            if linear_coefficient and (effective, basis) == _LINEAR:
+                continue
+            key = (id(block), effective, basis)
+            if key not in products:
+                products[key] = block.matvec(inputs[block.src](effective), basis, trace.state(block))
+            denominator = denominator + coefficient * products[key]
+    return denominator if beta is None else denominator + beta
+
+
+def _is_forward_bias(group: Group, level: Level) -> bool:
+    """Whether the group's bias term is the level's bias itself (or there is none)."""
+    if level.bias is None:
+        return True
+    biased = [t for t in group.terms if not isinstance(t.bias, Zero)]
+    return len(biased) == 1 and isinstance(biased[0].bias, Identity) and biased[0].sign == 1.0
 
 
 def _served(group: Group, z_forward: Tensor) -> Tensor | None:
@@ -179,18 +223,26 @@ def redistribute_level(
     inputs = {b.src: _Inputs(graph.levels[b.src], trace.activations[b.src]) for b in incoming}
     r_level = relevance[level.index]
     record = LevelRecord(rule, rule.groups())
+    products: dict[tuple[int, Transform, Transform], Tensor] = {}
     for group in record.groups:
-        denominator = _denominator(graph, level, group, inputs, z_forward, trace)
-        quotient = _quotient(rule, group, r_level, denominator, z_forward)
+        denominator = _denominator(graph, level, group, inputs, z_forward, trace, products)
         record.denominators.append(denominator)
-        record.quotients.append(quotient)
-        for block in incoming:
-            for term in group.terms:
-                term_input = inputs[block.src](term.inputs)
-                if term_input is not None:
-                    back = block.rmatvec(quotient, term.weights, trace.state(block))
-                    relevance[block.src].addcmul_(term_input, back, value=group.scale * term.sign)
+        record.quotients.append(_quotient(rule, group, r_level, denominator, z_forward))
+    for block in incoming:
+        for (effective, basis), quotient in _combined_quotients(record, inputs[block.src]).items():
+            back = block.rmatvec(quotient, basis, trace.state(block))
+            relevance[block.src].addcmul_(inputs[block.src](effective), back)
     return record
+
+
+def _combined_quotients(record: LevelRecord, inputs: _Inputs) -> dict[tuple[Transform, Transform], Tensor]:
+    """``Σ_g scale_g · coefficient · s_g`` per (input, weight basis): one product per pair, not per term."""
+    combined: dict[tuple[Transform, Transform], Tensor] = {}
+    for group, quotient in zip(record.groups, record.quotients):
+        for key, coefficient in _combine(group.terms, group.scale, inputs).items():
+            part = quotient if coefficient == 1.0 else coefficient * quotient
+            combined[key] = part if key not in combined else combined[key] + part
+    return combined
 
 
 def _quotient(rule: Rule, group: Group, r_level: Tensor, denominator: Tensor, z_forward: Tensor) -> Tensor:

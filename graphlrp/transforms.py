@@ -13,10 +13,19 @@ from torch import Tensor
 
 
 class Transform:
-    """An element-wise map ``Tensor -> Tensor``; subclasses implement ``__call__``."""
+    """An element-wise map ``Tensor -> Tensor``; subclasses implement ``__call__``.
+
+    A weight transform that is a linear combination of simpler ones says so in
+    :meth:`expansion` (``W⁻ = W − W⁺``), so that the propagation can share products between
+    terms, reuse the forward pass for the ``W`` part and cache only ``W⁺``.
+    """
 
     def __call__(self, values: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def expansion(self) -> tuple[tuple["Transform", float], ...]:
+        """``((t_1, c_1), …)`` with ``self(w) = Σ c_k t_k(w)``; by default the transform itself."""
+        return ((self, 1.0),)
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,9 @@ class Negative(Transform):
 
     def __call__(self, values: Tensor) -> Tensor:
         return values.clamp(max=0)
+
+    def expansion(self) -> tuple[tuple[Transform, float], ...]:
+        return ((Identity(), 1.0), (Positive(), -1.0))  # x⁻ = x − x⁺
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,11 @@ class AddScaledPart(Transform):
     def __call__(self, values: Tensor) -> Tensor:
         part = values.clamp(min=0) if self.part == "positive" else values.clamp(max=0)
         return values + self.scale * part
+
+    def expansion(self) -> tuple[tuple[Transform, float], ...]:
+        if self.part == "positive":  # x + γx⁺
+            return ((Identity(), 1.0), (Positive(), self.scale))
+        return ((Identity(), 1.0 + self.scale), (Positive(), -self.scale))  # x + γx⁻ = (1+γ)x − γx⁺
 
 
 @dataclass(frozen=True, eq=False)
