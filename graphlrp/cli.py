@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+from importlib.machinery import SourceFileLoader
 import inspect
 import json
 import os
@@ -134,6 +135,8 @@ def _summary(error: BaseException, limit: int = 300) -> str:
 
 # -- argument types -----------------------------------------------------------------------------
 def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= minimum``."""
+
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
@@ -145,6 +148,7 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 
 def _nonnegative_float(text: str) -> float:
+    """An argparse type: a finite number ``>= 0``."""
     value = float(text)
     if not np.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
@@ -152,6 +156,7 @@ def _nonnegative_float(text: str) -> float:
 
 
 def _fraction(text: str) -> float:
+    """An argparse type: a number in ``(0, 1]``."""
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
@@ -159,6 +164,7 @@ def _fraction(text: str) -> float:
 
 
 def _target(text: str) -> int | str:
+    """An argparse type: a class index ``>= 0``, or ``'predicted'``."""
     if text == "predicted":
         return text
     if not text.isdecimal():
@@ -167,6 +173,8 @@ def _target(text: str) -> int | str:
 
 
 def _path_with_suffix(*suffixes: str) -> Callable[[str], Path]:
+    """An argparse type: a path ending in one of ``suffixes`` (any case)."""
+
     def parse(text: str) -> Path:
         path = Path(text)
         if path.suffix.lower() not in suffixes:
@@ -187,7 +195,18 @@ class LoadedModel:
 
 
 def load_model(spec: str) -> LoadedModel:
-    """Load ``MODEL``: a TorchScript file, or ``module:function`` / ``file.py:function``.
+    """Load ``MODEL``.
+
+    Parameters
+    ----------
+    spec : str
+        A TorchScript file, or ``module:function`` / ``path/to/file.py:function`` (see the module
+        docstring).
+
+    Returns
+    -------
+    LoadedModel
+        The eager model in eval mode (rebuilt from TorchScript, see :func:`from_torchscript`).
 
     Raises
     ------
@@ -205,6 +224,7 @@ def load_model(spec: str) -> LoadedModel:
 
 
 def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    """``torch.jit.load`` on the CPU, in eval mode; an unreadable file is ``EXIT_FILE``."""
     # any exception: torch reports unreadable archives with RuntimeError, ValueError, KeyError, ...
     with _failing((Exception,), f"cannot read {path} as a TorchScript model (torch.jit.save)", EXIT_FILE):
         with warnings.catch_warnings():
@@ -228,6 +248,7 @@ def from_torchscript(scripted: torch.jit.ScriptModule) -> nn.Module:
 
 
 def _rebuild(scripted: torch.jit.ScriptModule, path: str) -> nn.Module:
+    """The eager twin of ``scripted``, found at ``path`` (child names joined by dots) in the model."""
     name = getattr(scripted, "original_name", type(scripted).__name__)
     kind = SCRIPTED_TYPES.get(name)
     where = f"TorchScript module {repr(path) if path else '(the model)'} ({name})"
@@ -265,6 +286,7 @@ def _constructor_arguments(kind: type[nn.Module], scripted: torch.jit.ScriptModu
 
 
 def _call_factory(spec: str) -> nn.Module:
+    """The ``nn.Module`` that ``module:function`` returns; any failure is ``EXIT_FILE``."""
     location, _, name = spec.rpartition(":")
     module = _import(location)
     factory = getattr(module, name, None)
@@ -289,7 +311,8 @@ def _import(location: str) -> ModuleType:
     with _failing((Exception,), f"cannot import {location}", EXIT_FILE):
         if not is_file:
             return importlib.import_module(location)
-        spec = importlib.util.spec_from_file_location(f"_graphlrp_model_{Path(location).stem}", location)
+        name = f"_graphlrp_model_{Path(location).stem}"
+        spec = importlib.util.spec_from_file_location(name, location, loader=SourceFileLoader(name, location))
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
@@ -307,6 +330,12 @@ def _float_dtype(module: nn.Module) -> torch.dtype:
 # -- inputs and outputs -------------------------------------------------------------------------
 def load_inputs(path: Path) -> Tensor:
     """A batch ``(N, ...)``, ``N >= 1``, from a ``.pt`` or ``.npy`` file.
+
+    Parameters
+    ----------
+    path : Path
+        ``torch.save`` of one tensor (read with ``weights_only=True``) or a numpy ``.npy`` file
+        (read without pickles).
 
     Raises
     ------
@@ -363,6 +392,13 @@ def _log(args: argparse.Namespace, message: str) -> None:
 def relevance_method(args: argparse.Namespace, inputs: Tensor) -> dict[str, Rule | Composite]:
     """``{'rule': ...}`` or ``{'composite': ...}`` for :func:`graphlrp.explain`, from the options.
 
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``--rule`` or ``--composite`` and their parameters.
+    inputs : Tensor
+        The inputs, whose minimum and maximum are z-box's default bounds.
+
     Raises
     ------
     CliError
@@ -394,10 +430,12 @@ def _bounds(args: argparse.Namespace, inputs: Tensor) -> tuple[float, float]:
 
 
 def _gamma(args: argparse.Namespace) -> float:
+    """``--gamma``, by default 0.25."""
     return args.gamma if args.gamma is not None else 0.25
 
 
 def _rule(args: argparse.Namespace, inputs: Tensor) -> Rule:
+    """The rule ``--rule`` names, with its parameters."""
     epsilon = args.epsilon
     makers: dict[str, Callable[[], Rule]] = {
         "epsilon": lambda: rules.Epsilon(epsilon),
@@ -412,6 +450,7 @@ def _rule(args: argparse.Namespace, inputs: Tensor) -> Rule:
 
 
 def _composite(args: argparse.Namespace, inputs: Tensor) -> Composite:
+    """The preset composite ``--composite`` names, with its parameters."""
     epsilon = args.epsilon
     makers: dict[str, Callable[[], Composite]] = {
         "epsilon-plus": lambda: composites.EpsilonPlus(epsilon),
@@ -434,6 +473,7 @@ class Job:
 
 
 def _prepare(args: argparse.Namespace) -> Job:
+    """Load the inputs and the model, and choose the rule: everything before lowering."""
     inputs = load_inputs(args.inputs)
     model = load_model(args.model)
     inputs = inputs.to(_float_dtype(model.module))
@@ -449,7 +489,7 @@ def _one_sample(args: argparse.Namespace, job: Job) -> Tensor:
 
 
 def _lower(args: argparse.Namespace, model: LoadedModel, example: Tensor) -> Graph:
-    """Lower the model on ``example``; a TorchScript model is first checked against its rebuild."""
+    """Lower the model on ``example``; a TorchScript model's rebuild is checked against it there."""
     with _failing(LOWER_ERRORS, "cannot lower the model", EXIT_MODEL):
         graph = lower(model.module, example, block_kind=args.block_kind, max_pool=args.max_pool,
                       max_edges=args.max_edges)
@@ -459,6 +499,7 @@ def _lower(args: argparse.Namespace, model: LoadedModel, example: Tensor) -> Gra
 
 
 def _check_rebuild(model: LoadedModel, example: Tensor) -> None:
+    """Raise ``UnsupportedModuleError`` unless the eager rebuild computes what the TorchScript model does."""
     with torch.no_grad():
         expected = model.scripted(example)
         actual = model.module(example)
@@ -547,6 +588,7 @@ def run_paths(args: argparse.Namespace) -> None:
 
 
 def _paths_table(paths: Sequence[analysis.Path]) -> str:
+    """Paths as a text table: rank, score, and the nodes' labels joined by arrows."""
     rows = [("rank", "score", "path")]
     rows += [(str(i), f"{p.score:+.6g}", " -> ".join(p.labels)) for i, p in enumerate(paths, 1)]
     widths = [max(len(row[c]) for row in rows) for c in range(2)]
@@ -667,11 +709,13 @@ def _subcommand(
 
 
 def _add_sample(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
+    """Add ``--sample``, the index of one sample of the inputs."""
     parser.add_argument("--sample", type=_int_at_least(0), default=0, metavar="I",
                         help=f"index of the sample {what} (default: %(default)s)")
 
 
 def _add_explain(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``explain`` subcommand and its own options."""
     parser = _subcommand(
         subparsers, "explain", run_explain, "input relevance of every sample, optionally one sample's edges",
         "Explain every sample of INPUTS and write the input relevance, shaped like INPUTS, to --out. With "
@@ -697,6 +741,7 @@ def _add_explain(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_paths(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``paths`` subcommand and its own options."""
     parser = _subcommand(
         subparsers, "paths", run_paths, "the most relevant input-to-output paths of one sample",
         "Find the K most relevant paths from an input unit to an output unit for one sample, and print them "
@@ -715,6 +760,7 @@ def _add_paths(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_circuit(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``circuit`` subcommand and its own options."""
     parser = _subcommand(
         subparsers, "circuit", run_circuit, "the fewest edges carrying most of one sample's relevance",
         "Find the relevant circuit of one sample: the fewest edges carrying the fraction --fraction of its "
@@ -730,6 +776,7 @@ def _add_circuit(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_plot(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``plot`` subcommand and its own options."""
     parser = _subcommand(
         subparsers, "plot", run_plot, "heatmaps of input relevance, for image inputs",
         "Draw the inputs and heatmaps of their relevance (red positive, blue negative; channels summed) for "
@@ -755,9 +802,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (see the module docstring).
+    """Run the ``graphlrp`` command.
 
-    Usage errors (exit code 2) and ``--help`` exit through argparse's ``SystemExit``.
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit code: :data:`EXIT_OK`, :data:`EXIT_ERROR`, :data:`EXIT_USAGE`, :data:`EXIT_FILE` or
+        :data:`EXIT_MODEL` (see the module docstring). Usage errors (exit code 2) and ``--help``
+        exit through argparse's ``SystemExit`` instead.
     """
     args = build_parser().parse_args(argv)
     try:

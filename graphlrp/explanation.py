@@ -89,48 +89,35 @@ class Explanation:
         check_budget(f"edge relevance of {len(rows)} sample(s) × {self.graph.num_edges:,} edges",
                      self.graph.num_edges * (len(rows) * element * 3 + 16 + element), max_bytes)
         index = torch.tensor(rows, dtype=torch.long, device=self.node_relevance.device)
-        parts = [self._block_messages(block, index) for block in self.graph.blocks]
-        if parts:
-            messages = torch.cat(parts, dim=1)
-        else:
-            messages = self.node_relevance.new_zeros((len(rows), 0))
+        messages = self.node_relevance.new_empty((len(rows), self.graph.num_edges))
+        start = 0
+        for block in self.graph.blocks:
+            self._block_messages(block, index, messages[:, start : start + block.num_edges])
+            start += block.num_edges
         return messages[0] if isinstance(sample, int) else messages
 
-    def _block_messages(self, block, index: Tensor) -> Tensor:
+    def _block_messages(self, block, index: Tensor, out: Tensor) -> None:
+        """Write the messages of ``block``'s edges for the samples ``index`` into ``out``."""
         record = self._records[block.dst]
-        level = self.graph.levels[block.src]
-        inputs = _Inputs(level, self._trace.activations[block.src].index_select(0, index))
-        messages = None
+        inputs = _Inputs(self.graph.levels[block.src], self._trace.activations[block.src].index_select(0, index))
+        state = block.select_state(self._trace.state(block), index)
+        written = False
         for group, quotient in zip(record.groups, record.quotients):
             chosen = quotient.index_select(0, index)
             for term in group.terms:
                 term_input = inputs(term.inputs)
                 if term_input is None:
                     continue
-                state = block.select_state(self._trace.state(block), index)
-                part = (group.scale * term.sign) * block.edge_messages(term_input, chosen, term.weights, state)
-                messages = part if messages is None else messages + part
-        if messages is None:
-            messages = chosen.new_zeros((len(index), block.num_edges))
-        return messages
-
-    def to_networkx(self, sample: int | Sequence[int] | None = 0, **options) -> "nx.DiGraph":
-        """This explanation as a networkx graph; see :func:`graphlrp.export.explanation_to_networkx`."""
-        from .export import explanation_to_networkx
-
-        return explanation_to_networkx(self, sample, **options)
-
-    def bias_relevance(self, sample: int | Sequence[int] | None = None) -> Tensor:
-        """Relevance absorbed by each node's bias term; see :func:`graphlrp.export.bias_relevance`."""
-        from .export import bias_relevance
-
-        return bias_relevance(self, sample)
-
-    def edge_contributions(self, sample: int | Sequence[int] | None = None) -> Tensor:
-        """Forward contribution ``a_i·w_ij`` of every edge; see :func:`graphlrp.export.edge_contributions`."""
-        from .export import edge_contributions
-
-        return edge_contributions(self, sample)
+                factor = group.scale * term.sign
+                if not written and factor == 1.0:
+                    block.edge_messages(term_input, chosen, term.weights, state, out=out)
+                elif not written:
+                    torch.mul(block.edge_messages(term_input, chosen, term.weights, state), factor, out=out)
+                else:
+                    out.add_(block.edge_messages(term_input, chosen, term.weights, state), alpha=factor)
+                written = True
+        if not written:
+            out.zero_()
 
     def conservation(self) -> list[LevelBalance]:
         """Per level (last first), relevance in and out, and what biases and the stabilizer absorbed."""

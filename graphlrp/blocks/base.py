@@ -27,6 +27,23 @@ from torch import Tensor
 from ..transforms import Identity, Transform, check_maps_zero_to_zero
 
 
+def edge_products(x: Tensor, src: Tensor, weight: Tensor, destination_factor: Tensor, out: Tensor | None) -> Tensor:
+    """``x[:, src] · weight · destination_factor`` per edge, written into ``out`` when given.
+
+    Gathers straight into ``out`` when it is contiguous (one sample), so the messages are written
+    once and then scaled in place.
+    """
+    if out is not None and out.is_contiguous():
+        messages = torch.index_select(x, 1, src, out=out)
+    else:
+        messages = x.index_select(1, src)
+    messages.mul_(weight).mul_(destination_factor)
+    if out is not None and messages is not out:
+        out.copy_(messages)
+        return out
+    return messages
+
+
 class Block(ABC):
     """Edges from level ``src`` (``n_src`` nodes) to level ``dst`` (``n_dst`` nodes)."""
 
@@ -90,13 +107,16 @@ class Block(ABC):
         """The block's part of the destinations' pre-activation for source activations ``x``."""
         return self.matvec(x)
 
-    def edge_messages(self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
+    def edge_messages(
+        self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None, out: Tensor | None = None
+    ) -> Tensor:
         """``x_i f(w_ij) s_j`` per edge, shape ``(B, num_edges)``, for ``x (B, n_src)``, ``s (B, n_dst)``.
 
-        ``state`` is the block's state for exactly these ``B`` samples.
+        ``state`` is the block's state for exactly these ``B`` samples; ``out``, if given, receives
+        the result.
         """
         src, dst, weight = self.edges()
-        return x.index_select(1, src).mul_(transform(weight)).mul_(s.index_select(1, dst))
+        return edge_products(x, src, transform(weight), s.index_select(1, dst), out)
 
     def clear_cache(self) -> None:
         """Drop cached transformed weights."""

@@ -102,15 +102,17 @@ class MaxPoolBlock(Block):
         planes.scatter_add_(2, state, s.reshape(len(s), self.in_shape[0], -1) * self._unit_weight(transform))
         return planes.reshape(len(s), self.n_src)
 
-    def edge_messages(self, x: Tensor, s: Tensor, transform: Transform, state: Tensor = None) -> Tensor:
-        messages = super().edge_messages(x, s, transform)
+    def edge_messages(
+        self, x: Tensor, s: Tensor, transform: Transform, state: Tensor = None, out: Tensor | None = None
+    ) -> Tensor:
+        messages = super().edge_messages(x, s, transform, out=out)
         if self.mode == "proportional":
             return messages
         src, dst, _ = self.edges()
         channels = self.in_shape[0]
         plane_start = torch.arange(self.n_dst, device=s.device) // (self.n_dst // channels) * (self.n_src // channels)
         winner = state.reshape(len(s), -1) + plane_start  # local source id of each output's winner
-        return messages * (src[None, :] == winner[:, dst])
+        return messages.mul_(src[None, :] == winner[:, dst])
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.windows.edges()

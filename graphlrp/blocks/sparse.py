@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..transforms import Identity, Transform
-from .base import StaticBlock
+from .base import StaticBlock, edge_products
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -126,10 +126,14 @@ class SparseBlock(StaticBlock):
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.col.long(), _rows_of(self.crow).long(), self.values
 
-    def edge_messages(self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
-        # straight from the 32-bit CSR indices: no 64-bit edge lists are materialized
-        messages = x.index_select(1, self.col).mul_(transform(self.values))
-        return messages.mul_(s.index_select(1, _rows_of(self.crow)))
+    def edge_messages(
+        self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None, out: Tensor | None = None
+    ) -> Tensor:
+        # straight from the CSR arrays: each destination's factor is repeated over its row, no
+        # edge list is materialized
+        counts = self.crow[1:] - self.crow[:-1]
+        per_edge = torch.repeat_interleave(s, counts, dim=1, output_size=self.num_edges)
+        return edge_products(x, self.col, transform(self.values), per_edge, out)
 
     def _to(self, device, dtype) -> "SparseBlock":
         def move(t: Tensor) -> Tensor:
