@@ -17,7 +17,8 @@ Models
   ``Identity``, dropout). A TorchScript module can neither be traced by ``torch.fx`` nor lowered
   directly, so it is rebuilt as an eager ``nn.Sequential`` of the same modules sharing its
   parameters, and the rebuild is checked to compute what the TorchScript model computes. Any other
-  scripted module (a custom ``forward``) is refused: give it as ``module:function``.
+  scripted module (a custom ``forward``, a pruned layer's ``weight_orig``/``weight_mask``) is
+  refused with exit code 4: give such models as ``module:function``.
 - ``module:function`` or ``path/to/file.py:function``: the function is called without arguments
   and returns the model (any ``nn.Module`` that :func:`graphlrp.lower` takes). A module name is
   imported with the current directory on ``sys.path``; a file with its own directory on it.
@@ -25,6 +26,9 @@ Models
 The model is put in eval mode. ``INPUTS`` is a ``.pt`` file (``torch.save`` of one tensor) or a
 ``.npy`` file, batch first ``(N, *input_shape)``; it is converted to the dtype of the model's
 parameters.
+
+Results (tables, JSON, conservation) go to stdout; progress lines (one per batch of ``explain``)
+and notes on the files written go to stderr, and ``--quiet`` silences them.
 
 Exit codes
 ----------
@@ -554,7 +558,7 @@ def _relevance_batches(args: argparse.Namespace, job: Job, graph: Graph) -> Iter
 def _edge_graph(args: argparse.Namespace, explanation: Explanation, **selection: float | None) -> nx.DiGraph:
     """Sample 0 of ``explanation`` (sample ``--sample`` of the inputs) as a networkx graph."""
     with _failing(EXPLAIN_ERRORS, "cannot list the edges", EXIT_MODEL):
-        G = explanation.to_networkx(0, **selection)
+        G = export.explanation_to_networkx(explanation, 0, **selection)
     G.graph["samples"] = (args.sample,)
     return G
 

@@ -119,6 +119,24 @@ class Explanation:
         if not written:
             out.zero_()
 
+    def to_networkx(self, sample: int | Sequence[int] | None = 0, **options) -> "nx.DiGraph":
+        """This explanation as a networkx graph; see :func:`graphlrp.export.explanation_to_networkx`."""
+        from .export import explanation_to_networkx
+
+        return explanation_to_networkx(self, sample, **options)
+
+    def bias_relevance(self, sample: int | Sequence[int] | None = None) -> Tensor:
+        """Relevance absorbed by each node's bias term; see :func:`graphlrp.export.bias_relevance`."""
+        from .export import bias_relevance
+
+        return bias_relevance(self, sample)
+
+    def edge_contributions(self, sample: int | Sequence[int] | None = None) -> Tensor:
+        """Forward contribution ``a_i·w_ij`` of every edge; see :func:`graphlrp.export.edge_contributions`."""
+        from .export import edge_contributions
+
+        return edge_contributions(self, sample)
+
     def conservation(self) -> list[LevelBalance]:
         """Per level (last first), relevance in and out, and what biases and the stabilizer absorbed."""
         balances = []

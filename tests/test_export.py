@@ -265,3 +265,16 @@ def test_bulk_export_of_a_hundred_thousand_edges():
     src, dst, _ = explanation.graph.edges()
     messages = explanation.edge_relevance(0)
     assert G.edges[int(src[-1]), int(dst[-1])]["relevance"] == float(messages[-1])
+
+
+def test_explanation_methods_delegate_to_export():
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    explanation = graphlrp.explain(graphlrp.lower(model, x), x, target=1)
+    G = explanation.to_networkx(0)
+    assert G.number_of_edges() == explanation.graph.num_edges
+    torch.testing.assert_close(explanation.bias_relevance(0), graphlrp.export.bias_relevance(explanation, 0))
+    torch.testing.assert_close(explanation.edge_contributions(0), graphlrp.export.edge_contributions(explanation, 0))
