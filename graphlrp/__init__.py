@@ -4,7 +4,7 @@ A network is lowered to a graph whose nodes are neurons and whose edges are weig
 connections; every LRP rule is an edge-weight transform and relevance flows back over the edges,
 so that relevance is available for every node and every edge.
 """
-from . import analysis, composites, export, reductions, rules
+from . import analysis, composites, evaluation, export, reductions, rules
 from .composites import Composite
 from .errors import GraphTooLargeError, LoweringMismatchError, UnsupportedModuleError
 from .explanation import Explanation, LevelBalance, explain
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "analysis",
+    "evaluation",
     "export",
     "Composite",
     "CycleError",
