@@ -135,6 +135,22 @@ class Block(ABC):
 class StaticBlock(Block):
     """A block whose edges are the same for every sample; its operand is built once per transform."""
 
+    @abstractmethod
+    def held(self) -> tuple[Tensor, ...]:
+        """The tensors the block holds, its edge weights last."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.held())
+
+    @property
+    def device(self) -> torch.device:
+        return self.held()[-1].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.held()[-1].dtype
+
     def operand(self, transform: Transform = Identity()) -> object:
         """The kind's operand for ``transform`` (cached)."""
         cached = self._cache.get(transform)

@@ -89,17 +89,8 @@ class ConvBlock(StaticBlock):
     def num_edges(self) -> int:
         return self._num_edges
 
-    @property
-    def nbytes(self) -> int:
-        return self.weight.numel() * self.weight.element_size()
-
-    @property
-    def device(self) -> torch.device:
-        return self.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.weight.dtype
+    def held(self) -> tuple[Tensor, ...]:
+        return (self.weight,)
 
     def _transformed(self, transform: Transform) -> Tensor:
         return transform(self.weight)

@@ -39,17 +39,8 @@ class EdgeListBlock(StaticBlock):
     def num_edges(self) -> int:
         return self.weight.numel()
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.src_idx, self.dst_idx, self.weight))
-
-    @property
-    def device(self) -> torch.device:
-        return self.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.weight.dtype
+    def held(self) -> tuple[Tensor, ...]:
+        return (self.src_idx, self.dst_idx, self.weight)
 
     def _transformed(self, transform: Transform) -> Tensor:
         return transform(self.weight)

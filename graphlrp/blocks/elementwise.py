@@ -40,17 +40,8 @@ class ElementwiseBlock(StaticBlock):
     def num_edges(self) -> int:
         return int(torch.count_nonzero(self.weight))
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.index, self.weight))
-
-    @property
-    def device(self) -> torch.device:
-        return self.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.weight.dtype
+    def held(self) -> tuple[Tensor, ...]:
+        return (self.index, self.weight)
 
     def _transformed(self, transform: Transform) -> Tensor:
         return transform(self.weight)

@@ -98,18 +98,8 @@ class SparseBlock(StaticBlock):
     def num_edges(self) -> int:
         return self.values.numel()
 
-    @property
-    def nbytes(self) -> int:
-        tensors = (self.crow, self.col, self.values, self.crow_t, self.col_t, self.perm_t)
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-    @property
-    def device(self) -> torch.device:
-        return self.values.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.values.dtype
+    def held(self) -> tuple[Tensor, ...]:
+        return (self.crow, self.col, self.crow_t, self.col_t, self.perm_t, self.values)
 
     def _transformed(self, transform: Transform) -> tuple[Tensor, Tensor]:
         values = transform(self.values)
