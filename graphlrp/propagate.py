@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .blocks import Block, StaticBlock
 from .graph import Graph, Level
 from .rules import Group, Rule, Term
-from .transforms import Identity, Negative, Positive, Transform, Zero
+from .transforms import Identity, Negative, Ones, Positive, Transform, Zero
 
 
 @dataclass
@@ -192,9 +193,16 @@ def _denominator(
                 continue
             key = (id(block), effective, basis)
             if key not in products:
-                products[key] = block.matvec(inputs[block.src](effective), basis, trace.state(block))
+                products[key] = _product(block, inputs[block.src](effective), effective, basis, trace)
             denominator = denominator + coefficient * products[key]
     return denominator if beta is None else denominator + beta
+
+
+def _product(block: Block, value: Tensor, effective: Transform, basis: Transform, trace: Trace) -> Tensor:
+    """``block.matvec``; an input of ones gives the same row for every sample, computed once."""
+    if isinstance(effective, Ones) and isinstance(block, StaticBlock):
+        return block.matvec(value[:1], basis).expand(len(value), -1)
+    return block.matvec(value, basis, trace.state(block))
 
 
 def _is_forward_bias(group: Group, level: Level) -> bool:
