@@ -234,7 +234,8 @@ def explain(
     level_rules = composite.rules(graph)
     initial = _initial_relevance(graph, trace.output, target, output_relevance)
     batch = len(x)
-    node_relevance = initial.new_zeros((batch, graph.num_nodes))
+    # node-major storage, the layout of sparse products: accumulating into it needs no transposes
+    node_relevance = initial.new_zeros((graph.num_nodes, batch)).T
     node_relevance.index_add_(1, graph.outputs, initial)
     views = [node_relevance[:, l.offset : l.offset + l.size] for l in graph.levels]
     records: list[LevelRecord | None] = [None] * len(graph.levels)

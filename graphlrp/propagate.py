@@ -279,7 +279,8 @@ def level_balance(record: LevelRecord, level: Level, r_level: Tensor, z_forward:
     group's contributions into ``j`` (``denominator − β``), ``out = Σ_g scale Σ_j s_j c_j``.
     """
     zeros = r_level.new_zeros(len(r_level))
-    out, bias_part, stab_part, kept = zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone()
+    out, bias_part, stab_part = zeros.clone(), zeros.clone(), zeros.clone()
+    unkept = r_level.clone()  # per node: relevance no group passed on
     for group, quotient, denominator in zip(record.groups, record.quotients, record.denominators):
         beta = group_bias(group, level.bias)
         stabilized = record.rule.stabilize(denominator)
@@ -290,7 +291,7 @@ def level_balance(record: LevelRecord, level: Level, r_level: Tensor, z_forward:
         stab_part += group.scale * (quotient * (stabilized - denominator)).sum(1)
         served = _served(group, z_forward)
         target = r_level if served is None else r_level * served
-        kept += group.scale * torch.where(stabilized != 0, target, 0.0).sum(1)
+        unkept -= group.scale * torch.where(stabilized != 0, target, 0.0)
     relevance_in = r_level.sum(1)
     return {"relevance_in": relevance_in, "relevance_out": out, "bias": bias_part, "stabilizer": stab_part,
-            "dropped": relevance_in - kept}
+            "dropped": unkept.sum(1)}

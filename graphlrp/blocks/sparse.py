@@ -23,10 +23,14 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
 
 
 def _times(matrix: Tensor, x: Tensor) -> Tensor:
-    """``x @ matrixᵀ`` for a batch ``x`` (B, n), returned contiguous (B, m)."""
+    """``x @ matrixᵀ`` for a batch ``x`` (B, n), as a (B, m) view of node-major storage.
+
+    torch's CSR product takes and gives node-major (n, B) operands: the result is left in that
+    layout, and a node-major ``x`` (the output of an earlier sparse block) is taken without a copy.
+    """
     if len(x) == 1:
         return torch.mv(matrix, x[0])[None]
-    return torch.sparse.mm(matrix, x.T).T.contiguous()
+    return torch.sparse.mm(matrix, x.T).T
 
 
 def _rows_of(crow: Tensor) -> Tensor:
