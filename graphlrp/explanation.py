@@ -195,6 +195,19 @@ def _initial_relevance(graph: Graph, output: Tensor, target, output_relevance: T
     return relevance
 
 
+def _relevance_storage(graph: Graph, like: Tensor, batch: int) -> Tensor:
+    """Zeros ``(B, num_nodes)`` in the layout the graph's products come in.
+
+    Sparse (CSR) products come node-major, matrix products batch-major; accumulating a product
+    into storage of the other layout is an order of magnitude slower than into its own, so the
+    layout follows the kind most of the graph's blocks are.
+    """
+    sparse = sum(block.kind == "sparse" for block in graph.blocks)
+    if 2 * sparse > len(graph.blocks):
+        return like.new_zeros((graph.num_nodes, batch)).T
+    return like.new_zeros((batch, graph.num_nodes))
+
+
 def explain(
     graph: Graph,
     x: Tensor,
@@ -234,8 +247,7 @@ def explain(
     level_rules = composite.rules(graph)
     initial = _initial_relevance(graph, trace.output, target, output_relevance)
     batch = len(x)
-    # node-major storage, the layout of sparse products: accumulating into it needs no transposes
-    node_relevance = initial.new_zeros((graph.num_nodes, batch)).T
+    node_relevance = _relevance_storage(graph, initial, batch)
     node_relevance.index_add_(1, graph.outputs, initial)
     views = [node_relevance[:, l.offset : l.offset + l.size] for l in graph.levels]
     records: list[LevelRecord | None] = [None] * len(graph.levels)
