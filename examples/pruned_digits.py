@@ -81,7 +81,7 @@ def main() -> None:
     top = torch.topk(relevance.abs(), 10).indices
     print("10 most relevant edges of sample 0:")
     for e in top.tolist():
-        print(f"  {graph.node_label(int(src[e])):>12} -> {graph.node_label(int(dst[e])):<10} "
+        print(f"  {graph.node_label(int(src[e])):>14} -> {graph.node_label(int(dst[e])):<14} "
               f"weight {float(weight[e]):+.3f}  relevance {float(relevance[e]):+.4f}")
 
     args.out.mkdir(parents=True, exist_ok=True)
