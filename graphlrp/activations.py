@@ -120,4 +120,15 @@ def compose(first: Activation, then: Activation) -> Activation:
         return then
     if then.name == "identity":
         return first
-    return Activation(f"{first.name}>{then.name}", lambda z: then.fn(first.fn(z)))
+    return Activation(f"{first.name}>{then.name}", _Chain(first.fn, then.fn))
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """``then(first(z))``."""
+
+    first: ActivationFn
+    then: ActivationFn
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.then(self.first(z))

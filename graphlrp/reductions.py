@@ -65,12 +65,6 @@ def scatter_add_(out: Tensor, index: Tensor, values: Tensor) -> Tensor:
     return out.index_add_(0, index, values)
 
 
-def scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
-    """``out[k] = Σ_{e: index[e]=k} values[e]`` along dim 0, ``out`` with ``size`` rows."""
-    out = values.new_zeros((size, *values.shape[1:]))
-    return scatter_add_(out, index, values)
-
-
 def scatter_max(values: Tensor, index: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """Per group maximum of 1-D ``values`` and the position (into ``values``) of one maximum.
 
