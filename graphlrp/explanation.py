@@ -66,14 +66,18 @@ class Explanation:
         """The rule used at each level (``None`` for the input level)."""
         return [None if r is None else r.rule for r in self._records]
 
-    def edge_relevance(self, sample: int | Sequence[int] | None = None, max_bytes: int | None = None) -> Tensor:
+    def edge_relevance(
+        self, sample: int | Sequence[int] | None = None, max_bytes: int | None = None, out: Tensor | None = None
+    ) -> Tensor:
         """The relevance message each edge carries, in :meth:`Graph.edges` order.
 
         The messages leaving a node sum to that node's relevance. Computed on demand, only for the
         samples asked: ``sample`` an int gives ``(num_edges,)``, a sequence gives
         ``(len(sample), num_edges)``, ``None`` gives every sample ``(B, num_edges)``. A result
         that would exceed ``max_bytes`` (default: half the available memory) is refused before
-        anything is allocated.
+        anything is allocated. ``out``, a contiguous tensor of the result's shape, dtype and
+        device, receives the result instead of a new tensor: reusing one buffer for many samples
+        saves allocating (and the operating system zeroing) the memory of every result.
         """
         batch = len(self.node_relevance)
         if sample is None:
@@ -89,11 +93,18 @@ class Explanation:
         check_budget(f"edge relevance of {len(rows)} sample(s) × {self.graph.num_edges:,} edges",
                      self.graph.num_edges * (len(rows) * element * 3 + 16 + element), max_bytes)
         index = torch.tensor(rows, dtype=torch.long, device=self.node_relevance.device)
-        messages = self.node_relevance.new_empty((len(rows), self.graph.num_edges))
+        shape = (self.graph.num_edges,) if isinstance(sample, int) else (len(rows), self.graph.num_edges)
+        if out is None:
+            messages = self.node_relevance.new_empty((len(rows), self.graph.num_edges))
+        else:
+            _check_out(out, shape, self.node_relevance)
+            messages = out.view(len(rows), self.graph.num_edges)
         start = 0
         for block in self.graph.blocks:
             self._block_messages(block, index, messages[:, start : start + block.num_edges])
             start += block.num_edges
+        if out is not None:
+            return out
         return messages[0] if isinstance(sample, int) else messages
 
     def _block_messages(self, block, index: Tensor, out: Tensor) -> None:
@@ -167,6 +178,16 @@ class Explanation:
         )
 
 
+def _check_out(out: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
+    if not isinstance(out, Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if tuple(out.shape) != shape or out.dtype != like.dtype or out.device != like.device or not out.is_contiguous():
+        raise ValueError(
+            f"out must be a contiguous {like.dtype} tensor of shape {shape} on {like.device}, got "
+            f"{'a non-contiguous ' if not out.is_contiguous() else ''}{out.dtype} tensor of shape {tuple(out.shape)} on {out.device}"
+        )
+
+
 def _initial_relevance(graph: Graph, output: Tensor, target, output_relevance: Tensor | None) -> Tensor:
     batch = len(output)
     flat = output.reshape(batch, -1)
@@ -196,14 +217,8 @@ def _initial_relevance(graph: Graph, output: Tensor, target, output_relevance: T
 
 
 def _relevance_storage(graph: Graph, like: Tensor, batch: int) -> Tensor:
-    """Zeros ``(B, num_nodes)`` in the layout the graph's products come in.
-
-    Sparse (CSR) products come node-major, matrix products batch-major; accumulating a product
-    into storage of the other layout is an order of magnitude slower than into its own, so the
-    layout follows the kind most of the graph's blocks are.
-    """
-    sparse = sum(block.kind == "sparse" for block in graph.blocks)
-    if 2 * sparse > len(graph.blocks):
+    """Zeros ``(B, num_nodes)`` in the graph's layout (:mod:`graphlrp.layout`)."""
+    if graph.node_major:
         return like.new_zeros((graph.num_nodes, batch)).T
     return like.new_zeros((batch, graph.num_nodes))
 

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .activations import IDENTITY, Activation
 from .blocks import Block
+from .layout import graph_is_node_major
 from .memory import check_budget, format_bytes
 
 LayerType = Any  # a module class (e.g. ``torch.nn.Linear``) or a string such as ``'input'``
@@ -119,6 +120,7 @@ class Graph:
         self.original_ids: Tensor | None = None
         #: the caller's name of every node, when names were given (``from_edges(names=...)``, ``from_networkx``)
         self.node_names: list | None = None
+        self._node_major: bool | None = None
 
     @classmethod
     def from_edges(cls, src, dst, weight, bias=None, activation="identity", **kwargs) -> "Graph":
@@ -185,6 +187,13 @@ class Graph:
             if level.bias is not None:
                 return level.bias.dtype
         return torch.get_default_dtype()
+
+    @property
+    def node_major(self) -> bool:
+        """Whether per-level tensors are held node-major while computing; see :mod:`graphlrp.layout`."""
+        if self._node_major is None:
+            self._node_major = graph_is_node_major(self)
+        return self._node_major
 
     # -- edges --------------------------------------------------------------------------------
     def edges(self, max_bytes: int | None = None) -> tuple[Tensor, Tensor, Tensor]:

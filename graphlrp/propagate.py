@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .blocks import Block, StaticBlock
 from .graph import Graph, Level
+from .layout import as_node_major, is_node_major
 from .rules import Group, Rule, Term
 from .transforms import Identity, Negative, Ones, Positive, Transform, Zero
 
@@ -71,7 +72,8 @@ def run_forward(graph: Graph, x: Tensor) -> Trace:
     check_input(graph, x)
     batch = len(x)
     first = graph.levels[0]
-    activations: list[Tensor] = [first.activation(x.reshape(batch, first.size))]
+    flat = x.reshape(batch, first.size)
+    activations: list[Tensor] = [first.activation(as_node_major(flat) if graph.node_major else flat)]
     preactivations: list[Tensor | None] = [None]
     states: dict[int, object] = {}
     for level in graph.levels[1:]:
@@ -111,7 +113,8 @@ class _Inputs:
     def __init__(self, level: Level, activation: Tensor) -> None:
         self.level = level
         self.activation = activation
-        self.nonnegative = activation.numel() == 0 or bool(activation.min() >= 0)
+        stored = activation.T if is_node_major(activation) else activation  # a reduction over a copy otherwise
+        self.nonnegative = activation.numel() == 0 or bool(stored.min() >= 0)
         self._cache: dict[Transform, Tensor | None] = {}
 
     def effective(self, transform: Transform) -> Transform | None:

@@ -27,18 +27,19 @@ from torch import Tensor
 from ..transforms import Identity, Transform, check_maps_zero_to_zero
 
 
-def edge_products(x: Tensor, src: Tensor, weight: Tensor, destination_factor: Tensor, out: Tensor | None) -> Tensor:
-    """``x[:, src] · weight · destination_factor`` per edge, written into ``out`` when given.
+def edge_products(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: Tensor, out: Tensor | None) -> Tensor:
+    """``x[:, src] · weight · s[:, dst]`` per edge, written into ``out`` when given.
 
-    Gathers straight into ``out`` when it is contiguous (one sample), so the messages are written
-    once and then scaled in place.
+    ``src`` and ``dst`` may be 32-bit. One sample takes 1-D gathers (torch's fastest) straight
+    into ``out``, so the messages are written once and then scaled in place.
     """
-    if out is not None and out.is_contiguous():
-        messages = torch.index_select(x, 1, src, out=out)
+    if len(x) == 1:
+        target = out[0] if out is not None and out.is_contiguous() else None
+        gathered = x[0].index_select(0, src) if target is None else torch.index_select(x[0], 0, src, out=target)
+        messages = gathered.mul_(weight).mul_(s[0].index_select(0, dst))[None]
     else:
-        messages = x.index_select(1, src)
-    messages.mul_(weight).mul_(destination_factor)
-    if out is not None and messages is not out:
+        messages = x.index_select(1, src).mul_(weight).mul_(s.index_select(1, dst))
+    if out is not None and messages.data_ptr() != out.data_ptr():
         out.copy_(messages)
         return out
     return messages
@@ -116,7 +117,7 @@ class Block(ABC):
         the result.
         """
         src, dst, weight = self.edges()
-        return edge_products(x, src, transform(weight), s.index_select(1, dst), out)
+        return edge_products(x, src, transform(weight), s, dst, out)
 
     def clear_cache(self) -> None:
         """Drop cached transformed weights."""

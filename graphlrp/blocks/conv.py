@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..layout import in_layout_of
 from ..transforms import Transform
 from .base import StaticBlock
 
@@ -111,7 +112,7 @@ class ConvBlock(StaticBlock):
     def _matvec(self, x: Tensor, operand: tuple[Tensor, Tensor | None]) -> Tensor:
         out = _CONV[self.dims](x.reshape(len(x), *self.in_shape), operand[0], None, self.stride, self.padding,
                                self.dilation, self.groups)
-        return out.reshape(len(x), self.n_dst)
+        return in_layout_of(out.reshape(len(x), self.n_dst), x)
 
     def _rmatvec(self, s: Tensor, operand: tuple[Tensor, Tensor | None]) -> Tensor:
         kernel, flipped = operand
@@ -122,7 +123,7 @@ class ConvBlock(StaticBlock):
         else:
             out = _CONV_INPUT_GRAD[self.dims]((len(s), *self.in_shape), kernel, upper, self.stride, self.padding,
                                               self.dilation, self.groups)
-        return out.reshape(len(s), self.n_src)
+        return in_layout_of(out.reshape(len(s), self.n_src), s)
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._edges is None:

@@ -1,13 +1,15 @@
 """Dense block: a full weight matrix, reductions by matrix multiplication.
 
 The right kind when most weights are nonzero: matmul moves 4 bytes per weight once per batch,
-where an edge list moves 36 + 36·B bytes per edge.
+where an edge list moves 36 + 36·B bytes per edge. Products keep the layout of their operand
+(:mod:`graphlrp.layout`); a matrix product costs the same in either.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from ..layout import is_node_major
 from ..transforms import Transform
 from .base import StaticBlock
 
@@ -44,9 +46,13 @@ class DenseBlock(StaticBlock):
         return transform(self.weight)
 
     def _matvec(self, x: Tensor, operand: Tensor) -> Tensor:
+        if is_node_major(x):  # (W x) in (n, B): the result keeps the input's layout
+            return (operand @ x.T).T
         return x @ operand.T
 
     def _rmatvec(self, s: Tensor, operand: Tensor) -> Tensor:
+        if is_node_major(s):
+            return (operand.T @ s.T).T
         return s @ operand
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:

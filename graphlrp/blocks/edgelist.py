@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from .. import reductions
-from ..transforms import Transform
-from .base import StaticBlock
+from ..layout import as_node_major, in_layout_of
+from ..transforms import Identity, Transform
+from .base import StaticBlock, edge_products
 
 #: elements of the largest temporary (chunk of edges × batch) the kernels allocate
 CHUNK_ELEMENTS = 1 << 22
@@ -46,14 +47,14 @@ class EdgeListBlock(StaticBlock):
         return transform(self.weight)
 
     def _gather_scatter(self, x: Tensor, weight: Tensor, gather: Tensor, scatter: Tensor, size: int) -> Tensor:
-        columns = x.T.contiguous()  # (n, B): dim-0 gathers and scatters are the fast layout
+        columns = as_node_major(x).T  # (n, B): dim-0 gathers and scatters are the fast layout
         out = columns.new_zeros((size, columns.shape[1]))
         chunk = max(1, CHUNK_ELEMENTS // max(1, columns.shape[1]))
         for start in range(0, self.num_edges, chunk):
             part = slice(start, start + chunk)
             messages = columns.index_select(0, gather[part]) * weight[part, None]
             reductions.scatter_add_(out, scatter[part].long(), messages)  # index_add_ is far slower on int32
-        return out.T
+        return in_layout_of(out.T, x)
 
     def _matvec(self, x: Tensor, operand: Tensor) -> Tensor:
         return self._gather_scatter(x, operand, self.src_idx, self.dst_idx, self.n_dst)
@@ -63,6 +64,11 @@ class EdgeListBlock(StaticBlock):
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.src_idx.long(), self.dst_idx.long(), self.weight
+
+    def edge_messages(
+        self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None, out: Tensor | None = None
+    ) -> Tensor:
+        return edge_products(x, self.src_idx, transform(self.weight), s, self.dst_idx, out)
 
     def _to(self, device, dtype) -> "EdgeListBlock":
         return EdgeListBlock(

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import reductions
+from ..layout import in_layout_of, is_node_major
 from ..transforms import Transform
 from .base import StaticBlock
 
@@ -47,11 +48,14 @@ class ElementwiseBlock(StaticBlock):
         return transform(self.weight)
 
     def _matvec(self, x: Tensor, operand: Tensor) -> Tensor:
+        if is_node_major(x):
+            return x.T.index_select(0, self.index).T * operand
         return x.index_select(1, self.index) * operand
 
     def _rmatvec(self, s: Tensor, operand: Tensor) -> Tensor:
         out = s.new_zeros((self.n_src, len(s)))
-        return reductions.scatter_add_(out, self.index, (s * operand).T).T
+        reductions.scatter_add_(out, self.index, (s * operand).T)
+        return in_layout_of(out.T, s)
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         keep = self.weight != 0

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..layout import in_layout_of
 from ..transforms import Transform
 from .base import Block
 from .conv import ConvBlock
@@ -85,7 +86,7 @@ class MaxPoolBlock(Block):
         return state.index_select(0, samples)
 
     def forward(self, x: Tensor, state: Tensor = None) -> Tensor:
-        return self._planes(x).gather(2, state).reshape(len(x), self.n_dst)
+        return in_layout_of(self._planes(x).gather(2, state).reshape(len(x), self.n_dst), x)
 
     def _unit_weight(self, transform: Transform) -> float:
         return float(transform(torch.ones(1, dtype=torch.float64)))
@@ -100,7 +101,7 @@ class MaxPoolBlock(Block):
             return self.windows.rmatvec(s, transform)
         planes = s.new_zeros((len(s), self.in_shape[0], self.n_src // self.in_shape[0]))
         planes.scatter_add_(2, state, s.reshape(len(s), self.in_shape[0], -1) * self._unit_weight(transform))
-        return planes.reshape(len(s), self.n_src)
+        return in_layout_of(planes.reshape(len(s), self.n_src), s)
 
     def edge_messages(
         self, x: Tensor, s: Tensor, transform: Transform, state: Tensor = None, out: Tensor | None = None

@@ -12,6 +12,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from ..layout import as_node_major, in_layout_of
 from ..transforms import Identity, Transform
 from .base import StaticBlock, edge_products
 
@@ -23,14 +24,14 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
 
 
 def _times(matrix: Tensor, x: Tensor) -> Tensor:
-    """``x @ matrixᵀ`` for a batch ``x`` (B, n), as a (B, m) view of node-major storage.
+    """``x @ matrixᵀ`` for a batch ``x (B, n)``, in the layout of ``x``.
 
-    torch's CSR product takes and gives node-major (n, B) operands: the result is left in that
-    layout, and a node-major ``x`` (the output of an earlier sparse block) is taken without a copy.
+    torch's CSR product takes and gives node-major operands (:mod:`graphlrp.layout`); a
+    batch-major ``x`` costs a copy in and out.
     """
     if len(x) == 1:
         return torch.mv(matrix, x[0])[None]
-    return torch.sparse.mm(matrix, x.T).T
+    return in_layout_of(torch.sparse.mm(matrix, as_node_major(x).T).T, x)
 
 
 def _rows_of(crow: Tensor) -> Tensor:
@@ -62,6 +63,7 @@ class SparseBlock(StaticBlock):
         super().__init__(src, dst, n_src, n_dst)
         self.crow, self.col, self.values = crow, col, values
         self.crow_t, self.col_t, self.perm_t = crow_t, col_t, perm_t
+        self._rows: Tensor | None = None
 
     @classmethod
     def from_dense(cls, src: int, dst: int, weight: Tensor) -> "SparseBlock":
@@ -117,17 +119,26 @@ class SparseBlock(StaticBlock):
     def _rmatvec(self, s: Tensor, operand: tuple[Tensor, Tensor]) -> Tensor:
         return _times(operand[1], s)
 
+    def rows(self) -> Tensor:
+        """The destination of every edge, in the CSR's index dtype (cached until :meth:`clear_cache`).
+
+        Expanding the row pointers costs more than gathering by the result, so it is kept.
+        """
+        if self._rows is None:
+            self._rows = _rows_of(self.crow)
+        return self._rows
+
+    def clear_cache(self) -> None:
+        super().clear_cache()
+        self._rows = None
+
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self.col.long(), _rows_of(self.crow).long(), self.values
+        return self.col.long(), self.rows().long(), self.values
 
     def edge_messages(
         self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None, out: Tensor | None = None
     ) -> Tensor:
-        # straight from the CSR arrays: each destination's factor is repeated over its row, no
-        # edge list is materialized
-        counts = self.crow[1:] - self.crow[:-1]
-        per_edge = torch.repeat_interleave(s, counts, dim=1, output_size=self.num_edges)
-        return edge_products(x, self.col, transform(self.values), per_edge, out)
+        return edge_products(x, self.col, transform(self.values), s, self.rows(), out)
 
     def _to(self, device, dtype) -> "SparseBlock":
         def move(t: Tensor) -> Tensor:

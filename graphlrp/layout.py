@@ -1,0 +1,45 @@
+"""Memory layout of the ``(B, n)`` per-level tensors: batch-major or node-major.
+
+Every per-level tensor (activations, pre-activations, relevance, quotients) is indexed
+``(sample, node)``. It is stored either batch-major (row-major ``(B, n)``) or node-major: the
+transpose of a row-major ``(n, B)`` tensor. torch's CSR products and the edge-list gathers and
+scatters take and give node-major operands; matrix products take either at the same cost;
+convolutions want batch-major. An element-wise operation on operands of one layout keeps that
+layout and runs at full speed; mixing layouts makes it several times slower. So a graph picks
+one layout for all its per-level tensors (:func:`graph_is_node_major`) and every block returns
+its results in the layout of its input.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+#: block kinds whose kernels take node-major operands
+NODE_MAJOR_KINDS = frozenset({"sparse", "edges"})
+
+
+def is_node_major(x: Tensor) -> bool:
+    """Whether the 2-D ``x (B, n)`` is stored node-major (its transpose is contiguous), with ``B > 1``."""
+    return x.dim() == 2 and x.shape[0] > 1 and x.T.is_contiguous()
+
+
+def as_node_major(x: Tensor) -> Tensor:
+    """``x (B, n)`` stored node-major (copied only if it is not)."""
+    return x if x.shape[0] <= 1 or x.T.is_contiguous() else x.T.contiguous().T
+
+
+def in_layout_of(result: Tensor, operand: Tensor) -> Tensor:
+    """``result (B, m)`` stored in the layout of ``operand (B, n)`` (copied only if it is not)."""
+    if is_node_major(operand):
+        return as_node_major(result)
+    return result if result.is_contiguous() else result.contiguous()
+
+
+def graph_is_node_major(graph: "Graph") -> bool:
+    """Whether most of the graph's edges are in blocks whose kernels want node-major operands."""
+    node_major = sum(block.num_edges for block in graph.blocks if block.kind in NODE_MAJOR_KINDS)
+    return 2 * node_major > graph.num_edges

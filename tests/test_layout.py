@@ -1,0 +1,108 @@
+"""Per-level tensors follow the graph's layout, and the layout never changes a result.
+
+Graphs mix block kinds (dense, CSR, edge list, element-wise skip copies); each mix is compared
+with the same network held in dense blocks only, for every rule, in both layouts.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphlrp
+from graphlrp import rules
+from graphlrp.blocks import DenseBlock, EdgeListBlock, ElementwiseBlock, SparseBlock
+from graphlrp.layout import is_node_major
+from graphlrp.propagate import run_forward
+
+from conftest import make_mlp
+
+RULES = [rules.Epsilon(), rules.ZPlus(), rules.AlphaBeta(2, 1), rules.Gamma(0.25), rules.WSquare(), rules.Flat(),
+         rules.ZBox(-3.0, 3.0)]
+SIZES = [12, 20, 20, 20, 4]
+
+
+def _block(kind: str, src: int, dst: int, weight: torch.Tensor):
+    if kind == "dense":
+        return DenseBlock(src, dst, weight)
+    if kind == "sparse":
+        return SparseBlock.from_dense(src, dst, weight)
+    return EdgeListBlock.from_dense(src, dst, weight)
+
+
+def mixed_graph(kinds: list[str], skip: bool) -> graphlrp.Graph:
+    """The MLP of :data:`SIZES` with its layers held in blocks of ``kinds``; optionally a skip copy 1 → 3."""
+    model = make_mlp(SIZES, nn.ReLU, seed=7)
+    reference = graphlrp.lower(model, torch.randn(1, SIZES[0], dtype=torch.float64), block_kind="dense")
+    blocks = []
+    for block, kind in zip(reference.blocks, kinds):
+        weight = block.weight.clone()
+        weight[torch.rand(weight.shape, generator=torch.Generator().manual_seed(block.dst)) < 0.3] = 0.0
+        blocks.append(_block(kind, block.src, block.dst, weight))
+    if skip:
+        index = torch.arange(SIZES[1])
+        blocks.append(ElementwiseBlock(1, 3, SIZES[1], index, torch.full((SIZES[3],), 0.5, dtype=torch.float64)))
+    return graphlrp.Graph(reference.levels, blocks)
+
+
+def as_dense(graph: graphlrp.Graph) -> graphlrp.Graph:
+    blocks = []
+    for block in graph.blocks:
+        weight = torch.zeros(block.n_dst, block.n_src, dtype=torch.float64)
+        src, dst, values = block.edges()
+        weight[dst, src] = values
+        blocks.append(DenseBlock(block.src, block.dst, weight))
+    return graphlrp.Graph(graph.levels, blocks)
+
+
+MIXES = [
+    (["sparse", "edges", "dense", "sparse"], True),   # most edges node-major
+    (["dense", "sparse", "dense", "edges"], True),    # most edges batch-major
+    (["sparse", "sparse", "sparse", "sparse"], False),
+    (["edges", "dense", "edges", "edges"], False),
+]
+
+
+@pytest.mark.parametrize("kinds, skip", MIXES)
+def test_mixed_kinds_equal_dense_for_every_rule(kinds, skip):
+    graph = mixed_graph(kinds, skip)
+    reference = as_dense(graph)
+    assert not reference.node_major
+    x = torch.randn(9, SIZES[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    target = torch.arange(9) % SIZES[-1]
+    torch.testing.assert_close(graph(x), reference(x), rtol=1e-12, atol=1e-12)
+    for rule in RULES:
+        ours = graphlrp.explain(graph, x, target=target, rule=rule)
+        theirs = graphlrp.explain(reference, x, target=target, rule=rule)
+        torch.testing.assert_close(ours.node_relevance, theirs.node_relevance, rtol=1e-10, atol=1e-12, msg=repr(rule))
+        torch.testing.assert_close(ours.edge_relevance([0, 4]), theirs.edge_relevance([0, 4]), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kinds, skip", MIXES)
+def test_per_level_tensors_follow_the_graph_layout(kinds, skip):
+    graph = mixed_graph(kinds, skip)
+    node_major_edges = sum(b.num_edges for b in graph.blocks if b.kind in ("sparse", "edges"))
+    assert graph.node_major == (2 * node_major_edges > graph.num_edges)
+    x = torch.randn(5, SIZES[0], dtype=torch.float64)
+    trace = run_forward(graph, x)
+    for tensor in trace.activations + trace.preactivations[1:]:
+        assert is_node_major(tensor) == graph.node_major
+    explanation = graphlrp.explain(graph, x, target=0)
+    assert is_node_major(explanation.node_relevance) == graph.node_major
+
+
+def test_edge_relevance_into_a_reused_buffer():
+    graph = mixed_graph(["sparse", "edges", "dense", "sparse"], skip=True)
+    x = torch.randn(3, SIZES[0], dtype=torch.float64)
+    explanation = graphlrp.explain(graph, x, target=1, rule=rules.AlphaBeta(2, 1))
+    buffer = torch.full((graph.num_edges,), float("nan"), dtype=torch.float64)
+    for sample in range(3):
+        result = explanation.edge_relevance(sample, out=buffer)
+        assert result is buffer
+        torch.testing.assert_close(buffer, explanation.edge_relevance(sample), rtol=0, atol=0)
+    many = torch.empty(2, graph.num_edges, dtype=torch.float64)
+    torch.testing.assert_close(explanation.edge_relevance([2, 0], out=many), explanation.edge_relevance([2, 0]))
+    with pytest.raises(ValueError, match=r"out must be a contiguous torch.float64 tensor of shape \(2, "):
+        explanation.edge_relevance([0, 1], out=buffer)
+    with pytest.raises(ValueError, match="float32"):
+        explanation.edge_relevance(0, out=buffer.float())
