@@ -186,10 +186,12 @@ def _denominator(
     linear_coefficient = combinations[0].get(_LINEAR, 0.0) if shared and blocks else 0.0
     if linear_coefficient == 1.0 and len(combinations[0]) == 1 and _is_forward_bias(group, level):
         return z_forward  # the rule's denominator is the forward pre-activation itself
-    denominator = torch.zeros_like(z_forward)
+    parts: list[tuple[float, Tensor]] = []
     if linear_coefficient:
-        linear = z_forward if level.bias is None else z_forward - level.bias
-        denominator = denominator + linear_coefficient * linear
+        # c · (z − b): the forward's bias is taken out of the per-node vector below
+        parts.append((linear_coefficient, z_forward))
+        if level.bias is not None:
+            beta = -linear_coefficient * level.bias if beta is None else beta - linear_coefficient * level.bias
     for block, combination in zip(blocks, combinations):
         for (effective, basis), coefficient in combination.items():
             if linear_coefficient and (effective, basis) == _LINEAR:
@@ -197,8 +199,26 @@ def _denominator(
             key = (id(block), effective, basis)
             if key not in products:
                 products[key] = _product(block, inputs[block.src](effective), effective, basis, trace)
-            denominator = denominator + coefficient * products[key]
-    return denominator if beta is None else denominator + beta
+            parts.append((coefficient, products[key]))
+    return _linear_combination(parts, beta, like=z_forward)
+
+
+def _linear_combination(parts: list[tuple[float, Tensor]], per_node: Tensor | None, like: Tensor) -> Tensor:
+    """``Σ c_k t_k + per_node`` in a new tensor of ``like``'s layout, one pass per part."""
+    total = torch.empty_like(like)
+    if not parts:
+        total.zero_()
+    elif len(parts) == 1:
+        torch.mul(parts[0][1], parts[0][0], out=total)
+    else:
+        (c0, t0), (c1, t1) = parts[0], parts[1]
+        if c0 == 1.0:
+            torch.add(t0, t1, alpha=c1, out=total)
+        else:
+            torch.mul(t0, c0, out=total).add_(t1, alpha=c1)
+        for coefficient, tensor in parts[2:]:
+            total.add_(tensor, alpha=coefficient)
+    return total if per_node is None else total.add_(per_node)
 
 
 def _product(block: Block, value: Tensor, effective: Transform, basis: Transform, trace: Trace) -> Tensor:
@@ -240,19 +260,32 @@ def redistribute_level(
         record.denominators.append(denominator)
         record.quotients.append(_quotient(rule, group, r_level, denominator, z_forward))
     for block in incoming:
-        for (effective, basis), quotient in _combined_quotients(record, inputs[block.src]).items():
+        for (effective, basis), (scale, quotient) in _combined_quotients(record, inputs[block.src]).items():
             back = block.rmatvec(quotient, basis, trace.state(block))
-            relevance[block.src].addcmul_(inputs[block.src](effective), back)
+            relevance[block.src].addcmul_(inputs[block.src](effective), back, value=scale)
     return record
 
 
-def _combined_quotients(record: LevelRecord, inputs: _Inputs) -> dict[tuple[Transform, Transform], Tensor]:
-    """``Σ_g scale_g · coefficient · s_g`` per (input, weight basis): one product per pair, not per term."""
-    combined: dict[tuple[Transform, Transform], Tensor] = {}
+def _combined_quotients(record: LevelRecord, inputs: _Inputs) -> dict[tuple[Transform, Transform], tuple[float, Tensor]]:
+    """Per (input, weight basis), ``Σ_g scale_g · coefficient · s_g`` as ``(factor, tensor)``.
+
+    One product per pair, not per term; a pair served by one group is its quotient with a factor
+    (no pass over the quotient), several are summed in one pass each.
+    """
+    parts: dict[tuple[Transform, Transform], list[tuple[float, Tensor]]] = {}
     for group, quotient in zip(record.groups, record.quotients):
         for key, coefficient in _combine(group.terms, group.scale, inputs).items():
-            part = quotient if coefficient == 1.0 else coefficient * quotient
-            combined[key] = part if key not in combined else combined[key] + part
+            parts.setdefault(key, []).append((coefficient, quotient))
+    combined = {}
+    for key, terms in parts.items():
+        factor, first = terms[0]
+        if len(terms) == 1:
+            combined[key] = (factor, first)
+            continue
+        total = torch.add(first, terms[1][1], alpha=terms[1][0] / factor)
+        for coefficient, quotient in terms[2:]:
+            total.add_(quotient, alpha=coefficient / factor)
+        combined[key] = (factor, total)
     return combined
 
 
