@@ -204,7 +204,14 @@ def _denominator(
 
 
 def _linear_combination(parts: list[tuple[float, Tensor]], per_node: Tensor | None, like: Tensor) -> Tensor:
-    """``Σ c_k t_k + per_node`` in a new tensor of ``like``'s layout, one pass per part."""
+    """``Σ c_k t_k + per_node`` in a new tensor of ``like``'s layout, one pass per part.
+
+    When every part is the same row for every sample (products of an input of ones), so is the
+    result: it is computed once and returned expanded.
+    """
+    if parts and all(_is_row(t) for _, t in parts):
+        row = _linear_combination([(c, t[:1]) for c, t in parts], per_node, like[:1])
+        return row.expand_as(like)
     total = torch.empty_like(like)
     if not parts:
         total.zero_()
@@ -219,6 +226,11 @@ def _linear_combination(parts: list[tuple[float, Tensor]], per_node: Tensor | No
         for coefficient, tensor in parts[2:]:
             total.add_(tensor, alpha=coefficient)
     return total if per_node is None else total.add_(per_node)
+
+
+def _is_row(t: Tensor) -> bool:
+    """Whether ``t (B, n)`` is one row expanded over the batch."""
+    return t.shape[0] > 1 and t.stride(0) == 0
 
 
 def _product(block: Block, value: Tensor, effective: Transform, basis: Transform, trace: Trace) -> Tensor:
@@ -292,8 +304,9 @@ def _combined_quotients(record: LevelRecord, inputs: _Inputs) -> dict[tuple[Tran
 def _quotient(rule: Rule, group: Group, r_level: Tensor, denominator: Tensor, z_forward: Tensor) -> Tensor:
     """``s_j = R_j / stab(z_j)`` where the group serves ``j``, else 0; a zero denominator gives 0."""
     served = _served(group, z_forward)
-    target = r_level if served is None else r_level * served
-    stabilized = rule.stabilize(denominator)
+    target = r_level if served is None else torch.where(served, r_level, 0.0)
+    # a denominator that is the same for every sample (inputs of ones) is stabilized once
+    stabilized = rule.stabilize(denominator[:1] if _is_row(denominator) else denominator)
     if rule.epsilon > 0 and rule.stabilizer == "signed":  # |stab(z)| >= ε: never zero
         return target / stabilized
     nonzero = stabilized != 0
@@ -326,7 +339,7 @@ def level_balance(record: LevelRecord, level: Level, r_level: Tensor, z_forward:
             bias_part += group.scale * (quotient * beta).sum(1)
         stab_part += group.scale * (quotient * (stabilized - denominator)).sum(1)
         served = _served(group, z_forward)
-        target = r_level if served is None else r_level * served
+        target = r_level if served is None else torch.where(served, r_level, 0.0)
         unkept -= group.scale * torch.where(stabilized != 0, target, 0.0)
     relevance_in = r_level.sum(1)
     return {"relevance_in": relevance_in, "relevance_out": out, "bias": bias_part, "stabilizer": stab_part,
