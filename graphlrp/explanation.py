@@ -100,21 +100,29 @@ class Explanation:
             _check_out(out, shape, self.node_relevance)
             messages = out.view(len(rows), self.graph.num_edges)
         start = 0
+        inputs: dict[int, _Inputs] = {}  # per source level, for the chosen samples
+        quotients: dict[int, list[Tensor]] = {}  # per destination level
         for block in self.graph.blocks:
-            self._block_messages(block, index, messages[:, start : start + block.num_edges])
-            start += block.num_edges
+            if block.src not in inputs:
+                chosen = self._trace.activations[block.src].index_select(0, index)
+                inputs[block.src] = _Inputs(self.graph.levels[block.src], chosen)
+            if block.dst not in quotients:
+                quotients[block.dst] = [q.index_select(0, index) for q in self._records[block.dst].quotients]
+            count = block.num_edges
+            self._block_messages(block, index, inputs[block.src], quotients[block.dst], messages[:, start : start + count])
+            start += count
         if out is not None:
             return out
         return messages[0] if isinstance(sample, int) else messages
 
-    def _block_messages(self, block, index: Tensor, out: Tensor) -> None:
-        """Write the messages of ``block``'s edges for the samples ``index`` into ``out``."""
-        record = self._records[block.dst]
-        inputs = _Inputs(self.graph.levels[block.src], self._trace.activations[block.src].index_select(0, index))
+    def _block_messages(self, block, index: Tensor, inputs: _Inputs, quotients: list[Tensor], out: Tensor) -> None:
+        """Write the messages of ``block``'s edges for the samples ``index`` into ``out``.
+
+        ``inputs`` are the source level's and ``quotients`` the destination level's, for those samples.
+        """
         state = block.select_state(self._trace.state(block), index)
         written = False
-        for group, quotient in zip(record.groups, record.quotients):
-            chosen = quotient.index_select(0, index)
+        for group, chosen in zip(self._records[block.dst].groups, quotients):
             for term in group.terms:
                 term_input = inputs(term.inputs)
                 if term_input is None:

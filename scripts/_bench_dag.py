@@ -99,7 +99,8 @@ def measure_dag(num_edges: int, kind: str, timing: Timing) -> dict[str, float]:
     """Build a random DAG and measure it; meant to run in a fresh process (peaks are per process).
 
     Returns seconds (``build_s``: graphlrp's blocks and graph from ready edge lists, ``explain_s``
-    warm median, ``explain_cold_s`` first call, ``edge_s``), bytes (``nbytes``; ``build_peak``
+    warm median, ``explain_cold_s`` first call, ``edge_s`` into a new tensor, ``edge_out_s`` into a
+    reused ``out=`` buffer), bytes (``nbytes``; ``build_peak``
     above the memory holding the edge lists; ``explain_peak`` above the process's memory before
     the edges existed; ``edge_working`` above the memory right before the call),
     ``copy_bandwidth`` in bytes/s, and the edge-message check ``edge_sum_error``.
@@ -133,7 +134,11 @@ def measure_dag(num_edges: int, kind: str, timing: Timing) -> dict[str, float]:
     edge_working = probe.peak() - before_edges
     edge_sum_error = _edge_sum_error(graph, explanation, messages)
     del messages
-    edge_s = time_interleaved({"edges": lambda: explanation.edge_relevance(0)}, timing)["edges"]
+    buffer = torch.empty(graph.num_edges)
+    edge_times = time_interleaved({
+        "new": lambda: explanation.edge_relevance(0),
+        "out": lambda: explanation.edge_relevance(0, out=buffer),
+    }, timing)
     return {
         "num_edges": graph.num_edges,
         "num_nodes": graph.num_nodes,
@@ -143,7 +148,8 @@ def measure_dag(num_edges: int, kind: str, timing: Timing) -> dict[str, float]:
         "explain_cold_s": explain_cold_s,
         "explain_s": explain_s,
         "explain_peak": explain_peak - baseline,
-        "edge_s": edge_s,
+        "edge_s": edge_times["new"],
+        "edge_out_s": edge_times["out"],
         "edge_working": edge_working,
         "edge_sum_error": edge_sum_error,
         "copy_bandwidth": copy_bandwidth(timing),
