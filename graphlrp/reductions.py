@@ -62,6 +62,8 @@ def scatter_add_(out: Tensor, index: Tensor, values: Tensor) -> Tensor:
     """``out[index[e]] += values[e]`` along dim 0, in place; returns ``out``."""
     if _use_torch_scatter(out.device):
         return _torch_scatter.scatter(values, index.long(), dim=0, out=out, reduce="sum")
+    if values.dim() == 1:  # measured faster than index_add_ for one value per index
+        return out.scatter_add_(0, index.long(), values)
     return out.index_add_(0, index, values)
 
 

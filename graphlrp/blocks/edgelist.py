@@ -47,6 +47,8 @@ class EdgeListBlock(StaticBlock):
         return transform(self.weight)
 
     def _gather_scatter(self, x: Tensor, weight: Tensor, gather: Tensor, scatter: Tensor, size: int) -> Tensor:
+        if len(x) == 1:  # one sample: 1-D gathers and scatters, torch's fastest
+            return self._gather_scatter_one(x[0], weight, gather, scatter, size)[None]
         columns = as_node_major(x).T  # (n, B): dim-0 gathers and scatters are the fast layout
         out = columns.new_zeros((size, columns.shape[1]))
         chunk = max(1, CHUNK_ELEMENTS // max(1, columns.shape[1]))
@@ -55,6 +57,13 @@ class EdgeListBlock(StaticBlock):
             messages = columns.index_select(0, gather[part]) * weight[part, None]
             reductions.scatter_add_(out, scatter[part].long(), messages)  # index_add_ is far slower on int32
         return in_layout_of(out.T, x)
+
+    def _gather_scatter_one(self, x: Tensor, weight: Tensor, gather: Tensor, scatter: Tensor, size: int) -> Tensor:
+        out = x.new_zeros(size)
+        for start in range(0, self.num_edges, CHUNK_ELEMENTS):
+            part = slice(start, start + CHUNK_ELEMENTS)
+            reductions.scatter_add_(out, scatter[part], x.index_select(0, gather[part]).mul_(weight[part]))
+        return out
 
     def _matvec(self, x: Tensor, operand: Tensor) -> Tensor:
         return self._gather_scatter(x, operand, self.src_idx, self.dst_idx, self.n_dst)
