@@ -31,7 +31,11 @@ def _times(matrix: Tensor, x: Tensor) -> Tensor:
     """
     if len(x) == 1:
         return torch.mv(matrix, x[0])[None]
-    return in_layout_of(torch.sparse.mm(matrix, as_node_major(x).T).T, x)
+    columns = as_node_major(x).T
+    out = columns.new_empty((matrix.shape[0], columns.shape[1]))
+    # beta=0 ignores out's contents: no zero fill, which torch.sparse.mm spends
+    torch.addmm(out, matrix, columns, beta=0, out=out)
+    return in_layout_of(out.T, x)
 
 
 def _rows_of(crow: Tensor) -> Tensor:
