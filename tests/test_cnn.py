@@ -205,6 +205,12 @@ def test_convolution_forward_edges_and_relevance(case):
     z = x.reshape(3, -1) @ dense.T + conv.bias.repeat_interleave(dense.shape[0] // case["c_out"])
     expected = x.reshape(3, -1) * ((1 / (z + 0.1 * torch.where(z >= 0, 1.0, -1.0).to(z.dtype))) @ dense)
     torch.testing.assert_close(explanation.input_relevance.reshape(3, -1), expected.detach(), rtol=1e-9, atol=1e-12)
+    # flat: every edge weighs one (same kernel for every channel; stride-1 convolutions sum the
+    # channels before convolving), relevance split equally over each node's incoming edges
+    flat = graphlrp.explain(graph, x, output_relevance=torch.ones_like(graph(x)), rule=rules.Flat())
+    ones = (dense != 0).to(dense.dtype)
+    expected = (1 / (ones.sum(1) + 1e-6)) @ ones
+    torch.testing.assert_close(flat.input_relevance.reshape(3, -1), expected.expand(3, -1), rtol=1e-9, atol=1e-12)
 
 
 def test_pooling_and_unfused_batch_norm_forward():

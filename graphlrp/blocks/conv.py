@@ -107,7 +107,12 @@ class ConvBlock(StaticBlock):
         reach = [d * (k - 1) for d, k in zip(self.dilation, kernel.shape[2:])]
         if self.groups != 1 or any(s != 1 for s in self.stride) or any(r < p for r, p in zip(reach, self.padding)):
             return None
-        return kernel.transpose(0, 1).flip(dims=tuple(range(2, kernel.dim()))).contiguous()
+        flipped = kernel.transpose(0, 1).flip(dims=tuple(range(2, kernel.dim()))).contiguous()
+        if flipped.shape[1] > 1 and bool((flipped == flipped[:, :1]).all()):
+            # the same kernel for every channel it sums over (the flat rule's ones): sum the
+            # channels first, then one channel's convolution
+            return flipped[:, :1].contiguous()
+        return flipped
 
     def _matvec(self, x: Tensor, operand: tuple[Tensor, Tensor | None]) -> Tensor:
         out = _CONV[self.dims](x.reshape(len(x), *self.in_shape), operand[0], None, self.stride, self.padding,
@@ -119,6 +124,8 @@ class ConvBlock(StaticBlock):
         upper = s.reshape(len(s), *self.out_shape)
         if flipped is not None:
             padding = tuple(d * (k - 1) - p for d, k, p in zip(self.dilation, kernel.shape[2:], self.padding))
+            if flipped.shape[1] == 1 < upper.shape[1]:
+                upper = upper.sum(1, keepdim=True)
             out = _CONV[self.dims](upper, flipped, None, 1, padding, self.dilation, 1)
         else:
             out = _CONV_INPUT_GRAD[self.dims]((len(s), *self.in_shape), kernel, upper, self.stride, self.padding,
