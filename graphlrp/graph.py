@@ -121,6 +121,8 @@ class Graph:
         #: the caller's name of every node, when names were given (``from_edges(names=...)``, ``from_networkx``)
         self.node_names: list | None = None
         self._node_major: bool | None = None
+        #: per-level plans of the rules used so far (:mod:`graphlrp.plan`)
+        self._plans: dict = {}
 
     @classmethod
     def from_edges(cls, src, dst, weight, bias=None, activation="identity", **kwargs) -> "Graph":
@@ -241,7 +243,8 @@ class Graph:
         return graph
 
     def clear_cache(self) -> None:
-        """Drop the transformed weights that blocks cache per rule."""
+        """Drop the transformed weights that blocks cache per rule, and the rules' level plans."""
+        self._plans.clear()
         for block in self.blocks:
             block.clear_cache()
 

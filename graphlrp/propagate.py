@@ -9,8 +9,9 @@ from torch import Tensor
 from .blocks import Block, StaticBlock
 from .graph import Graph, Level
 from .layout import as_node_major, is_node_major
-from .rules import Group, Rule, Term
-from .transforms import Identity, Negative, Ones, Positive, Transform, Zero
+from .plan import effective_input, group_bias, level_plan
+from .rules import Group, Rule
+from .transforms import Identity, Ones, Transform
 
 
 @dataclass
@@ -119,11 +120,7 @@ class _Inputs:
 
     def effective(self, transform: Transform) -> Transform | None:
         """The transform that gives the same values here: ``None`` if they are all zero."""
-        if isinstance(transform, Identity) or (self.nonnegative and isinstance(transform, Positive)):
-            return Identity()
-        if self.nonnegative and isinstance(transform, Negative):
-            return None
-        return transform
+        return effective_input(transform, self.nonnegative)
 
     def __call__(self, transform: Transform) -> Tensor | None:
         transform = self.effective(transform)
@@ -141,66 +138,6 @@ class _Inputs:
                 ) from None
             self._cache[transform] = value.reshape(len(self.activation), self.level.size)
         return self._cache[transform]
-
-
-#: a rule's terms rewritten for one block: (effective input transform, weight basis) -> coefficient
-Combination = dict[tuple[Transform, Transform], float]
-_LINEAR = (Identity(), Identity())
-
-
-def _combine(terms: tuple[Term, ...], scale: float, inputs: _Inputs) -> Combination:
-    """Merge terms that share input and weight transform.
-
-    The weights of a term whose input is the activation itself are expanded into their basis
-    (``W⁻ = W − W⁺``), so that the ``W`` part can come from the forward pass and products are
-    shared between terms; other terms keep their transform (expanding them would add products).
-    Inputs that are identically zero are dropped; ``x⁺`` of a non-negative input is the input.
-    """
-    combination: Combination = {}
-    for term in terms:
-        effective = inputs.effective(term.inputs)
-        if effective is None:
-            continue
-        expansion = term.weights.expansion() if isinstance(effective, Identity) else ((term.weights, 1.0),)
-        for basis, coefficient in expansion:
-            key = (effective, basis)
-            combination[key] = combination.get(key, 0.0) + scale * term.sign * coefficient
-    return {key: c for key, c in combination.items() if c != 0.0}
-
-
-def _denominator(
-    graph: Graph,
-    level: Level,
-    group: Group,
-    inputs: dict[int, _Inputs],
-    z_forward: Tensor,
-    trace: Trace,
-    products: dict[tuple[int, Transform, Transform], Tensor],
-) -> Tensor:
-    """``Σ_i c_ij + β_j`` of one group; the part ``Σ_i a_i w_ij`` is taken from the forward pass and
-    ``products`` keeps the level's other products for the next group."""
-    blocks = graph.incoming[level.index]
-    combinations = [_combine(group.terms, 1.0, inputs[b.src]) for b in blocks]
-    shared = all(b.linear_forward for b in blocks) and all(c == combinations[0] for c in combinations)
-    beta = group_bias(group, level.bias)
-    linear_coefficient = combinations[0].get(_LINEAR, 0.0) if shared and blocks else 0.0
-    if linear_coefficient == 1.0 and len(combinations[0]) == 1 and _is_forward_bias(group, level):
-        return z_forward  # the rule's denominator is the forward pre-activation itself
-    parts: list[tuple[float, Tensor]] = []
-    if linear_coefficient:
-        # c · (z − b): the forward's bias is taken out of the per-node vector below
-        parts.append((linear_coefficient, z_forward))
-        if level.bias is not None:
-            beta = -linear_coefficient * level.bias if beta is None else beta - linear_coefficient * level.bias
-    for block, combination in zip(blocks, combinations):
-        for (effective, basis), coefficient in combination.items():
-            if linear_coefficient and (effective, basis) == _LINEAR:
-                continue
-            key = (id(block), effective, basis)
-            if key not in products:
-                products[key] = _product(block, inputs[block.src](effective), effective, basis, trace)
-            parts.append((coefficient, products[key]))
-    return _linear_combination(parts, beta, like=z_forward)
 
 
 def _linear_combination(parts: list[tuple[float, Tensor]], per_node: Tensor | None, like: Tensor) -> Tensor:
@@ -240,14 +177,6 @@ def _product(block: Block, value: Tensor, effective: Transform, basis: Transform
     return block.matvec(value, basis, trace.state(block))
 
 
-def _is_forward_bias(group: Group, level: Level) -> bool:
-    """Whether the group's bias term is the level's bias itself (or there is none)."""
-    if level.bias is None:
-        return True
-    biased = [t for t in group.terms if not isinstance(t.bias, Zero)]
-    return len(biased) == 1 and isinstance(biased[0].bias, Identity) and biased[0].sign == 1.0
-
-
 def _served(group: Group, z_forward: Tensor) -> Tensor | None:
     if group.served == "all":
         return None
@@ -260,45 +189,50 @@ def redistribute_level(
     """Move the relevance of ``level``'s nodes to the sources of its incoming edges under ``rule``.
 
     ``relevance`` holds one ``(B, n)`` tensor per level; the sources' entries are added to in place.
+    The products the rule needs and how they combine come from the level's plan (:mod:`graphlrp.plan`).
     """
     z_forward = trace.preactivations[level.index]
     incoming = graph.incoming[level.index]
     inputs = {b.src: _Inputs(graph.levels[b.src], trace.activations[b.src]) for b in incoming}
+    groups = rule.groups()
+    plan = level_plan(graph, level, groups, {src: i.nonnegative for src, i in inputs.items()})
     r_level = relevance[level.index]
-    record = LevelRecord(rule, rule.groups())
-    products: dict[tuple[int, Transform, Transform], Tensor] = {}
-    for group in record.groups:
-        denominator = _denominator(graph, level, group, inputs, z_forward, trace, products)
+    record = LevelRecord(rule, groups)
+    products: list[Tensor | None] = [None] * len(plan.products)
+    for group_plan in plan.groups:
+        if group_plan.forward:
+            denominator = z_forward  # the rule's denominator is the forward pre-activation itself
+        else:
+            parts = [(group_plan.linear, z_forward)] if group_plan.linear else []
+            for coefficient, slot in group_plan.parts:
+                if products[slot] is None:
+                    product = plan.products[slot]
+                    block = incoming[product.block]
+                    products[slot] = _product(block, inputs[block.src](product.inputs), product.inputs,
+                                              product.weights, trace)
+                parts.append((coefficient, products[slot]))
+            denominator = _linear_combination(parts, group_plan.per_node, z_forward)
         record.denominators.append(denominator)
-        record.quotients.append(_quotient(rule, group, r_level, denominator, z_forward))
-    for block in incoming:
-        for (effective, basis), (scale, quotient) in _combined_quotients(record, inputs[block.src]).items():
-            back = block.rmatvec(quotient, basis, trace.state(block))
-            relevance[block.src].addcmul_(inputs[block.src](effective), back, value=scale)
+        record.quotients.append(_quotient(rule, group_plan.group, r_level, denominator, z_forward))
+    for redistribution in plan.redistributions:
+        block = incoming[redistribution.block]
+        factor, quotient = _combined_quotient(redistribution.terms, record.quotients)
+        back = block.rmatvec(quotient, redistribution.weights, trace.state(block))
+        relevance[block.src].addcmul_(inputs[block.src](redistribution.inputs), back, value=factor)
     return record
 
 
-def _combined_quotients(record: LevelRecord, inputs: _Inputs) -> dict[tuple[Transform, Transform], tuple[float, Tensor]]:
-    """Per (input, weight basis), ``Σ_g scale_g · coefficient · s_g`` as ``(factor, tensor)``.
-
-    One product per pair, not per term; a pair served by one group is its quotient with a factor
-    (no pass over the quotient), several are summed in one pass each.
-    """
-    parts: dict[tuple[Transform, Transform], list[tuple[float, Tensor]]] = {}
-    for group, quotient in zip(record.groups, record.quotients):
-        for key, coefficient in _combine(group.terms, group.scale, inputs).items():
-            parts.setdefault(key, []).append((coefficient, quotient))
-    combined = {}
-    for key, terms in parts.items():
-        factor, first = terms[0]
-        if len(terms) == 1:
-            combined[key] = (factor, first)
-            continue
-        total = torch.add(first, terms[1][1], alpha=terms[1][0] / factor)
-        for coefficient, quotient in terms[2:]:
-            total.add_(quotient, alpha=coefficient / factor)
-        combined[key] = (factor, total)
-    return combined
+def _combined_quotient(terms: tuple[tuple[int, float], ...], quotients: list[Tensor]) -> tuple[float, Tensor]:
+    """``Σ coefficient · s_group`` as ``(factor, tensor)``: one group's quotient is passed with its
+    coefficient as the factor (no pass over it), several are summed in one pass each."""
+    (first, factor), *rest = terms
+    if not rest:
+        return factor, quotients[first]
+    (second, coefficient), *others = rest
+    total = torch.add(quotients[first], quotients[second], alpha=coefficient / factor)
+    for group, coefficient in others:
+        total.add_(quotients[group], alpha=coefficient / factor)
+    return factor, total
 
 
 def _quotient(rule: Rule, group: Group, r_level: Tensor, denominator: Tensor, z_forward: Tensor) -> Tensor:
@@ -311,14 +245,6 @@ def _quotient(rule: Rule, group: Group, r_level: Tensor, denominator: Tensor, z_
         return target / stabilized
     nonzero = stabilized != 0
     return torch.where(nonzero, target / torch.where(nonzero, stabilized, 1.0), 0.0)
-
-
-def group_bias(group: Group, bias: Tensor | None) -> Tensor | None:
-    """The group's bias term ``β_j = Σ_terms sign · f_b(b_j)`` (``None`` without bias)."""
-    terms = [t for t in group.terms if not isinstance(t.bias, Zero)]
-    if bias is None or not terms:
-        return None
-    return sum(t.sign * t.bias(bias) for t in terms)
 
 
 def level_balance(record: LevelRecord, level: Level, r_level: Tensor, z_forward: Tensor) -> dict[str, Tensor]:

@@ -105,8 +105,8 @@ class Rule:
             return denominator
         if self.stabilizer == "plain":
             return denominator + self.epsilon
-        unsigned_zero = denominator + 0.0  # -0.0 + 0.0 is +0.0: s(0) = +1 for both zeros
-        return unsigned_zero + denominator.new_tensor(self.epsilon).copysign(unsigned_zero)
+        stabilized = denominator + 0.0  # -0.0 + 0.0 is +0.0: s(0) = +1 for both zeros
+        return stabilized.add_(denominator.new_tensor(self.epsilon).copysign(stabilized))
 
     def label(self) -> str:
         """A short name for tables: the class and its own parameters, e.g. ``Gamma(gamma=0.25)``."""

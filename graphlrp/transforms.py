@@ -111,13 +111,21 @@ class AddScaledPart(Transform):
 class Constant(Transform):
     """A fixed tensor broadcast to the input's shape (the z^B rule's bounds ``l`` and ``h``).
 
-    ``value`` is broadcast against one sample's shape; the result has the batch's shape.
+    ``value`` is broadcast against one sample's shape; the result has the batch's shape. Two
+    constants are equal when they hold the same tensor object.
     """
 
     value: Tensor
 
     def __call__(self, values: Tensor) -> Tensor:
         return self.value.to(device=values.device, dtype=values.dtype).expand_as(values)
+
+    # equal when they hold the same tensor object (comparing values would cost a pass per lookup)
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Constant) and other.value is self.value
+
+    def __hash__(self) -> int:
+        return hash((Constant, id(self.value)))
 
 
 def check_maps_zero_to_zero(transform: Transform) -> None:

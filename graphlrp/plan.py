@@ -1,0 +1,156 @@
+"""What a rule needs at one level: which products, combined how — worked out once, then cached.
+
+A rule's groups of terms are rewritten, per incoming block, into products ``f_in(a) · f_w(W)``
+of a source level's (transformed) activations with a block's (transformed) weights, each with a
+coefficient. Terms whose input is the activation itself have their weights expanded into a basis
+(``W⁻ = W − W⁺``, ``W + γW⁺``), so that the ``W`` part is the forward pass's pre-activation and
+the other products are shared between terms and groups. Inputs that are identically zero are
+dropped, and ``a⁺`` of a non-negative level is ``a`` itself.
+
+The plan depends only on the rule's groups, the level's blocks and bias, and which source levels
+are non-negative in this batch; it holds no sample data. :func:`level_plan` caches it on the graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .graph import Graph, Level
+from .rules import Group, Term
+from .transforms import Identity, Negative, Positive, Transform, Zero
+
+#: a rule's terms rewritten for one block: (effective input transform, weight basis) -> coefficient
+Combination = dict[tuple[Transform, Transform], float]
+LINEAR = (Identity(), Identity())
+#: plans kept per graph; beyond this many (rules created anew for every call) the cache restarts
+MAX_CACHED_PLANS = 256
+
+
+@dataclass(frozen=True)
+class Product:
+    """``f_in(a_src) · f_w(W)`` of the level's ``block``-th incoming block."""
+
+    block: int
+    inputs: Transform
+    weights: Transform
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One group's denominator: ``linear · z + Σ coefficient · product + per_node``.
+
+    ``forward`` says the denominator is the forward pre-activation ``z`` itself. ``z`` includes
+    the level's bias; ``per_node`` is the group's bias term minus ``linear`` times that bias.
+    """
+
+    group: Group
+    forward: bool
+    linear: float
+    parts: tuple[tuple[float, int], ...]  # (coefficient, index into LevelPlan.products)
+    per_node: Tensor | None
+
+
+@dataclass(frozen=True)
+class Redistribution:
+    """Relevance into the sources of one block through one (input, weight basis) pair:
+    ``R_src += f_in(a) ⊙ f_w(W)ᵀ (Σ_g coefficient_g · s_g)``."""
+
+    block: int
+    inputs: Transform
+    weights: Transform
+    terms: tuple[tuple[int, float], ...]  # (group index, coefficient including the group's scale)
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """The products a level needs, its groups' denominators, and its redistributions."""
+
+    products: tuple[Product, ...]
+    groups: tuple[GroupPlan, ...]
+    redistributions: tuple[Redistribution, ...]
+
+
+def effective_input(transform: Transform, nonnegative: bool) -> Transform | None:
+    """The input transform that gives the same values: ``None`` if they are all zero."""
+    if isinstance(transform, Identity) or (nonnegative and isinstance(transform, Positive)):
+        return Identity()
+    if nonnegative and isinstance(transform, Negative):
+        return None
+    return transform
+
+
+def combine(terms: tuple[Term, ...], scale: float, nonnegative: bool) -> Combination:
+    """Merge terms that share input and weight transform, expanding the weights of linear inputs."""
+    combination: Combination = {}
+    for term in terms:
+        effective = effective_input(term.inputs, nonnegative)
+        if effective is None:
+            continue
+        expansion = term.weights.expansion() if isinstance(effective, Identity) else ((term.weights, 1.0),)
+        for basis, coefficient in expansion:
+            key = (effective, basis)
+            combination[key] = combination.get(key, 0.0) + scale * term.sign * coefficient
+    return {key: c for key, c in combination.items() if c != 0.0}
+
+
+def group_bias(group: Group, bias: Tensor | None) -> Tensor | None:
+    """The group's bias term ``β_j = Σ_terms sign · f_b(b_j)`` (``None`` without bias)."""
+    terms = [t for t in group.terms if not isinstance(t.bias, Zero)]
+    if bias is None or not terms:
+        return None
+    return sum(t.sign * t.bias(bias) for t in terms)
+
+
+def _is_forward_bias(group: Group, level: Level) -> bool:
+    """Whether the group's bias term is the level's bias itself (or there is none)."""
+    if level.bias is None:
+        return True
+    biased = [t for t in group.terms if not isinstance(t.bias, Zero)]
+    return len(biased) == 1 and isinstance(biased[0].bias, Identity) and biased[0].sign == 1.0
+
+
+def plan_level(graph: Graph, level: Level, groups: tuple[Group, ...], nonnegative: dict[int, bool]) -> LevelPlan:
+    """Work out the plan of ``groups`` at ``level``; ``nonnegative[src]`` for every source level."""
+    blocks = graph.incoming[level.index]
+    slots: dict[Product, int] = {}
+    group_plans = []
+    for group in groups:
+        combinations = [combine(group.terms, 1.0, nonnegative[b.src]) for b in blocks]
+        shared = all(b.linear_forward for b in blocks) and all(c == combinations[0] for c in combinations)
+        linear = combinations[0].get(LINEAR, 0.0) if shared and blocks else 0.0
+        if linear == 1.0 and len(combinations[0]) == 1 and _is_forward_bias(group, level):
+            group_plans.append(GroupPlan(group, True, 1.0, (), None))
+            continue
+        per_node = group_bias(group, level.bias)
+        if linear and level.bias is not None:
+            per_node = -linear * level.bias if per_node is None else per_node - linear * level.bias
+        parts = []
+        for position, combination in enumerate(combinations):
+            for (inputs, basis), coefficient in combination.items():
+                if linear and (inputs, basis) == LINEAR:
+                    continue
+                slot = slots.setdefault(Product(position, inputs, basis), len(slots))
+                parts.append((coefficient, slot))
+        group_plans.append(GroupPlan(group, False, linear, tuple(parts), per_node))
+    redistributions = []
+    for position, block in enumerate(blocks):
+        terms: dict[tuple[Transform, Transform], list[tuple[int, float]]] = {}
+        for index, group in enumerate(groups):
+            for key, coefficient in combine(group.terms, group.scale, nonnegative[block.src]).items():
+                terms.setdefault(key, []).append((index, coefficient))
+        for (inputs, basis), items in terms.items():
+            redistributions.append(Redistribution(position, inputs, basis, tuple(items)))
+    return LevelPlan(tuple(slots), tuple(group_plans), tuple(redistributions))
+
+
+def level_plan(graph: Graph, level: Level, groups: tuple[Group, ...], nonnegative: dict[int, bool]) -> LevelPlan:
+    """:func:`plan_level`, cached on the graph (dropped by :meth:`Graph.clear_cache`)."""
+    key = (level.index, groups, tuple(sorted(nonnegative.items())))
+    plans = graph._plans
+    plan = plans.get(key)
+    if plan is None:
+        if len(plans) >= MAX_CACHED_PLANS:
+            plans.clear()
+        plan = plans[key] = plan_level(graph, level, groups, nonnegative)
+    return plan

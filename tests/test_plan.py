@@ -1,0 +1,75 @@
+"""Level plans: the fewest products a rule needs, shared between groups, and cached per graph."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphlrp
+from graphlrp import rules
+from graphlrp.plan import level_plan, plan_level
+from graphlrp.transforms import Identity, Positive
+
+from conftest import make_mlp
+
+
+@pytest.fixture
+def graph():
+    return graphlrp.lower(make_mlp([5, 7, 3], nn.ReLU, seed=2), torch.randn(1, 5, dtype=torch.float64))
+
+
+# (rule, non-negative source?) -> products beyond the forward pass, and redistributions
+CASES = [
+    (rules.Epsilon(), True, 0, 1),  # denominator is the forward pre-activation; W back
+    (rules.Epsilon(zero_bias=True), True, 0, 1),  # z − b: the forward, its bias taken out per node
+    (rules.ZPlus(), True, 1, 1),  # x W⁺
+    (rules.ZPlus(), False, 2, 2),  # x⁺W⁺ and x⁻W⁻
+    (rules.AlphaBeta(2, 1), True, 1, 2),  # x W⁺ shared by both groups; back through W and W⁺
+    (rules.Gamma(0.25), True, 1, 2),  # x W⁺ shared: W↑ = W + γW⁺, W↓ = (1+γ)W − γW⁺
+    (rules.Gamma(0.25), False, 4, 4),  # x⁺W↑, x⁻W↓, x⁺W↓, x⁻W↑
+    (rules.WSquare(), True, 1, 1),
+]
+
+
+@pytest.mark.parametrize("rule, nonnegative, products, redistributions", CASES)
+def test_plans_use_the_fewest_products(graph, rule, nonnegative, products, redistributions):
+    level = graph.levels[2]
+    plan = plan_level(graph, level, rule.groups(), {1: nonnegative})
+    assert len(plan.products) == products
+    assert len(plan.redistributions) == redistributions
+    assert len(plan.groups) == len(rule.groups())
+
+
+def test_epsilon_denominator_is_the_forward_pre_activation(graph):
+    plan = plan_level(graph, graph.levels[2], rules.Epsilon().groups(), {1: True})
+    assert plan.groups[0].forward
+    gamma = plan_level(graph, graph.levels[2], rules.Gamma(0.5).groups(), {1: True})
+    positive, negative = gamma.groups
+    assert (positive.linear, negative.linear) == (1.0, 1.5)  # W + γW⁺ and (1+γ)W − γW⁺
+    assert [p.weights for p in gamma.products] == [Positive()]
+    # per node: β − linear·b, so that linear·z + Σ c·product + per_node is the group's denominator
+    bias = graph.levels[2].bias
+    torch.testing.assert_close(positive.per_node, 0.5 * bias.clamp(min=0))
+    torch.testing.assert_close(negative.per_node, bias + 0.5 * bias.clamp(max=0) - 1.5 * bias)
+    assert all(r.inputs == Identity() for r in gamma.redistributions)
+
+
+def test_plans_are_cached_per_graph_and_dropped_with_its_cache(graph):
+    level = graph.levels[1]
+    first = level_plan(graph, level, rules.Gamma(0.25).groups(), {0: False})
+    assert level_plan(graph, level, rules.Gamma(0.25).groups(), {0: False}) is first  # equal rules share it
+    assert level_plan(graph, level, rules.Gamma(0.25).groups(), {0: True}) is not first
+    assert level_plan(graph, level, rules.Gamma(0.5).groups(), {0: False}) is not first
+    graph.clear_cache()
+    assert level_plan(graph, level, rules.Gamma(0.25).groups(), {0: False}) is not first
+
+
+def test_cached_plans_give_the_same_relevance_as_fresh_ones(graph):
+    x = torch.randn(4, 5, dtype=torch.float64)
+    composite = graphlrp.Composite(first=rules.ZBox(-3.0, 3.0), default=rules.AlphaBeta(2, 1))
+    first = graphlrp.explain(graph, x, target=1, composite=composite).node_relevance
+    again = graphlrp.explain(graph, x, target=1, composite=composite).node_relevance
+    graph.clear_cache()
+    fresh = graphlrp.explain(graph, x, target=1, composite=composite).node_relevance
+    assert torch.equal(first, again) and torch.equal(first, fresh)
+    assert len(graph._plans) == 2
