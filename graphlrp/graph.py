@@ -123,6 +123,10 @@ class Graph:
         self._node_major: bool | None = None
         #: per-level plans of the rules used so far (:mod:`graphlrp.plan`)
         self._plans: dict = {}
+        #: whether blocks keep transformed weights (``W⁺``, ``W + γW⁺``, …) between calls: faster
+        #: repeated explanations for the memory of one more weight set per transform; with ``False``
+        #: they are built per level and call and dropped as soon as the level is done
+        self.cache_weights: bool = True
 
     @classmethod
     def from_edges(cls, src, dst, weight, bias=None, activation="identity", **kwargs) -> "Graph":
@@ -240,6 +244,7 @@ class Graph:
         graph = Graph(levels, blocks, self.outputs.to(device), self.output_shape)
         graph.original_ids = None if self.original_ids is None else self.original_ids.to(device)
         graph.node_names = self.node_names
+        graph.cache_weights = self.cache_weights
         return graph
 
     def clear_cache(self) -> None:

@@ -219,6 +219,9 @@ def redistribute_level(
         factor, quotient = _combined_quotient(redistribution.terms, record.quotients)
         back = block.rmatvec(quotient, redistribution.weights, trace.state(block))
         relevance[block.src].addcmul_(inputs[block.src](redistribution.inputs), back, value=factor)
+    if not graph.cache_weights:
+        for block in incoming:
+            block.clear_cache()
     return record
 
 

@@ -99,7 +99,7 @@ class AddScaledPart(Transform):
 
     def __call__(self, values: Tensor) -> Tensor:
         part = values.clamp(min=0) if self.part == "positive" else values.clamp(max=0)
-        return values + self.scale * part
+        return part.mul_(self.scale).add_(values)  # one temporary
 
     def expansion(self) -> tuple[tuple[Transform, float], ...]:
         if self.part == "positive":  # x + γx⁺

@@ -73,3 +73,20 @@ def test_cached_plans_give_the_same_relevance_as_fresh_ones(graph):
     fresh = graphlrp.explain(graph, x, target=1, composite=composite).node_relevance
     assert torch.equal(first, again) and torch.equal(first, fresh)
     assert len(graph._plans) == 2
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse", "edges"])
+def test_weights_are_not_kept_when_caching_is_off(kind):
+    model = make_mlp([6, 9, 8, 3], nn.ReLU, seed=4)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    cached = graphlrp.lower(model, x, block_kind=kind)
+    uncached = graphlrp.lower(model, x, block_kind=kind)
+    uncached.cache_weights = False
+    for rule in (rules.Gamma(0.25), rules.AlphaBeta(2, 1), rules.ZPlus()):
+        expected = graphlrp.explain(cached, x, target=2, rule=rule)
+        got = graphlrp.explain(uncached, x, target=2, rule=rule)
+        assert torch.equal(got.node_relevance, expected.node_relevance)
+        torch.testing.assert_close(got.edge_relevance(1), expected.edge_relevance(1), rtol=0, atol=0)
+        assert all(not block._cache for block in uncached.blocks)
+    assert any(block._cache for block in cached.blocks)
+    assert not uncached.to(dtype=torch.float32).cache_weights
