@@ -149,9 +149,13 @@ def _linear_combination(parts: list[tuple[float, Tensor]], per_node: Tensor | No
     if parts and all(_is_row(t) for _, t in parts):
         row = _linear_combination([(c, t[:1]) for c, t in parts], per_node, like[:1])
         return row.expand_as(like)
+    if len(parts) == 1 and parts[0][0] == 1.0 and per_node is None:
+        return parts[0][1]  # one product as it is (products are never written to)
     total = torch.empty_like(like)
     if not parts:
         total.zero_()
+    elif len(parts) == 1 and parts[0][0] == 1.0:
+        return torch.add(parts[0][1], per_node, out=total)
     elif len(parts) == 1:
         torch.mul(parts[0][1], parts[0][0], out=total)
     else:
