@@ -71,6 +71,11 @@ class LevelPlan:
     redistributions: tuple[Redistribution, ...]
 
 
+def uses_input_sign(transform: Transform) -> bool:
+    """Whether an input transform's values depend on the sign of the inputs (``a⁺``, ``a⁻``)."""
+    return isinstance(transform, (Positive, Negative))
+
+
 def effective_input(transform: Transform, nonnegative: bool) -> Transform | None:
     """The input transform that gives the same values: ``None`` if they are all zero."""
     if isinstance(transform, Identity) or (nonnegative and isinstance(transform, Positive)):

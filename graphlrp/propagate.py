@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -9,7 +10,7 @@ from torch import Tensor
 from .blocks import Block, StaticBlock
 from .graph import Graph, Level
 from .layout import as_node_major, is_node_major
-from .plan import effective_input, group_bias, level_plan
+from .plan import effective_input, group_bias, level_plan, uses_input_sign
 from .rules import Group, Rule
 from .transforms import Identity, Ones, Transform
 
@@ -114,13 +115,17 @@ class _Inputs:
     def __init__(self, level: Level, activation: Tensor) -> None:
         self.level = level
         self.activation = activation
-        stored = activation.T if is_node_major(activation) else activation  # a reduction over a copy otherwise
-        self.nonnegative = activation.numel() == 0 or bool(stored.min() >= 0)
         self._cache: dict[Transform, Tensor | None] = {}
+
+    @cached_property
+    def nonnegative(self) -> bool:
+        """Whether every value is ``>= 0`` (checked on first use: one pass over the level)."""
+        stored = self.activation.T if is_node_major(self.activation) else self.activation  # else a copy
+        return self.activation.numel() == 0 or bool(stored.min() >= 0)
 
     def effective(self, transform: Transform) -> Transform | None:
         """The transform that gives the same values here: ``None`` if they are all zero."""
-        return effective_input(transform, self.nonnegative)
+        return effective_input(transform, uses_input_sign(transform) and self.nonnegative)
 
     def __call__(self, transform: Transform) -> Tensor | None:
         transform = self.effective(transform)
@@ -199,7 +204,8 @@ def redistribute_level(
     incoming = graph.incoming[level.index]
     inputs = {b.src: _Inputs(graph.levels[b.src], trace.activations[b.src]) for b in incoming}
     groups = rule.groups()
-    plan = level_plan(graph, level, groups, {src: i.nonnegative for src, i in inputs.items()})
+    signs = any(uses_input_sign(term.inputs) for group in groups for term in group.terms)
+    plan = level_plan(graph, level, groups, {src: signs and i.nonnegative for src, i in inputs.items()})
     r_level = relevance[level.index]
     record = LevelRecord(rule, groups)
     products: list[Tensor | None] = [None] * len(plan.products)
