@@ -1,7 +1,8 @@
 """Measurements that ``scripts/bench`` runs each in a fresh process (peak memory is per process).
 
-Run as ``python scripts/_bench_child.py '<json task>'``; prints one JSON object. The parent sets
-``MALLOC_MMAP_THRESHOLD_`` so that freed tensors go back to the OS and RSS follows live memory.
+Run as ``python scripts/_bench_child.py '<json task>'``; prints one JSON object. For memory the
+parent sets ``MALLOC_MMAP_THRESHOLD_`` so that freed tensors go back to the OS and RSS follows
+live memory; for times it does not (with it every large allocation is fresh pages).
 Each task imports only what it needs (Zennit pulls in torchvision, seconds per process).
 """
 from __future__ import annotations
@@ -16,9 +17,13 @@ from typing import Sequence
 from _bench_util import CHILD_MALLOC_ENV, Timing
 
 
-def run_child(task: dict, threads: int) -> dict:
-    """Run ``task`` in a fresh interpreter and return its JSON answer."""
-    env = {**os.environ, **CHILD_MALLOC_ENV}
+def run_child(task: dict, threads: int, for_memory: bool = True) -> dict:
+    """Run ``task`` in a fresh interpreter and return its JSON answer.
+
+    ``for_memory`` sets :data:`CHILD_MALLOC_ENV`, so that resident memory follows live memory; it
+    also makes every large allocation fresh pages, so times are taken in a child without it.
+    """
+    env = {**os.environ, **CHILD_MALLOC_ENV} if for_memory else dict(os.environ)
     command = [sys.executable, os.path.abspath(__file__), json.dumps({**task, "threads": threads})]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
