@@ -106,3 +106,16 @@ def test_edge_relevance_into_a_reused_buffer():
         explanation.edge_relevance([0, 1], out=buffer)
     with pytest.raises(ValueError, match="float32"):
         explanation.edge_relevance(0, out=buffer.float())
+
+
+def test_sparse_block_holds_twelve_bytes_per_edge_and_derives_the_transpose():
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(300, 200, generator=generator) * (torch.rand(300, 200, generator=generator) < 0.05)
+    block = SparseBlock.from_dense(0, 1, weight)
+    assert block.nbytes == 12 * block.num_edges + 4 * (301 + 201)
+    s = torch.randn(4, 300, generator=generator)
+    x = torch.randn(4, 200, generator=generator)
+    torch.testing.assert_close(block.rmatvec(s), s @ weight, rtol=1e-5, atol=1e-5)  # Wᵀ built on demand
+    torch.testing.assert_close(block.matvec(x), x @ weight.T, rtol=1e-5, atol=1e-5)
+    block.clear_cache()
+    torch.testing.assert_close(block.rmatvec(s[:1]), s[:1] @ weight, rtol=1e-5, atol=1e-5)
