@@ -4,7 +4,7 @@ A network is lowered to a graph whose nodes are neurons and whose edges are weig
 connections; every LRP rule is an edge-weight transform and relevance flows back over the edges,
 so that relevance is available for every node and every edge.
 """
-from . import analysis, composites, evaluation, export, reductions, rules
+from . import analysis, composites, evaluation, export, kernels, reductions, rules
 from .composites import Composite
 from .errors import GraphTooLargeError, LoweringMismatchError, UnsupportedModuleError
 from .explanation import Explanation, LevelBalance, explain
@@ -33,6 +33,7 @@ __all__ = [
     "from_networkx",
     "graph_from_edges",
     "graph_to_networkx",
+    "kernels",
     "lower",
     "reductions",
     "rules",

@@ -7,7 +7,18 @@ from .errors import GraphTooLargeError
 
 
 def available_bytes() -> int:
-    """Physical memory currently available on this machine (a large number if unknown)."""
+    """Physical memory available for new allocations on this machine (a large number if unknown).
+
+    On Linux the kernel's ``MemAvailable`` estimate, which counts the page cache it can reclaim;
+    the free pages alone (``SC_AVPHYS_PAGES``) shrink to little once files have been read.
+    """
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf

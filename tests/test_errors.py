@@ -120,3 +120,19 @@ def test_weight_transform_that_creates_edges_is_refused():
     graph = graphlrp.lower(make_mlp([3, 2], seed=1), torch.randn(1, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="must map 0 to 0"):
         graphlrp.explain(graph, torch.randn(1, 3, dtype=torch.float64), target=0, rule=Broken())
+
+
+def test_memory_budget_counts_reclaimable_page_cache():
+    """The default budget follows the kernel's MemAvailable, not just the free pages."""
+    import os
+    import sys
+
+    from graphlrp.memory import available_bytes
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    free, total = os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+    available = available_bytes()
+    assert free * 0.9 <= available <= total
+    if sys.platform.startswith("linux"):
+        fields = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+        assert abs(available - int(fields["MemAvailable"].split()[0]) * 1024) < 0.05 * total

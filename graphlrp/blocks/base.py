@@ -24,19 +24,24 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from .. import kernels
 from ..transforms import Identity, Transform, check_maps_zero_to_zero
 
 
 def edge_products(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: Tensor, out: Tensor | None) -> Tensor:
     """``x[:, src] · weight · s[:, dst]`` per edge, written into ``out`` when given.
 
-    ``src`` and ``dst`` may be 32-bit. One sample takes 1-D gathers (torch's fastest) straight
-    into ``out``, so the messages are written once and then scaled in place.
+    ``src`` and ``dst`` may be 32-bit. One sample takes the fused kernel of
+    :mod:`graphlrp.kernels` when it applies, else 1-D gathers (torch's fastest) straight into
+    ``out``, so the messages are written once and then scaled in place.
     """
     if len(x) == 1:
-        target = out[0] if out is not None and out.is_contiguous() else None
-        gathered = x[0].index_select(0, src) if target is None else torch.index_select(x[0], 0, src, out=target)
-        messages = gathered.mul_(weight).mul_(s[0].index_select(0, dst))[None]
+        target = out[0] if out is not None and out.is_contiguous() else x.new_empty(len(src))
+        if kernels.edge_messages_into(x[0], src, weight, s[0], dst, target):
+            messages = target[None]
+        else:
+            gathered = torch.index_select(x[0], 0, src, out=target)
+            messages = gathered.mul_(weight).mul_(s[0].index_select(0, dst))[None]
     else:
         messages = x.index_select(1, src).mul_(weight).mul_(s.index_select(1, dst))
     if out is not None and messages.data_ptr() != out.data_ptr():

@@ -1,0 +1,43 @@
+"""The compiled edge kernel gives bit for bit what torch's ops give, on every block kind."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphlrp
+from graphlrp import kernels, rules
+
+from conftest import make_mlp
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["dense", "sparse", "edges"])
+def test_edge_relevance_equals_torch_ops(kind, dtype):
+    model = make_mlp([7, 11, 9, 4], nn.ReLU, seed=5).to(dtype)
+    x = torch.randn(3, 7, dtype=dtype)
+    graph = graphlrp.lower(model, x, block_kind=kind)
+    for rule in (rules.Epsilon(), rules.Gamma(0.25), rules.AlphaBeta(2, 1), rules.Flat()):
+        explanation = graphlrp.explain(graph, x, target=1, rule=rule)
+        for sample in range(3):
+            fused = explanation.edge_relevance(sample)
+            with kernels.disabled():
+                assert not kernels.available()
+                reference = explanation.edge_relevance(sample)
+            assert torch.equal(fused, reference), (kind, rule)
+        assert kernels.available()
+
+
+def test_kernel_declines_what_it_does_not_handle():
+    x, s = torch.randn(5), torch.randn(4)
+    src, dst = torch.tensor([0, 4, 2], dtype=torch.int32), torch.tensor([3, 3, 0])
+    weight, out = torch.randn(3), torch.empty(3)
+    assert kernels.edge_messages_into(x, src, weight, s, dst, out)
+    torch.testing.assert_close(out, x[src.long()] * weight * s[dst], rtol=0, atol=0)
+    assert not kernels.edge_messages_into(x.half(), src, weight.half(), s.half(), dst, out.half())
+    assert not kernels.edge_messages_into(x, src, weight.double(), s, dst, out)
+    assert not kernels.edge_messages_into(torch.randn(5, 2)[:, 0], src, weight, s, dst, out)
+    with pytest.raises(ValueError, match="differ in length"):
+        kernels.edge_messages_into(x, src, weight, s, dst[:2], out)
