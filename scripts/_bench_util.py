@@ -170,6 +170,8 @@ def machine_description() -> list[tuple[str, str]]:
         ("zennit", getattr(zennit, "__version__", _distribution_version("zennit"))),
         ("graphlrp", graphlrp.__version__),
         ("graphlrp reduction backends", ", ".join(graphlrp.reductions.available_backends())),
+        ("graphlrp compiled kernels", f"numba {_distribution_version('numba')}" if graphlrp.kernels.available()
+         else "none (numba not installed)"),
         ("dtype", "float32, CPU"),
         ("peak memory probe", "VmHWM, reset per measurement (/proc/self/clear_refs)" if PeakProbe().resettable
          else "ru_maxrss, cannot be reset here: peaks include set-up"),
