@@ -76,6 +76,12 @@ def uses_input_sign(transform: Transform) -> bool:
     return isinstance(transform, (Positive, Negative))
 
 
+def splits_inputs_by_sign(groups: tuple[Group, ...]) -> bool:
+    """Whether any term's input transform depends on the sign of the inputs: only then does the
+    plan depend on whether a source level is non-negative."""
+    return any(uses_input_sign(term.inputs) for group in groups for term in group.terms)
+
+
 def effective_input(transform: Transform, nonnegative: bool) -> Transform | None:
     """The input transform that gives the same values: ``None`` if they are all zero."""
     if isinstance(transform, Identity) or (nonnegative and isinstance(transform, Positive)):

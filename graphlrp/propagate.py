@@ -10,7 +10,7 @@ from torch import Tensor
 from .blocks import Block, StaticBlock
 from .graph import Graph, Level
 from .layout import as_node_major, is_node_major
-from .plan import effective_input, group_bias, level_plan, uses_input_sign
+from .plan import effective_input, group_bias, level_plan, splits_inputs_by_sign, uses_input_sign
 from .rules import Group, Rule
 from .transforms import Identity, Ones, Transform
 
@@ -154,13 +154,12 @@ def _linear_combination(parts: list[tuple[float, Tensor]], per_node: Tensor | No
     if parts and all(_is_row(t) for _, t in parts):
         row = _linear_combination([(c, t[:1]) for c, t in parts], per_node, like[:1])
         return row.expand_as(like)
-    if len(parts) == 1 and parts[0][0] == 1.0 and per_node is None:
-        return parts[0][1]  # one product as it is (products are never written to)
+    if len(parts) == 1 and parts[0][0] == 1.0:  # one product as it is (products are never written to)
+        product = parts[0][1]
+        return product if per_node is None else torch.add(product, per_node, out=torch.empty_like(like))
     total = torch.empty_like(like)
     if not parts:
         total.zero_()
-    elif len(parts) == 1 and parts[0][0] == 1.0:
-        return torch.add(parts[0][1], per_node, out=total)
     elif len(parts) == 1:
         torch.mul(parts[0][1], parts[0][0], out=total)
     else:
@@ -204,7 +203,7 @@ def redistribute_level(
     incoming = graph.incoming[level.index]
     inputs = {b.src: _Inputs(graph.levels[b.src], trace.activations[b.src]) for b in incoming}
     groups = rule.groups()
-    signs = any(uses_input_sign(term.inputs) for group in groups for term in group.terms)
+    signs = splits_inputs_by_sign(groups)
     plan = level_plan(graph, level, groups, {src: signs and i.nonnegative for src, i in inputs.items()})
     r_level = relevance[level.index]
     record = LevelRecord(rule, groups)
