@@ -186,9 +186,13 @@ def _product(block: Block, value: Tensor, effective: Transform, basis: Transform
 
 
 def _served(group: Group, z_forward: Tensor) -> Tensor | None:
+    """``1.0`` where the group serves the node and ``0.0`` elsewhere, in ``z_forward``'s layout
+    (``None``: it serves all). A float mask, because multiplying by it is many times faster than
+    ``torch.where`` with a scalar."""
     if group.served == "all":
         return None
-    return (z_forward > 0) if group.served == "positive" else (z_forward < 0)
+    compare = torch.gt if group.served == "positive" else torch.lt
+    return compare(z_forward, 0, out=torch.empty_like(z_forward))
 
 
 def redistribute_level(
@@ -248,15 +252,20 @@ def _combined_quotient(terms: tuple[tuple[int, float], ...], quotients: list[Ten
 
 
 def _quotient(rule: Rule, group: Group, r_level: Tensor, denominator: Tensor, z_forward: Tensor) -> Tensor:
-    """``s_j = R_j / stab(z_j)`` where the group serves ``j``, else 0; a zero denominator gives 0."""
+    """``s_j = R_j / stab(z_j)`` where the group serves ``j``, else 0; a zero denominator gives 0.
+
+    Relevance is masked before it is divided, so a node the group does not serve gives ``0 / stab``,
+    never ``inf · 0``.
+    """
     served = _served(group, z_forward)
-    target = r_level if served is None else torch.where(served, r_level, 0.0)
     # a denominator that is the same for every sample (inputs of ones) is stabilized once
     stabilized = rule.stabilize(denominator[:1] if _is_row(denominator) else denominator)
     if rule.epsilon > 0 and rule.stabilizer == "signed":  # |stab(z)| >= ε: never zero
-        return target / stabilized
-    nonzero = stabilized != 0
-    return torch.where(nonzero, target / torch.where(nonzero, stabilized, 1.0), 0.0)
+        return torch.div(r_level, stabilized) if served is None else served.mul_(r_level).div_(stabilized)
+    zero = torch.eq(stabilized, 0, out=torch.empty_like(stabilized))  # 1.0 where the denominator is zero
+    target = r_level if served is None else served.mul_(r_level)
+    quotient = torch.div(target, stabilized.add(zero))  # divides by 1 where it is zero ...
+    return quotient.addcmul_(quotient, zero, value=-1.0)  # ... and q − q = 0 there, q elsewhere
 
 
 def level_balance(record: LevelRecord, level: Level, r_level: Tensor, z_forward: Tensor) -> dict[str, Tensor]:
@@ -277,7 +286,7 @@ def level_balance(record: LevelRecord, level: Level, r_level: Tensor, z_forward:
             bias_part += group.scale * (quotient * beta).sum(1)
         stab_part += group.scale * (quotient * (stabilized - denominator)).sum(1)
         served = _served(group, z_forward)
-        target = r_level if served is None else torch.where(served, r_level, 0.0)
+        target = r_level if served is None else served.mul_(r_level)
         unkept -= group.scale * torch.where(stabilized != 0, target, 0.0)
     relevance_in = r_level.sum(1)
     return {"relevance_in": relevance_in, "relevance_out": out, "bias": bias_part, "stabilizer": stab_part,

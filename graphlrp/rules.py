@@ -105,8 +105,9 @@ class Rule:
             return denominator
         if self.stabilizer == "plain":
             return denominator + self.epsilon
-        stabilized = denominator + 0.0  # -0.0 + 0.0 is +0.0: s(0) = +1 for both zeros
-        return stabilized.add_(denominator.new_tensor(self.epsilon).copysign(stabilized))
+        # s(z) as 1.0 / 0.0 (z >= 0 holds for both zeros), then exactly ±ε, then z ± ε rounded once
+        signed_epsilon = torch.ge(denominator, 0, out=torch.empty_like(denominator))
+        return signed_epsilon.mul_(2 * self.epsilon).sub_(self.epsilon).add_(denominator)
 
     def label(self) -> str:
         """A short name for tables: the class and its own parameters, e.g. ``Gamma(gamma=0.25)``."""
