@@ -196,10 +196,21 @@ class Graph:
 
     @property
     def node_major(self) -> bool:
-        """Whether per-level tensors are held node-major while computing; see :mod:`graphlrp.layout`."""
+        """Whether per-level tensors are held node-major while computing; see :mod:`graphlrp.layout`.
+
+        Chosen from the block kinds (node-major unless most edges are in convolution, pooling or
+        element-wise blocks); assign ``True`` or ``False`` to force a layout. Results are the same
+        in both, up to rounding.
+        """
         if self._node_major is None:
             self._node_major = graph_is_node_major(self)
         return self._node_major
+
+    @node_major.setter
+    def node_major(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"node_major must be True or False, got {value!r}")
+        self._node_major = value
 
     # -- edges --------------------------------------------------------------------------------
     def edges(self, max_bytes: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -245,6 +256,7 @@ class Graph:
         graph.original_ids = None if self.original_ids is None else self.original_ids.to(device)
         graph.node_names = self.node_names
         graph.cache_weights = self.cache_weights
+        graph._node_major = self._node_major
         return graph
 
     def clear_cache(self) -> None:

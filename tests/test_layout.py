@@ -56,8 +56,8 @@ def as_dense(graph: graphlrp.Graph) -> graphlrp.Graph:
 
 
 MIXES = [
-    (["sparse", "edges", "dense", "sparse"], True),   # most edges node-major
-    (["dense", "sparse", "dense", "edges"], True),    # most edges batch-major
+    (["sparse", "edges", "dense", "sparse"], True),
+    (["dense", "sparse", "dense", "edges"], True),
     (["sparse", "sparse", "sparse", "sparse"], False),
     (["edges", "dense", "edges", "edges"], False),
 ]
@@ -67,7 +67,8 @@ MIXES = [
 def test_mixed_kinds_equal_dense_for_every_rule(kinds, skip):
     graph = mixed_graph(kinds, skip)
     reference = as_dense(graph)
-    assert not reference.node_major
+    reference.node_major = False  # the reference computes batch-major, the mixed graph node-major
+    assert graph.node_major
     x = torch.randn(9, SIZES[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     target = torch.arange(9) % SIZES[-1]
     torch.testing.assert_close(graph(x), reference(x), rtol=1e-12, atol=1e-12)
@@ -79,16 +80,22 @@ def test_mixed_kinds_equal_dense_for_every_rule(kinds, skip):
 
 
 @pytest.mark.parametrize("kinds, skip", MIXES)
-def test_per_level_tensors_follow_the_graph_layout(kinds, skip):
+@pytest.mark.parametrize("node_major", [True, False])
+def test_per_level_tensors_follow_the_graph_layout(kinds, skip, node_major):
     graph = mixed_graph(kinds, skip)
-    node_major_edges = sum(b.num_edges for b in graph.blocks if b.kind in ("sparse", "edges"))
-    assert graph.node_major == (2 * node_major_edges > graph.num_edges)
+    assert graph.node_major  # matrix, CSR and edge-list kernels all prefer node-major operands
+    graph.node_major = node_major
     x = torch.randn(5, SIZES[0], dtype=torch.float64)
     trace = run_forward(graph, x)
     for tensor in trace.activations + trace.preactivations[1:]:
-        assert is_node_major(tensor) == graph.node_major
-    explanation = graphlrp.explain(graph, x, target=0)
-    assert is_node_major(explanation.node_relevance) == graph.node_major
+        assert is_node_major(tensor) == node_major
+    explanation = graphlrp.explain(graph, x, target=0, rule=rules.Gamma(0.25))
+    assert is_node_major(explanation.node_relevance) == node_major
+    for quotient in explanation._records[-1].quotients:
+        assert is_node_major(quotient) == node_major
+    assert graph.to(dtype=torch.float32).node_major == node_major
+    with pytest.raises(TypeError, match="node_major must be True or False"):
+        graph.node_major = 1
 
 
 def test_edge_relevance_into_a_reused_buffer():

@@ -2,7 +2,7 @@
 
 The right kind when most weights are nonzero: matmul moves 4 bytes per weight once per batch,
 where an edge list moves 36 + 36·B bytes per edge. Products keep the layout of their operand
-(:mod:`graphlrp.layout`); a matrix product costs the same in either.
+(:mod:`graphlrp.layout`); ``W`` times a node-major operand is the faster of the two.
 """
 from __future__ import annotations
 
