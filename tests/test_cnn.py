@@ -311,3 +311,32 @@ def test_implicit_convolution_edges_are_cheap_to_hold_and_guarded_when_listed():
     assert explanation.input_relevance.shape == x.shape
     with pytest.raises(graphlrp.GraphTooLargeError, match=r"edge relevance of 1 sample"):
         explanation.edge_relevance(0, max_bytes=10**9)
+
+
+POOLINGS = [
+    # (pool, input shape (C, *spatial)): windows inside the input take the offset-by-offset path
+    (nn.MaxPool1d(3, stride=2), (3, 11)),
+    (nn.MaxPool2d(2), (4, 8, 6)),
+    (nn.MaxPool2d(3, stride=1, dilation=2), (2, 9, 7)),
+    (nn.MaxPool2d((2, 3), stride=(1, 2)), (3, 7, 9)),
+    (nn.MaxPool3d(2), (2, 4, 6, 4)),
+    (nn.MaxPool2d(3, stride=2, padding=1), (2, 7, 7)),  # padding: torch's pooling
+    (nn.MaxPool2d(2, ceil_mode=True), (2, 7, 5)),  # windows past the edge: torch's pooling
+]
+
+
+@pytest.mark.parametrize("pool, shape", POOLINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool_winners_are_torchs_first_maximum_with_ties(pool, shape, dtype):
+    generator = torch.Generator().manual_seed(4)
+    # few distinct values, half of them zero after the ReLU: most windows hold ties
+    x = torch.randint(-3, 3, (5, *shape), generator=generator).to(dtype).relu()
+    graph = graphlrp.lower(nn.Sequential(pool, nn.Flatten()), x)
+    block = graph.blocks[0]
+    functional = {2: F.max_pool1d, 3: F.max_pool2d, 4: F.max_pool3d}[len(shape)]
+    _, expected = functional(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode,
+                             return_indices=True)
+    assert block._windows_inside() == (pool.padding in (0, (0, 0)) and not pool.ceil_mode)  # both paths covered
+    winners = block.prepare(x.reshape(len(x), -1))
+    assert torch.equal(winners, expected.reshape(len(x), shape[0], -1))
+    torch.testing.assert_close(graph(x), pool(x).flatten(1), rtol=0, atol=0)
