@@ -101,11 +101,11 @@ def _sum_incoming(
         if state is not None:
             states[id(block)] = state
         part = block.forward(activations[block.src], state)
-        z = part if z is None else z + part
+        z = part if z is None else z.add_(part)  # block results are new tensors: summed in place
     if z is None:
         z = like.new_zeros((batch, level.size))
     if level.bias is not None:
-        z = z + level.bias
+        z.add_(level.bias)
     return z
 
 
@@ -261,7 +261,10 @@ def _quotient(rule: Rule, group: Group, r_level: Tensor, denominator: Tensor, z_
     # a denominator that is the same for every sample (inputs of ones) is stabilized once
     stabilized = rule.stabilize(denominator[:1] if _is_row(denominator) else denominator)
     if rule.epsilon > 0 and rule.stabilizer == "signed":  # |stab(z)| >= ε: never zero
-        return torch.div(r_level, stabilized) if served is None else served.mul_(r_level).div_(stabilized)
+        if served is not None:
+            return served.mul_(r_level).div_(stabilized)
+        # the stabilized denominator is a new tensor: the quotient takes its place unless it is one row
+        return torch.div(r_level, stabilized, out=None if _is_row(denominator) else stabilized)
     zero = torch.eq(stabilized, 0, out=torch.empty_like(stabilized))  # 1.0 where the denominator is zero
     target = r_level if served is None else served.mul_(r_level)
     quotient = torch.div(target, stabilized.add(zero))  # divides by 1 where it is zero ...

@@ -110,7 +110,10 @@ class Block(ABC):
         return state
 
     def forward(self, x: Tensor, state: object = None) -> Tensor:
-        """The block's part of the destinations' pre-activation for source activations ``x``."""
+        """The block's part of the destinations' pre-activation for source activations ``x``.
+
+        Always a new tensor, which the caller may write to (the forward pass sums in place).
+        """
         return self.matvec(x)
 
     def edge_messages(

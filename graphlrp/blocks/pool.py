@@ -58,6 +58,7 @@ class MaxPoolBlock(Block):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
         self.ceil_mode, self.mode = ceil_mode, mode
+        self._origins: dict[torch.device, Tensor] = {}
 
     @property
     def num_edges(self) -> int:
@@ -123,7 +124,12 @@ class MaxPoolBlock(Block):
         return chosen.to(torch.int64).reshape(len(planes), self.in_shape[0], -1).add_(self._window_origins(planes.device))
 
     def _window_origins(self, device: torch.device) -> Tensor:
-        """Flat index of every window's first element within its plane."""
+        """Flat index of every window's first element within its plane (kept per device)."""
+        if device not in self._origins:
+            self._origins[device] = self._origins_on(device)
+        return self._origins[device]
+
+    def _origins_on(self, device: torch.device) -> Tensor:
         spatial, out = self.in_shape[1:], self.out_shape[1:]
         origins = torch.zeros((), dtype=torch.int64, device=device)
         for d in range(len(spatial)):
