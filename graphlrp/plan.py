@@ -91,14 +91,35 @@ def effective_input(transform: Transform, nonnegative: bool) -> Transform | None
     return transform
 
 
-def combine(terms: tuple[Term, ...], scale: float, nonnegative: bool) -> Combination:
-    """Merge terms that share input and weight transform, expanding the weights of linear inputs."""
-    combination: Combination = {}
+def is_sign_definite(terms: tuple[Term, ...], nonnegative: bool) -> bool:
+    """Whether every contribution ``sign · f_in(a) · f_w(w)`` of the terms has one and the same sign.
+
+    Such a group's denominator is a sum of terms of one sign (z⁺, the α and β parts of αβ): it is
+    computed from its own products, never as a difference (``W⁻a = Wa − W⁺a``), which rounding could
+    leave of the wrong sign where the true sum is 0 and then amplify by ``1/ε`` in the redistribution.
+    """
+    signs = set()
     for term in terms:
         effective = effective_input(term.inputs, nonnegative)
         if effective is None:
             continue
-        expansion = term.weights.expansion() if isinstance(effective, Identity) else ((term.weights, 1.0),)
+        input_sign = int(nonnegative) if isinstance(effective, Identity) else effective.sign
+        term_sign = (term.sign > 0) - (term.sign < 0)
+        signs.add(term_sign * input_sign * term.weights.sign)
+    return len(signs) == 1 and 0 not in signs
+
+
+def combine(terms: tuple[Term, ...], scale: float, nonnegative: bool) -> Combination:
+    """Merge terms that share input and weight transform, expanding the weights of linear inputs
+    unless the terms are sign-definite (:func:`is_sign_definite`)."""
+    combination: Combination = {}
+    expand = not is_sign_definite(terms, nonnegative)
+    for term in terms:
+        effective = effective_input(term.inputs, nonnegative)
+        if effective is None:
+            continue
+        linear = isinstance(effective, Identity) and expand
+        expansion = term.weights.expansion() if linear else ((term.weights, 1.0),)
         for basis, coefficient in expansion:
             key = (effective, basis)
             combination[key] = combination.get(key, 0.0) + scale * term.sign * coefficient

@@ -7,6 +7,7 @@ weight that is not an edge never becomes one (checked by :func:`check_maps_zero_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -19,6 +20,9 @@ class Transform:
     :meth:`expansion` (``W⁻ = W − W⁺``), so that the propagation can share products between
     terms, reuse the forward pass for the ``W`` part and cache only ``W⁺``.
     """
+
+    #: the sign all values take (``1``: all ``>= 0``, ``-1``: all ``<= 0``), ``0`` if they may take either
+    sign: ClassVar[int] = 0
 
     def __call__(self, values: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -40,6 +44,8 @@ class Identity(Transform):
 class Positive(Transform):
     """``x⁺ = max(x, 0)``."""
 
+    sign: ClassVar[int] = 1
+
     def __call__(self, values: Tensor) -> Tensor:
         return values.clamp(min=0)
 
@@ -47,6 +53,8 @@ class Positive(Transform):
 @dataclass(frozen=True)
 class Negative(Transform):
     """``x⁻ = min(x, 0)``."""
+
+    sign: ClassVar[int] = -1
 
     def __call__(self, values: Tensor) -> Tensor:
         return values.clamp(max=0)
@@ -59,6 +67,8 @@ class Negative(Transform):
 class Square(Transform):
     """``x²``."""
 
+    sign: ClassVar[int] = 1
+
     def __call__(self, values: Tensor) -> Tensor:
         return values * values
 
@@ -66,6 +76,8 @@ class Square(Transform):
 @dataclass(frozen=True)
 class Ones(Transform):
     """``1`` everywhere (an input replaced by ones, as in the w² and flat rules)."""
+
+    sign: ClassVar[int] = 1
 
     def __call__(self, values: Tensor) -> Tensor:
         return torch.ones_like(values)
@@ -75,6 +87,8 @@ class Ones(Transform):
 class EdgeIndicator(Transform):
     """``1`` where ``x != 0``, else ``0``: every edge weighs one (the flat rule)."""
 
+    sign: ClassVar[int] = 1
+
     def __call__(self, values: Tensor) -> Tensor:
         return values.ne(0).to(values.dtype)
 
@@ -82,6 +96,8 @@ class EdgeIndicator(Transform):
 @dataclass(frozen=True)
 class Zero(Transform):
     """``0`` everywhere (a bias left out of a rule)."""
+
+    sign: ClassVar[int] = 1
 
     def __call__(self, values: Tensor) -> Tensor:
         return torch.zeros_like(values)

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import graphlrp
 from graphlrp import rules
-from graphlrp.plan import level_plan, plan_level
+from graphlrp.plan import is_sign_definite, level_plan, plan_level
 from graphlrp.transforms import Identity, Positive
 
 from conftest import make_mlp
@@ -24,7 +24,7 @@ CASES = [
     (rules.Epsilon(zero_bias=True), True, 0, 1),  # z − b: the forward, its bias taken out per node
     (rules.ZPlus(), True, 1, 1),  # x W⁺
     (rules.ZPlus(), False, 2, 2),  # x⁺W⁺ and x⁻W⁻
-    (rules.AlphaBeta(2, 1), True, 1, 2),  # x W⁺ shared by both groups; back through W and W⁺
+    (rules.AlphaBeta(2, 1), True, 2, 2),  # x W⁺ and x W⁻: sign-definite groups are never differences
     (rules.Gamma(0.25), True, 1, 2),  # x W⁺ shared: W↑ = W + γW⁺, W↓ = (1+γ)W − γW⁺
     (rules.Gamma(0.25), False, 4, 4),  # x⁺W↑, x⁻W↓, x⁺W↓, x⁻W↑
     (rules.WSquare(), True, 1, 1),
@@ -90,3 +90,17 @@ def test_weights_are_not_kept_when_caching_is_off(kind):
         assert all(not block._cache for block in uncached.blocks)
     assert any(block._cache for block in cached.blocks)
     assert not uncached.to(dtype=torch.float32).cache_weights
+
+
+@pytest.mark.parametrize("rule, nonnegative, definite", [
+    (rules.ZPlus(), True, [True]),
+    (rules.ZPlus(), False, [True]),
+    (rules.AlphaBeta(2, 1), True, [True, True]),
+    (rules.AlphaBeta(2, 1), False, [True, True]),
+    (rules.Epsilon(), True, [False]),
+    (rules.Gamma(0.25), True, [False, False]),
+    (rules.WSquare(), False, [True]),
+    (rules.ZBox(-1.0, 1.0), False, [False]),
+])
+def test_sign_definite_groups_are_recognized(rule, nonnegative, definite):
+    assert [is_sign_definite(group.terms, nonnegative) for group in rule.groups()] == definite

@@ -130,3 +130,24 @@ def test_epsilon_gamma_box_matches_zennit():
     theirs = zcomposites.EpsilonGammaBox(low=-3.0, high=3.0)
     assert_close(graphlrp.explain(graph, x, target=target, composite=ours).input_relevance,
                  zennit_relevance(model, x, target, theirs))
+
+
+def test_alpha_beta_is_exact_where_a_group_has_no_contributions():
+    """A node whose active inputs all have positive weights has a β denominator of exactly 0.
+
+    Computed as a difference (``W⁻a = Wa − W⁺a``) it would be rounding noise of either sign, and the
+    redistribution would amplify that by 1/ε; in float32 graphlrp must still agree with Zennit in float64.
+    """
+    torch.manual_seed(5)
+    model = make_mlp([12, 16, 6], nn.ReLU, seed=5)
+    with torch.no_grad():
+        model[2].weight[:3] = model[2].weight[:3].abs()  # outputs 0-2: no negative weights at all
+        model[2].bias[:3] = model[2].bias[:3].abs()
+    x = torch.randn(32, 12, dtype=torch.float64)
+    target = torch.arange(32) % 3
+    expected = zennit_relevance(model, x, target, LayerMapComposite([(Activation, zrules.Pass()),
+                                                                       (nn.Linear, zrules.AlphaBeta(2, 1))]))
+    model32 = model.float()
+    graph = graphlrp.lower(model32, x.float())
+    actual = graphlrp.explain(graph, x.float(), target=target, rule=rules.AlphaBeta(2, 1)).input_relevance
+    assert_close(actual.double(), expected, tolerance=1e-5)
