@@ -266,8 +266,8 @@ def explain(
     if rule is not None and not isinstance(rule, Rule):
         raise TypeError(f"rule must be a graphlrp rule (graphlrp.rules), got {rule!r}")
     composite = composite if composite is not None else Composite(default=rule)
-    trace = run_forward(graph, x)
     level_rules = composite.rules(graph)
+    trace = run_forward(graph, x, level_rules)
     initial = _initial_relevance(graph, trace.output, target, output_relevance)
     batch = len(x)
     node_relevance = _relevance_storage(graph, initial, batch)
@@ -276,4 +276,5 @@ def explain(
     records: list[LevelRecord | None] = [None] * len(graph.levels)
     for level in reversed(graph.levels[1:]):
         records[level.index] = redistribute_level(graph, level, level_rules[level.index], trace, views)
+    trace.release()
     return Explanation(graph, trace, node_relevance, records)

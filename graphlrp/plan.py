@@ -64,11 +64,17 @@ class Redistribution:
 
 @dataclass(frozen=True)
 class LevelPlan:
-    """The products a level needs, its groups' denominators, and its redistributions."""
+    """The products a level needs, its groups' denominators, and its redistributions.
+
+    ``forward`` lists the products whose sum is the level's forward product ``Σ_blocks W a``
+    (e.g. ``W⁺a⁺ + W⁻a⁻ + W⁻a⁺ + W⁺a⁻`` for αβ): the forward pass then computes those products
+    instead of its own. ``None`` when the products do not add up to it.
+    """
 
     products: tuple[Product, ...]
     groups: tuple[GroupPlan, ...]
     redistributions: tuple[Redistribution, ...]
+    forward: tuple[int, ...] | None = None
 
 
 def uses_input_sign(transform: Transform) -> bool:
@@ -126,6 +132,39 @@ def combine(terms: tuple[Term, ...], scale: float, nonnegative: bool) -> Combina
     return {key: c for key, c in combination.items() if c != 0.0}
 
 
+def _sign_parts(transform: Transform, nonnegative: bool = False) -> frozenset[int] | None:
+    """The sign parts ``x⁺`` (``1``) and ``x⁻`` (``-1``) a transform keeps: ``x = x⁺ + x⁻``
+    (``None`` for a transform that is not such a part)."""
+    if isinstance(transform, Identity):
+        return frozenset({1}) if nonnegative else frozenset({1, -1})
+    if isinstance(transform, (Positive, Negative)):
+        return frozenset({transform.sign})
+    return None
+
+
+def forward_products(products: dict[Product, int], blocks, nonnegative: dict[int, bool]) -> tuple[int, ...] | None:
+    """The product slots that sum to every block's ``W a``: for each block, products whose
+    (input part, weight part) pairs cover each of ``{a⁺, a⁻} × {W⁺, W⁻}`` exactly once."""
+    slots = []
+    for position, block in enumerate(blocks):
+        if not block.linear_forward:
+            return None
+        covered: list[tuple[int, int]] = []
+        for product, slot in products.items():
+            if product.block != position:
+                continue
+            inputs = _sign_parts(product.inputs, nonnegative[block.src])
+            weights = _sign_parts(product.weights)
+            if inputs is None or weights is None:
+                return None
+            covered += [(i, w) for i in inputs for w in weights]
+            slots.append(slot)
+        full = {(i, w) for i in _sign_parts(Identity(), nonnegative[block.src]) for w in (1, -1)}
+        if len(covered) != len(full) or set(covered) != full:
+            return None
+    return tuple(slots) if slots else None
+
+
 def group_bias(group: Group, bias: Tensor | None) -> Tensor | None:
     """The group's bias term ``β_j = Σ_terms sign · f_b(b_j)`` (``None`` without bias)."""
     terms = [t for t in group.terms if not isinstance(t.bias, Zero)]
@@ -173,7 +212,7 @@ def plan_level(graph: Graph, level: Level, groups: tuple[Group, ...], nonnegativ
                 terms.setdefault(key, []).append((index, coefficient))
         for (inputs, basis), items in terms.items():
             redistributions.append(Redistribution(position, inputs, basis, tuple(items)))
-    return LevelPlan(tuple(slots), tuple(group_plans), tuple(redistributions))
+    return LevelPlan(tuple(slots), tuple(group_plans), tuple(redistributions), forward_products(slots, blocks, nonnegative))
 
 
 def level_plan(graph: Graph, level: Level, groups: tuple[Group, ...], nonnegative: dict[int, bool]) -> LevelPlan:

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from .blocks import Block, StaticBlock
+from .blocks import StaticBlock
 from .graph import Graph, Level
 from .layout import as_node_major, is_node_major
-from .plan import effective_input, group_bias, level_plan, splits_inputs_by_sign, uses_input_sign
+from .plan import LevelPlan, effective_input, group_bias, level_plan, splits_inputs_by_sign, uses_input_sign
 from .rules import Group, Rule
 from .transforms import Identity, Ones, Transform
 
@@ -24,10 +25,25 @@ class Trace:
     output: Tensor
     #: per-batch states of sample-dependent blocks, by ``id(block)``
     states: dict[int, object] = field(default_factory=dict)
+    #: while explaining: each source level's input transforms, and the rule products the forward
+    #: pass computed (by level, in the slots of the level's plan) for the redistribution to use
+    inputs: dict[int, "_Inputs"] = field(default_factory=dict)
+    products: dict[int, list[Tensor | None]] = field(default_factory=dict)
 
     def state(self, block) -> object:
         """The state ``block.prepare`` returned in this forward pass (``None`` for most blocks)."""
         return self.states.get(id(block))
+
+    def source(self, graph: Graph, level: int) -> "_Inputs":
+        """The input transforms of source level ``level`` (made on first use, then shared)."""
+        if level not in self.inputs:
+            self.inputs[level] = _Inputs(graph.levels[level], self.activations[level])
+        return self.inputs[level]
+
+    def release(self) -> None:
+        """Drop what only the explanation's own passes need."""
+        self.inputs.clear()
+        self.products.clear()
 
 
 @dataclass
@@ -69,20 +85,27 @@ def check_input(graph: Graph, x: Tensor) -> None:
         raise ValueError(f"input contains NaN or inf (samples {bad})")
 
 
-def run_forward(graph: Graph, x: Tensor) -> Trace:
-    """Compute every level's pre-activation and output for the batch ``x``."""
+def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = None) -> Trace:
+    """Compute every level's pre-activation and output for the batch ``x``.
+
+    With ``rules`` (one per level, as :meth:`Composite.rules` gives them), a level whose rule's
+    products add up to the forward product (:attr:`LevelPlan.forward`) is computed from them, and
+    they are kept for the redistribution; the result equals the plain forward up to rounding.
+    """
     check_input(graph, x)
     batch = len(x)
     first = graph.levels[0]
     flat = x.reshape(batch, first.size)
-    activations: list[Tensor] = [first.activation(as_node_major(flat) if graph.node_major else flat)]
-    preactivations: list[Tensor | None] = [None]
-    states: dict[int, object] = {}
+    trace = Trace([first.activation(as_node_major(flat) if graph.node_major else flat)], [None], flat)
     for level in graph.levels[1:]:
-        z = _sum_incoming(graph, level, activations, states, batch, x)
-        preactivations.append(z)
-        activations.append(level.activation(z))
-    return Trace(activations, preactivations, _outputs(graph, activations, batch), states)
+        rule = None if rules is None else rules[level.index]
+        z = None if rule is None else _sum_of_rule_products(graph, level, rule, trace)
+        if z is None:
+            z = _sum_incoming(graph, level, trace, batch, x)
+        trace.preactivations.append(z)
+        trace.activations.append(level.activation(z))
+    trace.output = _outputs(graph, trace.activations, batch)
+    return trace
 
 
 def _outputs(graph: Graph, activations: list[Tensor], batch: int) -> Tensor:
@@ -92,20 +115,55 @@ def _outputs(graph: Graph, activations: list[Tensor], batch: int) -> Tensor:
     return nodes.index_select(1, graph.outputs).reshape(batch, *graph.output_shape)
 
 
-def _sum_incoming(
-    graph: Graph, level: Level, activations: list[Tensor], states: dict[int, object], batch: int, like: Tensor
-) -> Tensor:
+def _sum_incoming(graph: Graph, level: Level, trace: Trace, batch: int, like: Tensor) -> Tensor:
     z = None
     for block in graph.incoming[level.index]:
-        state = block.prepare(activations[block.src])
+        state = block.prepare(trace.activations[block.src])
         if state is not None:
-            states[id(block)] = state
-        part = block.forward(activations[block.src], state)
+            trace.states[id(block)] = state
+        part = block.forward(trace.activations[block.src], state)
         z = part if z is None else z.add_(part)  # block results are new tensors: summed in place
     if z is None:
         z = like.new_zeros((batch, level.size))
     if level.bias is not None:
         z.add_(level.bias)
+    return z
+
+
+def _plan_for(graph: Graph, level: Level, groups: tuple[Group, ...], trace: Trace) -> LevelPlan:
+    """The level's plan for ``groups``, given which of its source levels are non-negative."""
+    signs = splits_inputs_by_sign(groups)
+    sources = {block.src for block in graph.incoming[level.index]}
+    return level_plan(graph, level, groups, {src: signs and trace.source(graph, src).nonnegative for src in sources})
+
+
+def _plan_product(graph: Graph, level: Level, plan: LevelPlan, slot: int, trace: Trace) -> Tensor:
+    """Product ``slot`` of the level's plan."""
+    product = plan.products[slot]
+    block = graph.incoming[level.index][product.block]
+    value = trace.source(graph, block.src)(product.inputs)
+    if isinstance(product.inputs, Ones) and isinstance(block, StaticBlock):  # one row for every sample
+        return block.matvec(value[:1], product.weights).expand(len(value), -1)
+    return block.matvec(value, product.weights, trace.state(block))
+
+
+def _sum_of_rule_products(graph: Graph, level: Level, rule: Rule, trace: Trace) -> Tensor | None:
+    """The level's pre-activation as the sum of its rule's products, when they add up to it."""
+    if not graph.incoming[level.index]:
+        return None
+    plan = _plan_for(graph, level, rule.groups(), trace)
+    if plan.forward is None:
+        return None
+    products: list[Tensor | None] = [None] * len(plan.products)
+    for slot in plan.forward:
+        products[slot] = _plan_product(graph, level, plan, slot, trace)
+    first, *rest = plan.forward
+    z = products[first].clone() if not rest else torch.add(products[first], products[rest[0]])
+    for slot in rest[1:]:
+        z.add_(products[slot])
+    if level.bias is not None:
+        z.add_(level.bias)
+    trace.products[level.index] = products
     return z
 
 
@@ -178,13 +236,6 @@ def _is_row(t: Tensor) -> bool:
     return t.shape[0] > 1 and t.stride(0) == 0
 
 
-def _product(block: Block, value: Tensor, effective: Transform, basis: Transform, trace: Trace) -> Tensor:
-    """``block.matvec``; an input of ones gives the same row for every sample, computed once."""
-    if isinstance(effective, Ones) and isinstance(block, StaticBlock):
-        return block.matvec(value[:1], basis).expand(len(value), -1)
-    return block.matvec(value, basis, trace.state(block))
-
-
 def _served(group: Group, z_forward: Tensor) -> Tensor | None:
     """``1.0`` where the group serves the node and ``0.0`` elsewhere, in ``z_forward``'s layout
     (``None``: it serves all). A float mask, because multiplying by it is many times faster than
@@ -205,13 +256,11 @@ def redistribute_level(
     """
     z_forward = trace.preactivations[level.index]
     incoming = graph.incoming[level.index]
-    inputs = {b.src: _Inputs(graph.levels[b.src], trace.activations[b.src]) for b in incoming}
     groups = rule.groups()
-    signs = splits_inputs_by_sign(groups)
-    plan = level_plan(graph, level, groups, {src: signs and i.nonnegative for src, i in inputs.items()})
+    plan = _plan_for(graph, level, groups, trace)
     r_level = relevance[level.index]
     record = LevelRecord(rule, groups)
-    products: list[Tensor | None] = [None] * len(plan.products)
+    products = trace.products.pop(level.index, None) or [None] * len(plan.products)
     for group_plan in plan.groups:
         if group_plan.forward:
             denominator = z_forward  # the rule's denominator is the forward pre-activation itself
@@ -219,10 +268,7 @@ def redistribute_level(
             parts = [(group_plan.linear, z_forward)] if group_plan.linear else []
             for coefficient, slot in group_plan.parts:
                 if products[slot] is None:
-                    product = plan.products[slot]
-                    block = incoming[product.block]
-                    products[slot] = _product(block, inputs[block.src](product.inputs), product.inputs,
-                                              product.weights, trace)
+                    products[slot] = _plan_product(graph, level, plan, slot, trace)
                 parts.append((coefficient, products[slot]))
             denominator = _linear_combination(parts, group_plan.per_node, z_forward)
         record.denominators.append(denominator)
@@ -231,7 +277,7 @@ def redistribute_level(
         block = incoming[redistribution.block]
         factor, quotient = _combined_quotient(redistribution.terms, record.quotients)
         back = block.rmatvec(quotient, redistribution.weights, trace.state(block))
-        relevance[block.src].addcmul_(inputs[block.src](redistribution.inputs), back, value=factor)
+        relevance[block.src].addcmul_(trace.source(graph, block.src)(redistribution.inputs), back, value=factor)
     if not graph.cache_weights:
         for block in incoming:
             block.clear_cache()

@@ -104,3 +104,26 @@ def test_weights_are_not_kept_when_caching_is_off(kind):
 ])
 def test_sign_definite_groups_are_recognized(rule, nonnegative, definite):
     assert [is_sign_definite(group.terms, nonnegative) for group in rule.groups()] == definite
+
+
+@pytest.mark.parametrize("rule, nonnegative, forward", [
+    (rules.AlphaBeta(2, 1), True, 2),  # W⁺a + W⁻a
+    (rules.AlphaBeta(2, 1), False, 4),  # W⁺a⁺ + W⁻a⁻ + W⁻a⁺ + W⁺a⁻
+    (rules.AlphaBeta(1, 0), False, None),  # no β group: W⁺a⁺ + W⁻a⁻ alone
+    (rules.ZPlus(), False, None),  # W⁺a⁺ + W⁻a⁻ is not W a
+    (rules.Gamma(0.25), True, None),
+    (rules.Epsilon(), True, None),
+])
+def test_forward_is_the_sum_of_the_rules_products_when_they_cover_w_a(graph, rule, nonnegative, forward):
+    plan = plan_level(graph, graph.levels[2], rule.groups(), {1: nonnegative})
+    assert (None if plan.forward is None else len(plan.forward)) == forward
+
+
+@pytest.mark.parametrize("rule", [rules.AlphaBeta(2, 1), rules.AlphaBeta(1, 0)])
+def test_forward_from_rule_products_equals_the_network(rule):
+    model = make_mlp([6, 9, 7, 4], nn.ReLU, seed=3)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    graph = graphlrp.lower(model, x)
+    explanation = graphlrp.explain(graph, x, target=1, rule=rule)
+    torch.testing.assert_close(explanation.output, model(x), rtol=1e-12, atol=1e-12)
+    assert not explanation._trace.products and not explanation._trace.inputs  # work state released
