@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .graph import Graph, Level
-from .rules import Group, Term
+from .rules import Group, RuleGroups, Term
 from .transforms import Identity, Negative, Positive, Transform, Zero
 
 #: a rule's terms rewritten for one block: (effective input transform, weight basis) -> coefficient
@@ -215,13 +215,19 @@ def plan_level(graph: Graph, level: Level, groups: tuple[Group, ...], nonnegativ
     return LevelPlan(tuple(slots), tuple(group_plans), tuple(redistributions), forward_products(slots, blocks, nonnegative))
 
 
-def level_plan(graph: Graph, level: Level, groups: tuple[Group, ...], nonnegative: dict[int, bool]) -> LevelPlan:
-    """:func:`plan_level`, cached on the graph (dropped by :meth:`Graph.clear_cache`)."""
-    key = (level.index, groups, tuple(sorted(nonnegative.items())))
+def level_plan(
+    graph: Graph, level: Level, groups: tuple[Group, ...] | RuleGroups, nonnegative: dict[int, bool]
+) -> LevelPlan:
+    """:func:`plan_level`, cached on the graph (dropped by :meth:`Graph.clear_cache`).
+
+    ``groups`` as :meth:`Rule.cached_groups` gives them saves hashing them on every lookup.
+    """
+    rule_groups = groups if isinstance(groups, RuleGroups) else RuleGroups(groups)
+    key = (level.index, rule_groups, tuple(sorted(nonnegative.items())))
     plans = graph._plans
     plan = plans.get(key)
     if plan is None:
         if len(plans) >= MAX_CACHED_PLANS:
             plans.clear()
-        plan = plans[key] = plan_level(graph, level, groups, nonnegative)
+        plan = plans[key] = plan_level(graph, level, rule_groups.groups, nonnegative)
     return plan

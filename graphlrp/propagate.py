@@ -130,9 +130,10 @@ def _sum_incoming(graph: Graph, level: Level, trace: Trace, batch: int, like: Te
     return z
 
 
-def _plan_for(graph: Graph, level: Level, groups: tuple[Group, ...], trace: Trace) -> LevelPlan:
-    """The level's plan for ``groups``, given which of its source levels are non-negative."""
-    signs = splits_inputs_by_sign(groups)
+def _plan_for(graph: Graph, level: Level, rule: Rule, trace: Trace) -> LevelPlan:
+    """The level's plan for ``rule``, given which of its source levels are non-negative."""
+    groups = rule.cached_groups()
+    signs = splits_inputs_by_sign(groups.groups)
     sources = {block.src for block in graph.incoming[level.index]}
     return level_plan(graph, level, groups, {src: signs and trace.source(graph, src).nonnegative for src in sources})
 
@@ -151,7 +152,7 @@ def _sum_of_rule_products(graph: Graph, level: Level, rule: Rule, trace: Trace) 
     """The level's pre-activation as the sum of its rule's products, when they add up to it."""
     if not graph.incoming[level.index]:
         return None
-    plan = _plan_for(graph, level, rule.groups(), trace)
+    plan = _plan_for(graph, level, rule, trace)
     if plan.forward is None:
         return None
     products: list[Tensor | None] = [None] * len(plan.products)
@@ -256,8 +257,8 @@ def redistribute_level(
     """
     z_forward = trace.preactivations[level.index]
     incoming = graph.incoming[level.index]
-    groups = rule.groups()
-    plan = _plan_for(graph, level, groups, trace)
+    groups = rule.cached_groups().groups
+    plan = _plan_for(graph, level, rule, trace)
     r_level = relevance[level.index]
     record = LevelRecord(rule, groups)
     products = trace.products.pop(level.index, None) or [None] * len(plan.products)

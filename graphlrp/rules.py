@@ -73,6 +73,27 @@ def _check_finite_nonnegative(name: str, value: float) -> None:
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
 
 
+class RuleGroups:
+    """A rule's groups with their hash computed once: the key under which level plans are cached.
+
+    Equal groups (e.g. of two ``Epsilon()`` made for separate calls) give equal keys.
+    """
+
+    __slots__ = ("groups", "_hash")
+
+    def __init__(self, groups: tuple[Group, ...]) -> None:
+        self.groups = groups
+        self._hash = hash(groups)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RuleGroups) and (
+            self is other or (self._hash == other._hash and self.groups == other.groups)
+        )
+
+
 class Rule:
     """Base class: a rule is its groups plus a stabilizer.
 
@@ -98,6 +119,18 @@ class Rule:
     def groups(self) -> tuple[Group, ...]:
         """The rule's groups of terms."""
         raise NotImplementedError
+
+    def cached_groups(self) -> RuleGroups:
+        """:meth:`groups` with their hash, made once and kept until a parameter of the rule changes."""
+        cached = self.__dict__.get("_groups")
+        if cached is None:
+            cached = self._groups = RuleGroups(self.groups())
+        return cached
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name != "_groups":  # a changed parameter changes the groups
+            self.__dict__.pop("_groups", None)
 
     def stabilize(self, denominator: Tensor) -> Tensor:
         """Return the stabilized denominator."""

@@ -127,3 +127,16 @@ def test_forward_from_rule_products_equals_the_network(rule):
     explanation = graphlrp.explain(graph, x, target=1, rule=rule)
     torch.testing.assert_close(explanation.output, model(x), rtol=1e-12, atol=1e-12)
     assert not explanation._trace.products and not explanation._trace.inputs  # work state released
+
+
+def test_cached_groups_follow_a_changed_parameter(graph):
+    x = torch.randn(4, 5, dtype=torch.float64)
+    rule = rules.Gamma(0.25)
+    first = graphlrp.explain(graph, x, target=0, rule=rule).input_relevance
+    assert rule.cached_groups() is rule.cached_groups()
+    rule.gamma = 1.0
+    changed = graphlrp.explain(graph, x, target=0, rule=rule).input_relevance
+    torch.testing.assert_close(changed, graphlrp.explain(graph, x, target=0, rule=rules.Gamma(1.0)).input_relevance,
+                               rtol=0, atol=0)
+    assert not torch.allclose(first, changed)
+    assert rules.Gamma(0.25).cached_groups() == rules.Gamma(0.25).cached_groups() != rule.cached_groups()

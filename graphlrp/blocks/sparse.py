@@ -33,11 +33,13 @@ def _times(matrix: Tensor, x: Tensor) -> Tensor:
     """
     if len(x) == 1:
         return torch.mv(matrix, x[0])[None]
-    columns = as_node_major(x).T
+    columns = x.T
+    if not columns.is_contiguous():  # a batch-major operand: copied in, the result copied back
+        return in_layout_of(_times(matrix, as_node_major(x)), x)
     out = columns.new_empty((matrix.shape[0], columns.shape[1]))
     # beta=0 ignores out's contents: no zero fill, which torch.sparse.mm spends
     torch.addmm(out, matrix, columns, beta=0, out=out)
-    return in_layout_of(out.T, x)
+    return out.T
 
 
 def _rows_of(crow: Tensor) -> Tensor:
