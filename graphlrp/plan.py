@@ -12,13 +12,14 @@ are non-negative in this batch; it holds no sample data. :func:`level_plan` cach
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from .graph import Graph, Level
 from .rules import Group, RuleGroups, Term
-from .transforms import Identity, Negative, Positive, Transform, Zero
+from .transforms import Identity, InputCombination, Negative, Positive, Transform, Zero
 
 #: a rule's terms rewritten for one block: (effective input transform, weight basis) -> coefficient
 Combination = dict[tuple[Transform, Transform], float]
@@ -115,17 +116,17 @@ def is_sign_definite(terms: tuple[Term, ...], nonnegative: bool) -> bool:
     return len(signs) == 1 and 0 not in signs
 
 
-def combine(terms: tuple[Term, ...], scale: float, nonnegative: bool) -> Combination:
+def combine(terms: tuple[Term, ...], scale: float, nonnegative: bool, expand_all: bool = False) -> Combination:
     """Merge terms that share input and weight transform, expanding the weights of linear inputs
-    unless the terms are sign-definite (:func:`is_sign_definite`)."""
+    (of every input with ``expand_all``) unless the terms are sign-definite (:func:`is_sign_definite`)."""
     combination: Combination = {}
     expand = not is_sign_definite(terms, nonnegative)
     for term in terms:
         effective = effective_input(term.inputs, nonnegative)
         if effective is None:
             continue
-        linear = isinstance(effective, Identity) and expand
-        expansion = term.weights.expansion() if linear else ((term.weights, 1.0),)
+        expanded = expand and (expand_all or isinstance(effective, Identity))
+        expansion = term.weights.expansion() if expanded else ((term.weights, 1.0),)
         for basis, coefficient in expansion:
             key = (effective, basis)
             combination[key] = combination.get(key, 0.0) + scale * term.sign * coefficient
@@ -143,26 +144,34 @@ def _sign_parts(transform: Transform, nonnegative: bool = False) -> frozenset[in
 
 
 def forward_products(products: dict[Product, int], blocks, nonnegative: dict[int, bool]) -> tuple[int, ...] | None:
-    """The product slots that sum to every block's ``W a``: for each block, products whose
-    (input part, weight part) pairs cover each of ``{a⁺, a⁻} × {W⁺, W⁻}`` exactly once."""
-    slots = []
+    """The product slots that sum to every block's ``W a``: for each block, the fewest of its
+    products whose (input part, weight part) pairs cover each of ``{a⁺, a⁻} × {W⁺, W⁻}`` exactly once."""
+    slots: list[int] = []
     for position, block in enumerate(blocks):
         if not block.linear_forward:
             return None
-        covered: list[tuple[int, int]] = []
+        full = {(i, w) for i in _sign_parts(Identity(), nonnegative[block.src]) for w in (1, -1)}
+        candidates = []
         for product, slot in products.items():
-            if product.block != position:
-                continue
             inputs = _sign_parts(product.inputs, nonnegative[block.src])
             weights = _sign_parts(product.weights)
-            if inputs is None or weights is None:
-                return None
-            covered += [(i, w) for i in inputs for w in weights]
-            slots.append(slot)
-        full = {(i, w) for i in _sign_parts(Identity(), nonnegative[block.src]) for w in (1, -1)}
-        if len(covered) != len(full) or set(covered) != full:
+            if product.block == position and inputs is not None and weights is not None:
+                candidates.append((slot, [(i, w) for i in inputs for w in weights]))
+        cover = _exact_cover(candidates, full)
+        if cover is None:
             return None
+        slots += cover
     return tuple(slots) if slots else None
+
+
+def _exact_cover(candidates: list[tuple[int, list]], full: set) -> list[int] | None:
+    """The smallest set of candidates whose parts, together, are each element of ``full`` once."""
+    for size in range(1, len(full) + 1):
+        for chosen in itertools.combinations(candidates, size):
+            parts = [part for _, covered in chosen for part in covered]
+            if len(parts) == len(full) and set(parts) == full:
+                return [slot for slot, _ in chosen]
+    return None
 
 
 def group_bias(group: Group, bias: Tensor | None) -> Tensor | None:
@@ -182,12 +191,30 @@ def _is_forward_bias(group: Group, level: Level) -> bool:
 
 
 def plan_level(graph: Graph, level: Level, groups: tuple[Group, ...], nonnegative: dict[int, bool]) -> LevelPlan:
-    """Work out the plan of ``groups`` at ``level``; ``nonnegative[src]`` for every source level."""
+    """Work out the plan of ``groups`` at ``level``; ``nonnegative[src]`` for every source level.
+
+    Two plans are worked out: weights expanded (``W + γW⁻ = (1+γ)W − γW⁺``) for linear inputs
+    only, and for every input; the one with fewer large products (:func:`plan_cost`) is taken,
+    the first on a tie. For γ on a mixed-sign input the second needs 7 instead of 9: its products
+    ``W a⁺`` and ``W a⁻`` sum to the forward's, and ``a⁺ ⊙ W⁺ᵀq − a⁻ ⊙ W⁺ᵀq`` is one product.
+    """
+    plans = [_plan_level(graph, level, groups, nonnegative, expand_all) for expand_all in (False, True)]
+    return min(plans, key=lambda plan: plan_cost(plan, len(graph.incoming[level.index])))
+
+
+def plan_cost(plan: LevelPlan, blocks: int) -> int:
+    """Large products a plan needs: its products, redistributions and, unless derived, the forward's."""
+    return len(plan.products) + len(plan.redistributions) + (blocks if plan.forward is None else 0)
+
+
+def _plan_level(
+    graph: Graph, level: Level, groups: tuple[Group, ...], nonnegative: dict[int, bool], expand_all: bool
+) -> LevelPlan:
     blocks = graph.incoming[level.index]
     slots: dict[Product, int] = {}
     group_plans = []
     for group in groups:
-        combinations = [combine(group.terms, 1.0, nonnegative[b.src]) for b in blocks]
+        combinations = [combine(group.terms, 1.0, nonnegative[b.src], expand_all) for b in blocks]
         shared = all(b.linear_forward for b in blocks) and all(c == combinations[0] for c in combinations)
         linear = combinations[0].get(LINEAR, 0.0) if shared and blocks else 0.0
         if linear == 1.0 and len(combinations[0]) == 1 and _is_forward_bias(group, level):
@@ -208,11 +235,34 @@ def plan_level(graph: Graph, level: Level, groups: tuple[Group, ...], nonnegativ
     for position, block in enumerate(blocks):
         terms: dict[tuple[Transform, Transform], list[tuple[int, float]]] = {}
         for index, group in enumerate(groups):
-            for key, coefficient in combine(group.terms, group.scale, nonnegative[block.src]).items():
+            for key, coefficient in combine(group.terms, group.scale, nonnegative[block.src], expand_all).items():
                 terms.setdefault(key, []).append((index, coefficient))
-        for (inputs, basis), items in terms.items():
-            redistributions.append(Redistribution(position, inputs, basis, tuple(items)))
+        redistributions += _merged(position, terms)
     return LevelPlan(tuple(slots), tuple(group_plans), tuple(redistributions), forward_products(slots, blocks, nonnegative))
+
+
+def _merged(position: int, terms: dict[tuple[Transform, Transform], list[tuple[int, float]]]) -> list[Redistribution]:
+    """One redistribution per weight basis and quotient combination: ``f(a) ⊙ Mᵀq + g(a) ⊙ Mᵀ(λq)``
+    is ``(f(a) + λ g(a)) ⊙ Mᵀq``, one product instead of two."""
+    merged: list[tuple[Transform, list[tuple[Transform, float]], tuple[tuple[int, float], ...]]] = []
+    for (inputs, basis), items in terms.items():
+        for weights, parts, reference in merged:
+            factor = _proportional(items, reference) if weights == basis else None
+            if factor is not None:
+                parts.append((inputs, factor))
+                break
+        else:
+            merged.append((basis, [(inputs, 1.0)], tuple(items)))
+    return [Redistribution(position, parts[0][0] if len(parts) == 1 else InputCombination(tuple(parts)), basis, items)
+            for basis, parts, items in merged]
+
+
+def _proportional(items: list[tuple[int, float]], reference: tuple[tuple[int, float], ...]) -> float | None:
+    """``λ`` with ``items = λ · reference`` exactly (same groups), else ``None``."""
+    if [group for group, _ in items] != [group for group, _ in reference]:
+        return None
+    factor = items[0][1] / reference[0][1]
+    return factor if all(c == factor * r for (_, c), (_, r) in zip(items, reference)) else None
 
 
 def level_plan(

@@ -123,6 +123,21 @@ class AddScaledPart(Transform):
         return ((Identity(), 1.0 + self.scale), (Positive(), -self.scale))  # x + γx⁻ = (1+γ)x − γx⁺
 
 
+@dataclass(frozen=True)
+class InputCombination(Transform):
+    """``Σ c_k t_k(x)``: one input for several terms that redistribute the same quotients through
+    the same weights (``a⁺ − a⁻ = |a|``, ``l − h``)."""
+
+    parts: tuple[tuple[Transform, float], ...]
+
+    def __call__(self, values: Tensor) -> Tensor:
+        (first, c0), *rest = self.parts
+        total = first(values) * c0
+        for transform, coefficient in rest:
+            total = total + transform(values) * coefficient
+        return total
+
+
 @dataclass(frozen=True, eq=False)
 class Constant(Transform):
     """A fixed tensor broadcast to the input's shape (the z^B rule's bounds ``l`` and ``h``).

@@ -26,7 +26,7 @@ CASES = [
     (rules.ZPlus(), False, 2, 2),  # x⁺W⁺ and x⁻W⁻
     (rules.AlphaBeta(2, 1), True, 2, 2),  # x W⁺ and x W⁻: sign-definite groups are never differences
     (rules.Gamma(0.25), True, 1, 2),  # x W⁺ shared: W↑ = W + γW⁺, W↓ = (1+γ)W − γW⁺
-    (rules.Gamma(0.25), False, 4, 4),  # x⁺W↑, x⁻W↓, x⁺W↓, x⁻W↑
+    (rules.Gamma(0.25), False, 4, 3),  # x⁺W + x⁻W (the forward), x⁺W⁺, x⁻W⁺; back: W twice, W⁺ once with |x|
     (rules.WSquare(), True, 1, 1),
 ]
 
@@ -112,6 +112,7 @@ def test_sign_definite_groups_are_recognized(rule, nonnegative, definite):
     (rules.AlphaBeta(1, 0), False, None),  # no β group: W⁺a⁺ + W⁻a⁻ alone
     (rules.ZPlus(), False, None),  # W⁺a⁺ + W⁻a⁻ is not W a
     (rules.Gamma(0.25), True, None),
+    (rules.Gamma(0.25), False, 2),  # W a⁺ + W a⁻
     (rules.Epsilon(), True, None),
 ])
 def test_forward_is_the_sum_of_the_rules_products_when_they_cover_w_a(graph, rule, nonnegative, forward):
