@@ -18,6 +18,8 @@ from zennit.core import BasicHook, Composite as ZennitComposite, ParamMod, Stabi
 import graphlrp
 from _bench_util import Target, Timing, time_interleaved, time_once
 
+#: calls in a row per library for the steady-state times (``ratio, runs of 5``)
+RUN_LENGTH = 5
 MLP_WIDTH = 1024
 MLP_HIDDEN_LAYERS = 4
 MLP_CLASSES = 10
@@ -151,14 +153,22 @@ class RuleResult:
     graphlrp_s: float | None
     zennit_s: float
     target: Target | None
+    #: the same in runs of RUN_LENGTH calls per library (each run's first call follows the other's)
+    graphlrp_run_s: float | None = None
+    zennit_run_s: float | None = None
     error: float | None = None  # max |R_graphlrp − R_zennit| / max |R_zennit| (baked twin if pruned)
     error_f64: float | None = None  # the same with both computed in float64
     error_as_is: float | None = None  # the same against Zennit on the pruned model as timed
 
     @property
     def ratio(self) -> float | None:
-        """graphlrp time / Zennit time."""
+        """graphlrp time / Zennit time, calls alternating."""
         return None if self.graphlrp_s is None else self.graphlrp_s / self.zennit_s
+
+    @property
+    def run_ratio(self) -> float | None:
+        """graphlrp time / Zennit time, in runs of RUN_LENGTH calls."""
+        return None if self.graphlrp_run_s is None else self.graphlrp_run_s / self.zennit_run_s
 
 
 @dataclass
@@ -247,7 +257,9 @@ def _set_up(case: ModelCase, result: CaseResult) -> _Setup:
     return _Setup(model, plain, reference, copy.deepcopy(reference).double(), x, target, onehot, graph)
 
 
-def _time_rule(spec: RuleSpec, setup: _Setup, timing: Timing, baselines: bool) -> dict[str, float]:
+def _time_rule(spec: RuleSpec, setup: _Setup, timing: Timing, baselines: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per call with the calls alternating, and in runs of RUN_LENGTH (graphlrp and
+    Zennit only)."""
     fns: dict[str, Callable[[], object]] = {}
     if setup.graph is not None:
         kwargs = spec.graphlrp()
@@ -259,7 +271,10 @@ def _time_rule(spec: RuleSpec, setup: _Setup, timing: Timing, baselines: bool) -
         fns["gradient"] = lambda: torch_gradient(setup.plain, setup.x, setup.target)
     with Gradient(setup.model, spec.zennit()) as attributor:
         fns["zennit"] = lambda: attributor(setup.x, lambda output: output * setup.onehot)
-        return time_interleaved(fns, timing)
+        alternating = time_interleaved(fns, timing)
+        libraries = {name: fn for name, fn in fns.items() if name in ("graphlrp", "zennit")}
+        runs = Timing(warmup=0, repeats=max(2, timing.repeats // 4))
+        return alternating, time_interleaved(libraries, runs, run=RUN_LENGTH)
 
 
 def _agreement(spec: RuleSpec, setup: _Setup, model: nn.Module, composite: ZennitComposite) -> float:
@@ -288,10 +303,10 @@ def run_case(case: ModelCase, timing: Timing) -> CaseResult:
     result = CaseResult(case)
     setup = _set_up(case, result)
     for index, spec in enumerate(case.rules):
-        times = _time_rule(spec, setup, timing, baselines=index == 0)
+        times, runs = _time_rule(spec, setup, timing, baselines=index == 0)
         limit = case.targets.get(spec.name)
         rule_result = RuleResult(spec.name, times.get("graphlrp"), times["zennit"],
-                                 None if limit is None else Target(limit))
+                                 None if limit is None else Target(limit), runs.get("graphlrp"), runs["zennit"])
         if setup.graph is not None:
             _check_rule(spec, setup, case.prune_amount is not None, rule_result)
         if index == 0:

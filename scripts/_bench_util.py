@@ -25,11 +25,14 @@ class Timing:
     repeats: int
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], object]], timing: Timing) -> dict[str, float]:
+def time_interleaved(fns: Mapping[str, Callable[[], object]], timing: Timing, run: int = 1) -> dict[str, float]:
     """Median seconds per call of every function, timed in alternation after a warm-up.
 
-    Each repeat calls every function once; the order rotates from one repeat to the next, so that
-    no function always runs right after the same other one (caches, clock boost, allocator).
+    Each repeat calls every function ``run`` times in a row; the order rotates from one repeat to
+    the next, so that no function always runs right after the same other one (caches, clock boost,
+    allocator). With ``run=1`` every call follows another function's, whose data has pushed the
+    caller's out of the caches; with longer runs most calls follow their own, as when one library
+    explains a data set batch after batch.
     """
     names = list(fns)
     for _ in range(timing.warmup):
@@ -39,9 +42,10 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], timing: Timing) ->
     for repeat in range(timing.repeats):
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            fns[name]()
-            samples[name].append(time.perf_counter() - start)
+            for _ in range(run):
+                start = time.perf_counter()
+                fns[name]()
+                samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
