@@ -311,7 +311,8 @@ def _quotient(rule: Rule, group: Group, r_level: Tensor, denominator: Tensor, z_
         if served is not None:
             return served.mul_(r_level).div_(stabilized)
         # the stabilized denominator is a new tensor: the quotient takes its place unless it is one row
-        return torch.div(r_level, stabilized, out=None if _is_row(denominator) else stabilized)
+        reuse = stabilized is not denominator and not _is_row(denominator)
+        return torch.div(r_level, stabilized, out=stabilized if reuse else None)
     zero = torch.eq(stabilized, 0, out=torch.empty_like(stabilized))  # 1.0 where the denominator is zero
     target = r_level if served is None else served.mul_(r_level)
     quotient = torch.div(target, stabilized.add(zero))  # divides by 1 where it is zero ...

@@ -133,7 +133,7 @@ class Rule:
             self.__dict__.pop("_groups", None)
 
     def stabilize(self, denominator: Tensor) -> Tensor:
-        """Return the stabilized denominator."""
+        """Return the stabilized denominator: a new tensor, or ``denominator`` itself when ``ε = 0``."""
         if self.epsilon == 0:
             return denominator
         if self.stabilizer == "plain":
