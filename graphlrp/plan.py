@@ -4,7 +4,11 @@ A rule's groups of terms are rewritten, per incoming block, into products ``f_in
 of a source level's (transformed) activations with a block's (transformed) weights, each with a
 coefficient. Terms whose input is the activation itself have their weights expanded into a basis
 (``W⁻ = W − W⁺``, ``W + γW⁺``), so that the ``W`` part is the forward pass's pre-activation and
-the other products are shared between terms and groups. Inputs that are identically zero are
+the other products are shared between terms and groups; expanding the weights of every input is
+tried too, and the plan with fewer large products kept. Groups whose contributions all have one
+sign are never expanded (their denominators would become differences). Redistributions through
+the same weights with proportional quotients share one product. When a level's products add up
+to ``W a``, the forward pass computes the level from them. Inputs that are identically zero are
 dropped, and ``a⁺`` of a non-negative level is ``a`` itself.
 
 The plan depends only on the rule's groups, the level's blocks and bias, and which source levels

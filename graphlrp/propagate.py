@@ -96,7 +96,8 @@ def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = N
     batch = len(x)
     first = graph.levels[0]
     flat = x.reshape(batch, first.size)
-    trace = Trace([first.activation(as_node_major(flat) if graph.node_major else flat)], [None], flat)
+    # the output is set once the last level is computed
+    trace = Trace([first.activation(as_node_major(flat) if graph.node_major else flat)], [None], output=flat)
     for level in graph.levels[1:]:
         rule = None if rules is None else rules[level.index]
         z = None if rule is None else _sum_of_rule_products(graph, level, rule, trace)
