@@ -2,8 +2,10 @@
 
 torch's eager ops make an edge message ``x[src] · w · s[dst]`` in four passes over the edges
 (two gathers, two products) at well under the memory bandwidth; one fused, parallel loop reads
-each edge's data once. Results are bit for bit those of the torch ops (the same products in the
-same order). Without numba, or for tensors that are not on the CPU, callers use torch's ops.
+each edge's data once. A quotient ``R / (z ± ε)`` with the signed stabilizer is five torch
+passes (the sign as a mask, its scaling, the sum, the division) and one fused loop here. Results
+are bit for bit those of the torch ops (the same operations in the same order and precision).
+Without numba, or for tensors that are not on the CPU, callers use torch's ops.
 
 :func:`disabled` switches the kernels off inside a ``with`` block (the tests compare both paths).
 """
@@ -28,6 +30,23 @@ if _numba is not None:
     def _edge_messages(x, src, weight, s, dst, out):  # pragma: no cover - compiled
         for e in _numba.prange(out.shape[0]):
             out[e] = x[src[e]] * weight[e] * s[dst[e]]
+
+    @_numba.njit(parallel=True, cache=True)
+    def _signed_quotient(relevance, denominator, epsilon, out):  # pragma: no cover - compiled
+        for i in _numba.prange(out.shape[0]):
+            for j in range(out.shape[1]):
+                z = denominator[i, j]
+                out[i, j] = relevance[i, j] / (z + (epsilon if z >= 0 else -epsilon))
+
+    @_numba.njit(parallel=True, cache=True)
+    def _served_signed_quotient(relevance, denominator, epsilon, forward, sign, out):  # pragma: no cover - compiled
+        zero = relevance.dtype.type(0)
+        one = relevance.dtype.type(1)
+        for i in _numba.prange(out.shape[0]):
+            for j in range(out.shape[1]):
+                z = denominator[i, j]
+                served = one if forward[i, j] * sign > 0 else zero
+                out[i, j] = served * relevance[i, j] / (z + (epsilon if z >= 0 else -epsilon))
 
 
 def available() -> bool:
@@ -62,3 +81,33 @@ def edge_messages_into(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: T
         raise ValueError(f"edge arrays differ in length: {len(src)}, {len(dst)}, {len(weight)}, {len(out)}")
     _edge_messages(x.numpy(), src.numpy(), weight.numpy(), s.numpy(), dst.numpy(), out.numpy())
     return True
+
+
+def signed_quotient(relevance: Tensor, denominator: Tensor, epsilon: float, served: str = "all",
+                    forward: Tensor | None = None) -> Tensor | None:
+    """``R / (z + ε·s(z))`` with ``s(z) = +1`` for ``z >= 0``, as a new tensor in ``denominator``'s
+    layout, if a compiled kernel applies (else ``None``, computing nothing).
+
+    ``served='positive'`` (``'negative'``) multiplies ``R`` by 1 where ``forward > 0`` (``< 0``) and
+    by 0 elsewhere first, as the γ rule's groups do. All tensors are ``(B, n)`` of one shape.
+    """
+    tensors = (relevance, denominator) if forward is None else (relevance, denominator, forward)
+    if not _enabled or denominator.dim() != 2 or any(t.device.type != "cpu" or t.requires_grad or t.shape != denominator.shape for t in tensors):
+        return None
+    if not all(t.dtype == denominator.dtype for t in tensors) or denominator.dtype not in (torch.float32, torch.float64):
+        return None
+    out = torch.empty_like(denominator)
+    # the loops run along unit-stride rows: node-major tensors (the transpose is row-major) transposed
+    node_major = out.dim() == 2 and out.stride(0) == 1 and out.stride(1) != 1
+    arrays = [(t.T if node_major else t) for t in (*tensors, out)]
+    if any(a.dim() != 2 or (a.shape[1] > 1 and a.stride(1) != 1) for a in arrays):
+        return None
+    arrays = [a.numpy() for a in arrays]
+    numpy_epsilon = arrays[0].dtype.type(epsilon)
+    if served == "all":
+        _signed_quotient(arrays[0], arrays[1], numpy_epsilon, arrays[-1])
+    else:
+        _served_signed_quotient(arrays[0], arrays[1], numpy_epsilon, arrays[2], 1 if served == "positive" else -1,
+                                arrays[-1])
+    return out
+

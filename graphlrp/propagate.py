@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from . import kernels
 from .blocks import StaticBlock
 from .graph import Graph, Level
 from .layout import as_node_major, is_node_major
@@ -305,10 +306,16 @@ def _quotient(rule: Rule, group: Group, r_level: Tensor, denominator: Tensor, z_
     Relevance is masked before it is divided, so a node the group does not serve gives ``0 / stab``,
     never ``inf · 0``.
     """
+    signed = rule.epsilon > 0 and rule.stabilizer == "signed"  # |stab(z)| >= ε: never zero
+    if signed and not _is_row(denominator):
+        fused = kernels.signed_quotient(r_level, denominator, rule.epsilon, group.served,
+                                        None if group.served == "all" else z_forward)
+        if fused is not None:
+            return fused
     served = _served(group, z_forward)
     # a denominator that is the same for every sample (inputs of ones) is stabilized once
     stabilized = rule.stabilize(denominator[:1] if _is_row(denominator) else denominator)
-    if rule.epsilon > 0 and rule.stabilizer == "signed":  # |stab(z)| >= ε: never zero
+    if signed:
         if served is not None:
             return served.mul_(r_level).div_(stabilized)
         # the stabilized denominator is a new tensor: the quotient takes its place unless it is one row

@@ -41,3 +41,37 @@ def test_kernel_declines_what_it_does_not_handle():
     assert not kernels.edge_messages_into(torch.randn(5, 2)[:, 0], src, weight, s, dst, out)
     with pytest.raises(ValueError, match="differ in length"):
         kernels.edge_messages_into(x, src, weight, s, dst[:2], out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("node_major", [True, False])
+@pytest.mark.parametrize("served", ["all", "positive", "negative"])
+def test_fused_quotient_equals_torch_ops_bit_for_bit(dtype, node_major, served):
+    from graphlrp.propagate import _quotient
+    from graphlrp.rules import Group
+
+    generator = torch.Generator().manual_seed(7)
+    storage = torch.randn(40, 6, generator=generator, dtype=dtype)  # relevance of several levels
+    relevance = storage[10:30].T if node_major else storage.T.contiguous()[:, 10:30]
+    denominator = torch.randn(6, 20, generator=generator, dtype=dtype) * 1e-5
+    denominator[0, :4] = torch.tensor([0.0, -0.0, 1e-6, -1e-6], dtype=dtype)
+    forward = torch.randn(6, 20, generator=generator, dtype=dtype)
+    if node_major:
+        denominator, forward = denominator.T.contiguous().T, forward.T.contiguous().T
+    rule, group = rules.Gamma(0.25), Group((), served=served)
+    fused = _quotient(rule, group, relevance, denominator, forward)
+    assert fused.stride() == denominator.stride()
+    with kernels.disabled():
+        reference = _quotient(rule, group, relevance, denominator, forward)
+    assert torch.equal(fused, reference)
+    assert torch.equal(torch.signbit(fused), torch.signbit(reference))
+
+
+def test_fused_quotient_declines_what_it_does_not_handle():
+    r, z = torch.randn(3, 4), torch.randn(3, 4)
+    assert kernels.signed_quotient(r, z, 1e-6) is not None
+    assert kernels.signed_quotient(r.half(), z.half(), 1e-6) is None
+    assert kernels.signed_quotient(r, z.double(), 1e-6) is None
+    assert kernels.signed_quotient(r, z[:, :3], 1e-6) is None
+    assert kernels.signed_quotient(r.T.contiguous().T, z, 1e-6) is None  # layouts differ
+    assert kernels.signed_quotient(r[:, ::2], z[:, ::2], 1e-6) is None  # no unit stride
