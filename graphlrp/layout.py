@@ -25,14 +25,20 @@ if TYPE_CHECKING:
 NODE_MAJOR_KINDS = frozenset({"dense", "sparse", "edges"})
 
 
+def _transpose_is_contiguous(x: Tensor) -> bool:
+    """``x.T.is_contiguous()`` for a 2-D ``x``, read off the strides (no view is made)."""
+    rows, columns = x.shape
+    return rows * columns == 0 or ((x.stride(0) == 1 or rows <= 1) and (x.stride(1) == rows or columns <= 1))
+
+
 def is_node_major(x: Tensor) -> bool:
     """Whether the 2-D ``x (B, n)`` is stored node-major (its transpose is contiguous), with ``B > 1``."""
-    return x.dim() == 2 and x.shape[0] > 1 and x.T.is_contiguous()
+    return x.dim() == 2 and x.shape[0] > 1 and _transpose_is_contiguous(x)
 
 
 def as_node_major(x: Tensor) -> Tensor:
     """``x (B, n)`` stored node-major (copied only if it is not)."""
-    return x if x.shape[0] <= 1 or x.T.is_contiguous() else x.T.contiguous().T
+    return x if x.shape[0] <= 1 or _transpose_is_contiguous(x) else x.T.contiguous().T
 
 
 def in_layout_of(result: Tensor, operand: Tensor) -> Tensor:

@@ -126,3 +126,17 @@ def test_sparse_block_holds_twelve_bytes_per_edge_and_derives_the_transpose():
     torch.testing.assert_close(block.matvec(x), x @ weight.T, rtol=1e-5, atol=1e-5)
     block.clear_cache()
     torch.testing.assert_close(block.rmatvec(s[:1]), s[:1] @ weight, rtol=1e-5, atol=1e-5)
+
+
+def test_layout_checks_read_the_strides_as_torch_does():
+    from graphlrp.layout import _transpose_is_contiguous
+
+    tensors = []
+    for rows, columns in [(0, 3), (1, 1), (1, 4), (4, 1), (3, 5)]:
+        tensors += [torch.randn(rows, columns), torch.randn(columns, rows).T,
+                    torch.randn(1, columns).expand(rows, columns), torch.randn(columns, 1).expand(columns, rows).T]
+        if rows and columns:
+            tensors += [torch.randn(rows, 2 * columns)[:, ::2], torch.randn(columns, rows + 2).T[1:rows + 1]]
+    for tensor in tensors:
+        assert _transpose_is_contiguous(tensor) == tensor.T.is_contiguous(), (tuple(tensor.shape), tensor.stride())
+        assert is_node_major(tensor) == (tensor.shape[0] > 1 and tensor.T.is_contiguous())
