@@ -91,7 +91,9 @@ def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = N
 
     With ``rules`` (one per level, as :meth:`Composite.rules` gives them), a level whose rule's
     products add up to the forward product (:attr:`LevelPlan.forward`) is computed from them, and
-    they are kept for the redistribution; the result equals the plain forward up to rounding.
+    they are kept for the redistribution; the result equals the plain forward up to rounding. Not
+    with ``graph.cache_weights = False``: the transformed weights of every level would then be
+    alive at once, where that setting builds them one level at a time.
     """
     check_input(graph, x)
     batch = len(x)
@@ -100,7 +102,7 @@ def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = N
     # the output is set once the last level is computed
     trace = Trace([first.activation(as_node_major(flat) if graph.node_major else flat)], [None], output=flat)
     for level in graph.levels[1:]:
-        rule = None if rules is None else rules[level.index]
+        rule = None if rules is None or not graph.cache_weights else rules[level.index]
         z = None if rule is None else _sum_of_rule_products(graph, level, rule, trace)
         if z is None:
             z = _sum_incoming(graph, level, trace, batch, x)
