@@ -138,7 +138,7 @@ class Rule:
             return denominator
         if self.stabilizer == "plain":
             return denominator + self.epsilon
-        # s(z) as 1.0 / 0.0 (z >= 0 holds for both zeros), then exactly ±ε, then z ± ε rounded once
+        # a mask of 1.0 where z >= 0 (both zeros included) and 0.0 elsewhere, then exactly ±ε, then z ± ε rounded once
         signed_epsilon = torch.ge(denominator, 0, out=torch.empty_like(denominator))
         return signed_epsilon.mul_(2 * self.epsilon).sub_(self.epsilon).add_(denominator)
 
