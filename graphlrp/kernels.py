@@ -32,20 +32,14 @@ if _numba is not None:
             out[e] = x[src[e]] * weight[e] * s[dst[e]]
 
     @_numba.njit(parallel=True, cache=True)
-    def _signed_quotient(relevance, denominator, epsilon, out):  # pragma: no cover - compiled
-        for i in _numba.prange(out.shape[0]):
-            for j in range(out.shape[1]):
-                z = denominator[i, j]
-                out[i, j] = relevance[i, j] / (z + (epsilon if z >= 0 else -epsilon))
-
-    @_numba.njit(parallel=True, cache=True)
-    def _served_signed_quotient(relevance, denominator, epsilon, forward, sign, out):  # pragma: no cover - compiled
+    def _signed_quotient(relevance, denominator, epsilon, forward, sign, out):  # pragma: no cover - compiled
+        # sign 0 serves every node; ±1 the nodes where forward has that sign (1 · R is R exactly)
         zero = relevance.dtype.type(0)
         one = relevance.dtype.type(1)
         for i in _numba.prange(out.shape[0]):
             for j in range(out.shape[1]):
                 z = denominator[i, j]
-                served = one if forward[i, j] * sign > 0 else zero
+                served = one if sign == 0 or forward[i, j] * sign > 0 else zero
                 out[i, j] = served * relevance[i, j] / (z + (epsilon if z >= 0 else -epsilon))
 
 
@@ -91,23 +85,22 @@ def signed_quotient(relevance: Tensor, denominator: Tensor, epsilon: float, serv
     ``served='positive'`` (``'negative'``) multiplies ``R`` by 1 where ``forward > 0`` (``< 0``) and
     by 0 elsewhere first, as the γ rule's groups do. All tensors are ``(B, n)`` of one shape.
     """
-    tensors = (relevance, denominator) if forward is None else (relevance, denominator, forward)
+    forward = denominator if forward is None else forward  # read only when served != 'all'
+    tensors = (relevance, denominator, forward)
     if not _enabled or denominator.dim() != 2 or any(t.device.type != "cpu" or t.requires_grad or t.shape != denominator.shape for t in tensors):
         return None
     if not all(t.dtype == denominator.dtype for t in tensors) or denominator.dtype not in (torch.float32, torch.float64):
         return None
     out = torch.empty_like(denominator)
     # the loops run along unit-stride rows: node-major tensors (the transpose is row-major) transposed
-    node_major = out.dim() == 2 and out.stride(0) == 1 and out.stride(1) != 1
+    node_major = out.stride(0) == 1 and out.stride(1) != 1
     arrays = [(t.T if node_major else t) for t in (*tensors, out)]
     if any(a.dim() != 2 or (a.shape[1] > 1 and a.stride(1) != 1) for a in arrays):
         return None
     arrays = [a.numpy() for a in arrays]
-    numpy_epsilon = arrays[0].dtype.type(epsilon)
-    if served == "all":
-        _signed_quotient(arrays[0], arrays[1], numpy_epsilon, arrays[-1])
-    else:
-        _served_signed_quotient(arrays[0], arrays[1], numpy_epsilon, arrays[2], 1 if served == "positive" else -1,
-                                arrays[-1])
+    sign = {"all": 0, "positive": 1, "negative": -1}[served]
+    relevance_array, denominator_array, forward_array, out_array = arrays
+    _signed_quotient(relevance_array, denominator_array, relevance_array.dtype.type(epsilon), forward_array, sign,
+                     out_array)
     return out
 
