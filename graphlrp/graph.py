@@ -123,10 +123,7 @@ class Graph:
         self._node_major: bool | None = None
         #: per-level plans of the rules used so far (:mod:`graphlrp.plan`)
         self._plans: dict = {}
-        #: whether blocks keep transformed weights (``W⁺``, ``W + γW⁺``, …) between calls: faster
-        #: repeated explanations for the memory of one more weight set per transform; with ``False``
-        #: they are built per level and call and dropped as soon as the level is done
-        self.cache_weights: bool = True
+        self._cache_weights = True
 
     @classmethod
     def from_edges(cls, src, dst, weight, bias=None, activation="identity", **kwargs) -> "Graph":
@@ -258,6 +255,29 @@ class Graph:
         graph.cache_weights = self.cache_weights
         graph._node_major = self._node_major
         return graph
+
+    @property
+    def cache_weights(self) -> bool:
+        """Whether blocks may keep transformed weights (``W⁺``, ``W + γW⁺``, …) between calls.
+
+        ``True`` (the default): blocks keep them where that is faster. CSR and convolution blocks
+        always do; dense blocks do for batches below ``DENSE_KEEP_BELOW_BATCH``, where a product
+        reads the matrix once and a separate pass to transform it would take twice as long as the
+        product. At larger batches a dense product is bound by arithmetic, and dense blocks build
+        the transformed weights panel by panel inside each product (1–3% slower, nothing kept).
+        ``False``: nothing is kept; dense blocks always use panels, other blocks build their
+        transformed weights per level and call and drop them when the level is done. Setting
+        ``False`` drops what is kept.
+        """
+        return self._cache_weights
+
+    @cache_weights.setter
+    def cache_weights(self, value: bool) -> None:
+        self._cache_weights = bool(value)
+        for block in self.blocks:
+            block.keeps_transformed = self._cache_weights
+            if not self._cache_weights:
+                block.clear_cache()
 
     def clear_cache(self) -> None:
         """Drop the transformed weights that blocks cache per rule, and the rules' level plans."""

@@ -91,9 +91,10 @@ def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = N
 
     With ``rules`` (one per level, as :meth:`Composite.rules` gives them), a level whose rule's
     products add up to the forward product (:attr:`LevelPlan.forward`) is computed from them, and
-    they are kept for the redistribution; the result equals the plain forward up to rounding. Not
-    with ``graph.cache_weights = False``: the transformed weights of every level would then be
-    alive at once, where that setting builds them one level at a time.
+    they are kept for the redistribution; the result equals the plain forward up to rounding. With
+    ``graph.cache_weights = False`` only levels whose blocks keep nothing of such a product
+    (:attr:`Block.transient_transforms`) are: otherwise the transformed weights of every level
+    would be alive at once, where that setting builds them one level at a time.
     """
     check_input(graph, x)
     batch = len(x)
@@ -102,7 +103,7 @@ def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = N
     # the output is set once the last level is computed
     trace = Trace([first.activation(as_node_major(flat) if graph.node_major else flat)], [None], output=flat)
     for level in graph.levels[1:]:
-        rule = None if rules is None or not graph.cache_weights else rules[level.index]
+        rule = None if rules is None or not _may_keep_products(graph, level) else rules[level.index]
         z = None if rule is None else _sum_of_rule_products(graph, level, rule, trace)
         if z is None:
             z = _sum_incoming(graph, level, trace, batch, x)
@@ -110,6 +111,11 @@ def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = N
         trace.activations.append(level.activation(z))
     trace.output = _outputs(graph, trace.activations, batch)
     return trace
+
+
+def _may_keep_products(graph: Graph, level: Level) -> bool:
+    """Whether the forward pass may compute ``level`` from its rule's products and keep them."""
+    return graph.cache_weights or all(block.transient_transforms for block in graph.incoming[level.index])
 
 
 def _outputs(graph: Graph, activations: list[Tensor], batch: int) -> Tensor:
@@ -146,9 +152,9 @@ def _plan_product(graph: Graph, level: Level, plan: LevelPlan, slot: int, trace:
     """Product ``slot`` of the level's plan."""
     product = plan.products[slot]
     block = graph.incoming[level.index][product.block]
-    value = trace.source(graph, block.src)(product.inputs)
     if isinstance(product.inputs, Ones) and isinstance(block, StaticBlock):  # one row for every sample
-        return block.matvec(value[:1], product.weights).expand(len(value), -1)
+        return block.sums_over_sources(product.weights).expand(len(trace.activations[block.src]), -1)
+    value = trace.source(graph, block.src)(product.inputs)
     return block.matvec(value, product.weights, trace.state(block))
 
 

@@ -6,6 +6,7 @@ weight that is not an edge never becomes one (checked by :func:`check_maps_zero_
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,6 +28,14 @@ class Transform:
     def __call__(self, values: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def into(self, values: Tensor, out: Tensor) -> Tensor:
+        """``self(values)`` written into ``out`` (of ``values``' shape) and returned.
+
+        The transforms below write without a temporary; a transform that does not override this
+        computes ``self(values)`` and copies it.
+        """
+        return out.copy_(self(values))
+
     def expansion(self) -> tuple[tuple["Transform", float], ...]:
         """``((t_1, c_1), …)`` with ``self(w) = Σ c_k t_k(w)``; by default the transform itself."""
         return ((self, 1.0),)
@@ -39,6 +48,9 @@ class Identity(Transform):
     def __call__(self, values: Tensor) -> Tensor:
         return values
 
+    def into(self, values: Tensor, out: Tensor) -> Tensor:
+        return out.copy_(values)
+
 
 @dataclass(frozen=True)
 class Positive(Transform):
@@ -49,6 +61,9 @@ class Positive(Transform):
     def __call__(self, values: Tensor) -> Tensor:
         return values.clamp(min=0)
 
+    def into(self, values: Tensor, out: Tensor) -> Tensor:
+        return torch.clamp(values, min=0, out=out)
+
 
 @dataclass(frozen=True)
 class Negative(Transform):
@@ -58,6 +73,9 @@ class Negative(Transform):
 
     def __call__(self, values: Tensor) -> Tensor:
         return values.clamp(max=0)
+
+    def into(self, values: Tensor, out: Tensor) -> Tensor:
+        return torch.clamp(values, max=0, out=out)
 
     def expansion(self) -> tuple[tuple[Transform, float], ...]:
         return ((Identity(), 1.0), (Positive(), -1.0))  # x⁻ = x − x⁺
@@ -71,6 +89,9 @@ class Square(Transform):
 
     def __call__(self, values: Tensor) -> Tensor:
         return values * values
+
+    def into(self, values: Tensor, out: Tensor) -> Tensor:
+        return torch.mul(values, values, out=out)
 
 
 @dataclass(frozen=True)
@@ -91,6 +112,9 @@ class EdgeIndicator(Transform):
 
     def __call__(self, values: Tensor) -> Tensor:
         return values.ne(0).to(values.dtype)
+
+    def into(self, values: Tensor, out: Tensor) -> Tensor:
+        return torch.ne(values, 0, out=out)  # 1.0 and 0.0 in out's dtype
 
 
 @dataclass(frozen=True)
@@ -116,6 +140,10 @@ class AddScaledPart(Transform):
     def __call__(self, values: Tensor) -> Tensor:
         part = values.clamp(min=0) if self.part == "positive" else values.clamp(max=0)
         return part.mul_(self.scale).add_(values)  # one temporary
+
+    def into(self, values: Tensor, out: Tensor) -> Tensor:
+        part = torch.clamp(values, min=0, out=out) if self.part == "positive" else torch.clamp(values, max=0, out=out)
+        return part.mul_(self.scale).add_(values)
 
     def expansion(self) -> tuple[tuple[Transform, float], ...]:
         if self.part == "positive":  # x + γx⁺
@@ -159,8 +187,9 @@ class Constant(Transform):
         return hash((Constant, id(self.value)))
 
 
+@functools.lru_cache(maxsize=256)
 def check_maps_zero_to_zero(transform: Transform) -> None:
-    """Raise ``ValueError`` if a weight transform maps 0 to a nonzero value.
+    """Raise ``ValueError`` if a weight transform maps 0 to a nonzero value (remembered once passed).
 
     A weight of zero is not an edge; a transform that turned it into a nonzero value would create
     connections that the network does not have.

@@ -14,8 +14,9 @@ from _bench_util import PeakProbe, release_free_memory
 #: what the MLP memory measurement can run: torch's forward and gradient, ``'<library> <rule>'``
 #: suffix of a graphlrp subject explained with ``graph.cache_weights = False``
 NOT_CACHED = ", weights not cached"
-MEMORY_SUBJECTS = ("forward", "gradient", "zennit ε", "graphlrp ε", "zennit γ(0.25)", "graphlrp γ(0.25)",
-                   "graphlrp γ(0.25)" + NOT_CACHED)
+MEMORY_SUBJECTS = ("forward", "gradient", "zennit ε", "graphlrp ε", "zennit z⁺", "graphlrp z⁺", "graphlrp z⁺" + NOT_CACHED,
+                   "zennit αβ(2,1)", "graphlrp αβ(2,1)", "graphlrp αβ(2,1)" + NOT_CACHED,
+                   "zennit γ(0.25)", "graphlrp γ(0.25)", "graphlrp γ(0.25)" + NOT_CACHED)
 
 
 def _warm_up_libraries() -> None:

@@ -15,7 +15,9 @@ computes a per-batch ``state`` in :meth:`Block.prepare` during the forward pass;
 then receive it. Such a block's forward is not its ``matvec`` (``linear_forward`` is False).
 
 ``f`` is a rule's weight transform (:mod:`graphlrp.transforms`). Transformed weights are cached
-per transform; the cache is dropped by :meth:`Block.clear_cache` and on :meth:`Block.to`.
+per transform (dense blocks build them panel by panel inside each product instead, see
+:mod:`graphlrp.blocks.dense`); the cache is dropped by :meth:`Block.clear_cache` and on
+:meth:`Block.to`.
 """
 from __future__ import annotations
 
@@ -56,6 +58,9 @@ class Block(ABC):
     kind: str = "abstract"
     #: whether the forward pass is ``matvec`` with untransformed weights
     linear_forward: bool = True
+    #: whether a product with transformed weights keeps nothing once it returns when
+    #: :attr:`keeps_transformed` is off (else the transformed weights stay until :meth:`clear_cache`)
+    transient_transforms: bool = False
 
     def __init__(self, src: int, dst: int, n_src: int, n_dst: int) -> None:
         self.src = src
@@ -63,6 +68,8 @@ class Block(ABC):
         self.n_src = n_src
         self.n_dst = n_dst
         self._cache: dict[Transform, object] = {}
+        #: whether transformed weights may be kept between calls (set by ``Graph.cache_weights``)
+        self.keeps_transformed = True
 
     # -- what a kind implements -------------------------------------------------------------
     @property
@@ -143,6 +150,29 @@ class Block(ABC):
 
 class StaticBlock(Block):
     """A block whose edges are the same for every sample; its operand is built once per transform."""
+
+    def __init__(self, src: int, dst: int, n_src: int, n_dst: int) -> None:
+        super().__init__(src, dst, n_src, n_dst)
+        self._sums: dict[Transform, Tensor] = {}
+
+    def sums_over_sources(self, transform: Transform) -> Tensor:
+        """``Σ_i f(w_ij)`` for every destination, as one ``(1, n_dst)`` row.
+
+        The product with an input of ones (the w² and flat rules' denominators), the same for
+        every sample: computed once per transform and kept until :meth:`clear_cache`.
+        """
+        sums = self._sums.get(transform)
+        if sums is None:
+            ones = torch.ones((1, self.n_src), dtype=self.dtype, device=self.device)
+            sums = self._sums[transform] = self._product_with_ones(ones, transform)
+        return sums
+
+    def _product_with_ones(self, ones: Tensor, transform: Transform) -> Tensor:
+        return self.matvec(ones, transform)
+
+    def clear_cache(self) -> None:
+        super().clear_cache()
+        self._sums.clear()
 
     @abstractmethod
     def held(self) -> tuple[Tensor, ...]:

@@ -3,6 +3,16 @@
 The right kind when most weights are nonzero: matmul moves 4 bytes per weight once per batch,
 where an edge list moves 36 + 36·B bytes per edge. Products keep the layout of their operand
 (:mod:`graphlrp.layout`); ``W`` times a node-major operand is the faster of the two.
+
+Products with transformed weights (``W⁺``, ``W + γW⁺``) at batches of ``DENSE_KEEP_BELOW_BATCH``
+and more, or with :attr:`~graphlrp.blocks.base.Block.keeps_transformed` off, are computed in
+panels: a panel of ``PANEL_ELEMENTS`` transformed weights is written into a reused buffer
+(:mod:`graphlrp.scratch`) and multiplied while it is still in the cache, so no transformed copy
+of the matrix is made or kept (it would add the model's whole size to the memory of an
+explanation). Measured on a 2-core CPU at 64 × 1024 × 1024, whole explanations with z⁺, αβ and γ
+take 1–3% longer than with kept transformed weights. At batch 1 a product only streams the
+matrix, and the panels' extra pass triples its time (0.15 against 0.05 ms): smaller batches use
+kept transformed weights unless keeping is off.
 """
 from __future__ import annotations
 
@@ -10,8 +20,14 @@ import torch
 from torch import Tensor
 
 from ..layout import is_node_major
-from ..transforms import Transform
+from ..scratch import scratch
+from ..transforms import Identity, Transform, check_maps_zero_to_zero
 from .base import StaticBlock
+
+#: transformed weights per panel: 1 MB of float32, which stays in a core's cache
+PANEL_ELEMENTS = 2**18
+#: batches from which products with transformed weights use panels even when keeping is allowed
+DENSE_KEEP_BELOW_BATCH = 16
 
 
 class DenseBlock(StaticBlock):
@@ -26,6 +42,7 @@ class DenseBlock(StaticBlock):
     """
 
     kind = "dense"
+    transient_transforms = True
 
     def __init__(self, src: int, dst: int, weight: Tensor) -> None:
         if weight.dim() != 2:
@@ -44,6 +61,50 @@ class DenseBlock(StaticBlock):
 
     def _transformed(self, transform: Transform) -> Tensor:
         return transform(self.weight)
+
+    def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
+        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``."""
+        if isinstance(transform, Identity):
+            return self._matvec(x, self.weight)
+        if self._keeps(transform, x):
+            return self._matvec(x, self.operand(transform))
+        return self._panel_product(x, transform, forward=True)
+
+    def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
+        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``."""
+        if isinstance(transform, Identity):
+            return self._rmatvec(s, self.weight)
+        if self._keeps(transform, s):
+            return self._rmatvec(s, self.operand(transform))
+        return self._panel_product(s, transform, forward=False)
+
+    def _keeps(self, transform: Transform, v: Tensor) -> bool:
+        """Whether the product with ``f(W)`` uses the whole transformed matrix, kept between calls."""
+        return self.keeps_transformed and (len(v) < DENSE_KEEP_BELOW_BATCH or transform in self._cache)
+
+    def _product_with_ones(self, ones: Tensor, transform: Transform) -> Tensor:
+        # computed once per transform: panels, so that no transformed matrix is kept for it
+        return self._matvec(ones, self.weight) if isinstance(transform, Identity) else self._panel_product(
+            ones, transform, forward=True)
+
+    def _panel_product(self, v: Tensor, transform: Transform, forward: bool) -> Tensor:
+        """``v @ f(W)ᵀ`` (``forward``) or ``v @ f(W)``, in ``v``'s layout, one panel of ``f(W)`` at a
+        time: rows of ``W`` forward, columns backward, so that each panel gives a slice of the result."""
+        check_maps_zero_to_zero(transform)
+        n_in, n_out = (self.n_src, self.n_dst) if forward else (self.n_dst, self.n_src)
+        step = max(1, PANEL_ELEMENTS // max(1, n_in))
+        node_major = is_node_major(v)
+        out = v.new_empty((n_out, len(v))) if node_major else v.new_empty((len(v), n_out))
+        for start in range(0, n_out, step):
+            part = slice(start, start + step)
+            weights = self.weight[part] if forward else self.weight[:, part]
+            panel = transform.into(weights, scratch(weights.numel(), v).view(weights.shape))
+            panel = panel if forward else panel.T  # (outputs of the part, n_in)
+            if node_major:  # (n_out, B) stored row-major: the part's rows
+                torch.mm(panel, v.T, out=out[part])
+            else:  # (B, n_out): the part's columns
+                torch.mm(v, panel.T, out=out[:, part])
+        return out.T if node_major else out
 
     def _matvec(self, x: Tensor, operand: Tensor) -> Tensor:
         if is_node_major(x):  # (W x) in (n, B): the result keeps the input's layout
