@@ -196,9 +196,10 @@ def _check_out(out: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
         )
 
 
-def _initial_relevance(graph: Graph, output: Tensor, target, output_relevance: Tensor | None) -> Tensor:
+def _check_request(output: Tensor, target, output_relevance: Tensor | None) -> Tensor | None:
+    """The target class of every sample as a ``(B, 1)`` index (``None`` with ``output_relevance``),
+    after checking what was asked for."""
     batch = len(output)
-    flat = output.reshape(batch, -1)
     if (target is None) == (output_relevance is None):
         raise ValueError("give exactly one of target= (class index per sample) and output_relevance=")
     if output_relevance is not None:
@@ -207,7 +208,7 @@ def _initial_relevance(graph: Graph, output: Tensor, target, output_relevance: T
             raise ValueError(f"output_relevance has shape {shape}, expected the output's {tuple(output.shape)}")
         if not bool(torch.isfinite(output_relevance).all()):
             raise ValueError("output_relevance contains NaN or inf")
-        return output_relevance.to(device=output.device, dtype=output.dtype).reshape(batch, -1)
+        return None
     targets = torch.as_tensor(target, device=output.device)
     if targets.is_floating_point() or targets.dtype == torch.bool:
         raise TypeError(f"target must be integer class indices, got dtype {targets.dtype}")
@@ -216,12 +217,31 @@ def _initial_relevance(graph: Graph, output: Tensor, target, output_relevance: T
         targets = targets.expand(batch)
     if targets.numel() != batch:
         raise ValueError(f"target has {targets.numel()} entries for a batch of {batch}; give one, or one per sample")
-    classes = flat.shape[1]
-    if bool(((targets < 0) | (targets >= classes)).any()):
-        raise IndexError(f"target {targets.tolist()} out of range: the output has {classes} classes (0..{classes - 1})")
-    relevance = torch.zeros_like(flat)
-    relevance.scatter_(1, targets[:, None], flat.gather(1, targets[:, None]))
-    return relevance
+    classes = output[0].numel()
+    indices = targets.tolist()  # one transfer; checked here rather than by tensor comparisons
+    if indices and not 0 <= min(indices) <= max(indices) < classes:
+        raise IndexError(f"target {indices} out of range: the output has {classes} classes (0..{classes - 1})")
+    return targets[:, None]
+
+
+def _seed_relevance(graph: Graph, output: Tensor, targets: Tensor | None, output_relevance: Tensor | None,
+                    node_relevance: Tensor) -> None:
+    """Put the initial relevance on the output nodes: the target logit of each sample, or
+    ``output_relevance``."""
+    flat = output.reshape(len(output), -1)
+    if targets is not None:
+        values = flat.gather(1, targets)
+    if graph.outputs_are_last_level:  # written straight into the last level's nodes
+        last = graph.levels[-1]
+        nodes = node_relevance[:, last.offset : last.offset + last.size]
+        if targets is not None:
+            nodes.scatter_(1, targets, values)
+        else:
+            nodes.copy_(output_relevance.reshape(flat.shape))
+        return
+    initial = torch.zeros_like(flat).scatter_(1, targets, values) if targets is not None else output_relevance.to(
+        device=flat.device, dtype=flat.dtype).reshape(flat.shape)
+    node_relevance.index_add_(1, graph.outputs, initial)
 
 
 def _relevance_storage(graph: Graph, like: Tensor, batch: int) -> Tensor:
@@ -268,10 +288,10 @@ def explain(
     composite = composite if composite is not None else Composite(default=rule)
     level_rules = composite.rules(graph)
     trace = run_forward(graph, x, level_rules)
-    initial = _initial_relevance(graph, trace.output, target, output_relevance)
+    targets = _check_request(trace.output, target, output_relevance)
     batch = len(x)
-    node_relevance = _relevance_storage(graph, initial, batch)
-    node_relevance.index_add_(1, graph.outputs, initial)
+    node_relevance = _relevance_storage(graph, trace.output, batch)
+    _seed_relevance(graph, trace.output, targets, output_relevance, node_relevance)
     views = [node_relevance[:, l.offset : l.offset + l.size] for l in graph.levels]
     records: list[LevelRecord | None] = [None] * len(graph.levels)
     for level in reversed(graph.levels[1:]):

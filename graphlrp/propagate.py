@@ -1,6 +1,7 @@
 """The forward pass over the levels and LRP backwards over them."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Sequence
@@ -30,6 +31,8 @@ class Trace:
     #: pass computed (by level, in the slots of the level's plan) for the redistribution to use
     inputs: dict[int, "_Inputs"] = field(default_factory=dict)
     products: dict[int, list[Tensor | None]] = field(default_factory=dict)
+    #: the plan each level's rule follows in this batch, by level and rule, looked up once for both passes
+    plans: dict[tuple[int, object], LevelPlan] = field(default_factory=dict)
 
     def state(self, block) -> object:
         """The state ``block.prepare`` returned in this forward pass (``None`` for most blocks)."""
@@ -45,6 +48,7 @@ class Trace:
         """Drop what only the explanation's own passes need."""
         self.inputs.clear()
         self.products.clear()
+        self.plans.clear()
 
 
 @dataclass
@@ -78,7 +82,7 @@ def check_input(graph: Graph, x: Tensor) -> None:
         raise TypeError(f"input dtype {x.dtype} does not match the graph's {graph.dtype}; use graph.to(dtype=...)")
     if x.device != graph.device:
         raise ValueError(f"input is on {x.device} but the graph is on {graph.device}; use graph.to({str(x.device)!r})")
-    if bool(torch.isfinite(x.sum())):  # fast path: a finite sum has only finite terms
+    if math.isfinite(x.sum().item()):  # fast path: a finite sum has only finite terms
         return
     finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
     if not bool(finite.all()):
@@ -143,9 +147,13 @@ def _sum_incoming(graph: Graph, level: Level, trace: Trace, batch: int, like: Te
 def _plan_for(graph: Graph, level: Level, rule: Rule, trace: Trace) -> LevelPlan:
     """The level's plan for ``rule``, given which of its source levels are non-negative."""
     groups = rule.cached_groups()
-    signs = splits_inputs_by_sign(groups.groups)
-    sources = {block.src for block in graph.incoming[level.index]}
-    return level_plan(graph, level, groups, {src: signs and trace.source(graph, src).nonnegative for src in sources})
+    plan = trace.plans.get((level.index, groups))
+    if plan is None:
+        signs = splits_inputs_by_sign(groups.groups)
+        sources = {block.src for block in graph.incoming[level.index]}
+        nonnegative = {src: signs and trace.source(graph, src).nonnegative for src in sources}
+        plan = trace.plans[level.index, groups] = level_plan(graph, level, groups, nonnegative)
+    return plan
 
 
 def _plan_product(graph: Graph, level: Level, plan: LevelPlan, slot: int, trace: Trace) -> Tensor:
