@@ -97,15 +97,13 @@ class RuleSpec:
     """One rule (or composite) in both libraries, with the same parameters.
 
     ``reference`` builds the Zennit composite the agreement check uses on pruned models (their
-    baked twin); by default the same as ``zennit``. ``cache_weights`` is the graph's setting while
-    the rule is timed (:attr:`graphlrp.Graph.cache_weights`).
+    baked twin); by default the same as ``zennit``.
     """
 
     name: str
     graphlrp: Callable[[], dict]
     zennit: Callable[[], ZennitComposite]
     reference: Callable[[], ZennitComposite] | None = None
-    cache_weights: bool = True
 
 
 EPSILON = RuleSpec("ε", lambda: {"rule": graphlrp.rules.Epsilon()}, _layer_map(zennit.rules.Epsilon))
@@ -116,7 +114,6 @@ ALPHA_BETA = RuleSpec(
     _layer_map(lambda: zennit.rules.AlphaBeta(2.0, 1.0)),
 )
 GAMMA = RuleSpec("γ(0.25)", lambda: {"rule": graphlrp.rules.Gamma(0.25)}, _layer_map(lambda: zennit.rules.Gamma(0.25)))
-GAMMA_UNCACHED = RuleSpec("γ(0.25), weights not cached", GAMMA.graphlrp, GAMMA.zennit, cache_weights=False)
 EPSILON_PLUS_FLAT = RuleSpec(
     "EpsilonPlusFlat",
     lambda: {"composite": graphlrp.composites.EpsilonPlusFlat()},
@@ -264,7 +261,6 @@ def _time_rule(spec: RuleSpec, setup: _Setup, timing: Timing, baselines: bool) -
     if setup.graph is not None:
         kwargs = spec.graphlrp()
         setup.graph.clear_cache()
-        setup.graph.cache_weights = spec.cache_weights
         fns["graphlrp"] = lambda: graphlrp.explain(setup.graph, setup.x, target=setup.target, **kwargs)
     if baselines:
         fns["forward"] = lambda: torch_forward(setup.plain, setup.x)
@@ -322,7 +318,7 @@ def _mlp_targets(prune_amount: float | None, batch: int) -> tuple[dict[str, floa
     if prune_amount is None:
         if batch != 64:
             return {}, None
-        return {"ε": 0.5, "z⁺": 0.4, "αβ(2,1)": 0.3, "γ(0.25)": 0.25, GAMMA_UNCACHED.name: 0.25}, 1.2
+        return {"ε": 0.5, "z⁺": 0.4, "αβ(2,1)": 0.3, "γ(0.25)": 0.25}, 1.2
     limit = {0.9: 0.2, 0.99: 0.05}[prune_amount]
     return {spec.name: limit for spec in MLP_RULES}, None
 
@@ -334,8 +330,7 @@ def model_cases(quick: bool) -> list[ModelCase]:
         for amount in (None, 0.9, 0.99):
             targets, gradient_target = _mlp_targets(amount, batch)
             label = "dense" if amount is None else f"pruned {amount:.0%}"
-            rules = MLP_RULES + (GAMMA_UNCACHED,) if amount is None and batch == 64 else MLP_RULES
-            cases.append(ModelCase(f"MLP {label}, batch {batch}", mlp, (MLP_WIDTH,), batch, rules, amount,
+            cases.append(ModelCase(f"MLP {label}, batch {batch}", mlp, (MLP_WIDTH,), batch, MLP_RULES, amount,
                                    targets, gradient_target))
     cases.append(ModelCase("LeNet-5, batch 64", lenet5, (1, 28, 28), 64, (EPSILON_PLUS_FLAT,),
                            targets={EPSILON_PLUS_FLAT.name: 0.5}))

@@ -12,11 +12,8 @@ from _bench_cases import EPSILON, MLP_CLASSES, MLP_RULES, MLP_WIDTH, mlp, torch_
 from _bench_util import PeakProbe, release_free_memory
 
 #: what the MLP memory measurement can run: torch's forward and gradient, ``'<library> <rule>'``
-#: suffix of a graphlrp subject explained with ``graph.cache_weights = False``
-NOT_CACHED = ", weights not cached"
-MEMORY_SUBJECTS = ("forward", "gradient", "zennit ε", "graphlrp ε", "zennit z⁺", "graphlrp z⁺", "graphlrp z⁺" + NOT_CACHED,
-                   "zennit αβ(2,1)", "graphlrp αβ(2,1)", "graphlrp αβ(2,1)" + NOT_CACHED,
-                   "zennit γ(0.25)", "graphlrp γ(0.25)", "graphlrp γ(0.25)" + NOT_CACHED)
+MEMORY_SUBJECTS = ("forward", "gradient", "zennit ε", "graphlrp ε", "zennit z⁺", "graphlrp z⁺", "zennit αβ(2,1)",
+                   "graphlrp αβ(2,1)", "zennit γ(0.25)", "graphlrp γ(0.25)")
 
 
 def _warm_up_libraries() -> None:
@@ -42,7 +39,7 @@ def _prepare(subject: str, batch: int) -> Callable[[], object]:
     if subject == "gradient":
         model.requires_grad_(False)
         return lambda: torch_gradient(model, x, target)
-    library, rule = subject.removesuffix(NOT_CACHED).split(" ", 1)
+    library, rule = subject.split(" ", 1)
     spec = {spec.name: spec for spec in MLP_RULES}[rule]
     if library == "zennit":
         onehot = torch.nn.functional.one_hot(target, MLP_CLASSES).to(x.dtype)
@@ -51,7 +48,6 @@ def _prepare(subject: str, batch: int) -> Callable[[], object]:
         attributor = Gradient(model, composite)
         return lambda: attributor(x, lambda output: output * onehot)
     graph = graphlrp.lower(model, x)
-    graph.cache_weights = not subject.endswith(NOT_CACHED)
     del model  # explaining needs only the graph
     kwargs = spec.graphlrp()
     return lambda: graphlrp.explain(graph, x, target=target, **kwargs)
