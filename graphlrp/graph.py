@@ -261,10 +261,10 @@ class Graph:
         """Whether blocks may keep transformed weights (``W⁺``, ``W + γW⁺``, …) between calls.
 
         ``True`` (the default): blocks keep them where that is faster. CSR and convolution blocks
-        always do; dense blocks do for batches below ``DENSE_KEEP_BELOW_BATCH``, where a product
-        reads the matrix once and a separate pass to transform it would take twice as long as the
-        product. At larger batches a dense product is bound by arithmetic, and dense blocks build
-        the transformed weights panel by panel inside each product (1–3% slower, nothing kept).
+        always do. Dense blocks compute products with node-major operands of ``PANELS_FROM_BATCH``
+        (32) samples or more panel by panel inside each product (1–4% slower, nothing kept,
+        :mod:`graphlrp.blocks.dense`) and keep the transformed matrix for smaller or batch-major
+        operands, where the extra pass would cost much more.
         ``False``: nothing is kept; dense blocks always use panels, other blocks build their
         transformed weights per level and call and drop them when the level is done. Setting
         ``False`` drops what is kept.

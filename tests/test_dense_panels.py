@@ -66,14 +66,18 @@ def test_panel_products_match_the_dense_formula(monkeypatch, transform, batch, n
     assert not block._cache
 
 
-def test_small_batches_keep_transformed_weights_and_large_ones_use_panels():
+def test_small_or_batch_major_operands_keep_transformed_weights_and_large_node_major_ones_use_panels():
     block = DenseBlock(0, 1, torch.randn(5, 4, dtype=torch.float64))
-    small, large = torch.randn(dense.DENSE_KEEP_BELOW_BATCH - 1, 4, dtype=torch.float64), torch.randn(
-        dense.DENSE_KEEP_BELOW_BATCH, 4, dtype=torch.float64)
+    large = as_node_major(torch.randn(dense.PANELS_FROM_BATCH, 4, dtype=torch.float64))
     expected = large @ Positive()(block.weight).T
     torch.testing.assert_close(block.matvec(large, Positive()), expected, rtol=1e-12, atol=1e-12)
+    s = as_node_major(torch.randn(dense.PANELS_FROM_BATCH, 5, dtype=torch.float64))
+    torch.testing.assert_close(block.rmatvec(s, Positive()), s @ Positive()(block.weight), rtol=1e-12, atol=1e-12)
     assert not block._cache
-    block.matvec(small, Positive())
+    block.matvec(large.contiguous(), Positive())  # batch-major: the kept matrix
+    assert Positive() in block._cache
+    block.clear_cache()
+    block.matvec(as_node_major(torch.randn(dense.PANELS_FROM_BATCH - 1, 4, dtype=torch.float64)), Positive())
     assert Positive() in block._cache  # kept from now on, and used for large batches too
     torch.testing.assert_close(block.matvec(large, Positive()), expected, rtol=1e-12, atol=1e-12)
 
@@ -92,7 +96,7 @@ def test_a_panel_transform_that_creates_edges_is_refused():
 @pytest.mark.parametrize("zero_bias", [False, True], ids=["bias", "zero_bias"])
 def test_rules_match_zennit_at_batches_that_use_panels(zero_bias):
     model = make_mlp([6, 9, 7, 4], nn.Tanh, seed=5)
-    batch = dense.DENSE_KEEP_BELOW_BATCH + 4
+    batch = dense.PANELS_FROM_BATCH + 4
     torch.manual_seed(5)
     x = torch.randn(batch, 6, dtype=torch.float64)
     target = torch.randint(0, 4, (batch,))
