@@ -77,17 +77,26 @@ def edge_messages_into(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: T
     return True
 
 
+#: tensors with fewer elements take torch's ops: below this size the compiled loop saves less than
+#: its call costs (measured at 1 × 1024: 10.5 µs with the kernel against 9.2 µs without; at
+#: 16 × 1024: 11.3 against 13.4 µs)
+COMPILED_QUOTIENT_FROM = 16384
+
+
 def signed_quotient(relevance: Tensor, denominator: Tensor, epsilon: float, served: str = "all",
                     forward: Tensor | None = None) -> Tensor | None:
     """``R / (z + ε·s(z))`` with ``s(z) = +1`` for ``z >= 0``, as a new tensor in ``denominator``'s
-    layout, if a compiled kernel applies (else ``None``, computing nothing).
+    layout, if a compiled kernel applies (else ``None``, computing nothing): numba is installed and
+    on, the tensors are on the CPU and have at least ``COMPILED_QUOTIENT_FROM`` elements.
 
     ``served='positive'`` (``'negative'``) multiplies ``R`` by 1 where ``forward > 0`` (``< 0``) and
     by 0 elsewhere first, as the γ rule's groups do. All tensors are ``(B, n)`` of one shape.
     """
+    if not _enabled or denominator.numel() < COMPILED_QUOTIENT_FROM:
+        return None
     forward = denominator if forward is None else forward  # read only when served != 'all'
     tensors = (relevance, denominator, forward)
-    if not _enabled or denominator.dim() != 2 or any(t.device.type != "cpu" or t.requires_grad or t.shape != denominator.shape for t in tensors):
+    if denominator.dim() != 2 or any(t.device.type != "cpu" or t.requires_grad or t.shape != denominator.shape for t in tensors):
         return None
     if not all(t.dtype == denominator.dtype for t in tensors) or denominator.dtype not in (torch.float32, torch.float64):
         return None

@@ -46,8 +46,10 @@ def test_kernel_declines_what_it_does_not_handle():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("node_major", [True, False])
 @pytest.mark.parametrize("served", ["all", "positive", "negative"])
-def test_fused_quotient_equals_torch_ops_bit_for_bit(dtype, node_major, served):
+def test_fused_quotient_equals_torch_ops_bit_for_bit(monkeypatch, dtype, node_major, served):
     from graphlrp.propagate import _quotient
+
+    monkeypatch.setattr(kernels, "COMPILED_QUOTIENT_FROM", 1)  # the kernel on these small tensors too
     from graphlrp.rules import Group
 
     generator = torch.Generator().manual_seed(7)
@@ -67,8 +69,10 @@ def test_fused_quotient_equals_torch_ops_bit_for_bit(dtype, node_major, served):
     assert torch.equal(torch.signbit(fused), torch.signbit(reference))
 
 
-def test_fused_quotient_declines_what_it_does_not_handle():
+def test_fused_quotient_declines_what_it_does_not_handle(monkeypatch):
     r, z = torch.randn(3, 4), torch.randn(3, 4)
+    assert kernels.signed_quotient(r, z, 1e-6) is None  # fewer elements than the kernel pays for
+    monkeypatch.setattr(kernels, "COMPILED_QUOTIENT_FROM", r.numel())
     assert kernels.signed_quotient(r, z, 1e-6) is not None
     assert kernels.signed_quotient(r.half(), z.half(), 1e-6) is None
     assert kernels.signed_quotient(r, z.double(), 1e-6) is None

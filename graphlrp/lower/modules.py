@@ -116,7 +116,8 @@ def _batch_norm(builder: GraphBuilder, path: str, module: nn.Module, value: Valu
 
 
 def _activation(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
-    return builder.activation(path, value, Activation(type(module).__name__, module), exclusive)
+    # the module's forward itself: calling the module would run torch's hook machinery per level
+    return builder.activation(path, value, Activation(type(module).__name__, module.forward), exclusive)
 
 
 def _reshape(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
