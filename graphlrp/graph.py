@@ -123,6 +123,8 @@ class Graph:
         self._node_major: bool | None = None
         #: per-level plans of the rules used so far (:mod:`graphlrp.plan`)
         self._plans: dict = {}
+        #: the rule of every level, by composite setting (:meth:`Composite.rules`)
+        self._level_rules: dict = {}
         self._cache_weights = True
 
     @classmethod
@@ -282,6 +284,7 @@ class Graph:
     def clear_cache(self) -> None:
         """Drop the transformed weights that blocks cache per rule, and the rules' level plans."""
         self._plans.clear()
+        self._level_rules.clear()
         for block in self.blocks:
             block.clear_cache()
 

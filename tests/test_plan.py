@@ -154,3 +154,16 @@ def test_cached_groups_follow_a_changed_parameter(graph):
                                rtol=0, atol=0)
     assert not torch.allclose(first, changed)
     assert rules.Gamma(0.25).cached_groups() == rules.Gamma(0.25).cached_groups() != rule.cached_groups()
+
+
+def test_composite_rules_follow_a_changed_entry(graph):
+    composite = graphlrp.Composite(default=rules.Epsilon())
+    first = composite.rules(graph)
+    assert composite.rules(graph) == first and composite.rules(graph) is not first  # a copy of the kept list
+    name = graph.levels[2].name
+    gamma = rules.Gamma(0.25)
+    composite.by_name[name] = gamma  # mutated in place
+    changed = composite.rules(graph)
+    assert changed[2] is gamma and changed[1] is first[1]
+    composite.default = rules.ZPlus()
+    assert all(isinstance(rule, rules.ZPlus) for rule in composite.rules(graph)[1:] if rule is not gamma)
