@@ -90,7 +90,7 @@ class DenseBlock(StaticBlock):
         """Whether the product with ``f(W)`` uses the whole transformed matrix, kept between calls."""
         if not self.keeps_transformed:
             return False
-        return transform in self._cache or not (is_node_major(v) and len(v) >= PANELS_FROM_BATCH)
+        return transform in self._cache or not (is_node_major(v) and v.shape[0] >= PANELS_FROM_BATCH)
 
     def _product_with_ones(self, ones: Tensor, transform: Transform) -> Tensor:
         # computed once per transform: panels, so that no transformed matrix is kept for it
@@ -138,4 +138,4 @@ class DenseBlock(StaticBlock):
 
 def _multiplies_node_major(v: Tensor, forward: bool) -> bool:
     """Whether a product with the operand ``v (B, n)`` runs in ``v``'s node-major layout."""
-    return is_node_major(v) and len(v) >= NODE_MAJOR_FROM_BATCH[forward]
+    return is_node_major(v) and v.shape[0] >= NODE_MAJOR_FROM_BATCH[forward]

@@ -31,7 +31,7 @@ def _times(matrix: Tensor, x: Tensor) -> Tensor:
     torch's CSR product takes and gives node-major operands (:mod:`graphlrp.layout`); a
     batch-major ``x`` costs a copy in and out.
     """
-    if len(x) == 1:
+    if x.shape[0] == 1:
         return torch.mv(matrix, x[0])[None]
     columns = x.T
     if not columns.is_contiguous():  # a batch-major operand: copied in, the result copied back
