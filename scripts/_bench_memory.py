@@ -8,6 +8,7 @@ import torch
 from zennit.attribution import Gradient
 
 import graphlrp
+from graphlrp import kernels
 from _bench_cases import EPSILON, MLP_CLASSES, MLP_RULES, MLP_WIDTH, mlp, torch_forward, torch_gradient
 from _bench_util import PeakProbe, release_free_memory
 
@@ -17,12 +18,14 @@ MEMORY_SUBJECTS = ("forward", "gradient", "zennit ε", "graphlrp ε", "zennit z�
 
 
 def _warm_up_libraries() -> None:
-    """Run every code path once on a tiny network, so that lazy initialisation of torch, MKL,
-    Zennit and graphlrp is not counted as memory of the measured call."""
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
-    x = torch.randn(4, 8)
+    """Run every code path once on a small network, so that lazy initialisation of torch, MKL,
+    Zennit and graphlrp (numba loading its compiled kernels) is not counted as memory of the
+    measured call. The batch is large enough for the compiled quotient kernel to be used."""
+    width = 256
+    model = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, 2)).eval()
+    x = torch.randn(max(1, kernels.COMPILED_QUOTIENT_FROM // width), width)
     torch_forward(model, x)
-    torch_gradient(model.requires_grad_(False), x, torch.zeros(4, dtype=torch.long))
+    torch_gradient(model.requires_grad_(False), x, torch.zeros(len(x), dtype=torch.long))
     with Gradient(model, EPSILON.zennit()) as attributor:
         attributor(x, lambda output: output)
     graphlrp.explain(graphlrp.lower(model, x), x, target=0, rule=graphlrp.rules.Epsilon())
