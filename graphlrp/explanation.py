@@ -218,9 +218,14 @@ def _check_request(output: Tensor, target, output_relevance: Tensor | None) -> T
     if targets.numel() != batch:
         raise ValueError(f"target has {targets.numel()} entries for a batch of {batch}; give one, or one per sample")
     classes = output[0].numel()
-    indices = targets.tolist()  # one transfer; checked here rather than by tensor comparisons
-    if indices and not 0 <= min(indices) <= max(indices) < classes:
-        raise IndexError(f"target {indices} out of range: the output has {classes} classes (0..{classes - 1})")
+    if batch <= 1024:  # one transfer for a small batch ...
+        values = targets.tolist()
+        low, high = (min(values), max(values)) if values else (0, 0)
+    else:  # ... two reductions for a large one
+        low, high = int(targets.min()), int(targets.max())
+    if batch and not 0 <= low <= high < classes:
+        bad = targets[(targets < 0) | (targets >= classes)][:5].tolist()
+        raise IndexError(f"target {bad} out of range: the output has {classes} classes (0..{classes - 1})")
     return targets[:, None]
 
 

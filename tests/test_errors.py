@@ -136,3 +136,14 @@ def test_memory_budget_counts_reclaimable_page_cache():
     if sys.platform.startswith("linux"):
         fields = dict(line.split(":", 1) for line in open("/proc/meminfo"))
         assert abs(available - int(fields["MemAvailable"].split()[0]) * 1024) < 0.05 * total
+
+
+def test_target_out_of_range_in_a_large_batch():
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    x = torch.randn(1500, 3, dtype=torch.float64)
+    graph = graphlrp.lower(model, x)
+    target = torch.zeros(1500, dtype=torch.long)
+    target[[7, 900]] = torch.tensor([2, -1])
+    with pytest.raises(IndexError, match=r"target \[2, -1\] out of range: the output has 2 classes"):
+        graphlrp.explain(graph, x, target=target)
+    torch.testing.assert_close(graphlrp.explain(graph, x, target=target.clamp(0, 1)).output, model(x))
