@@ -126,3 +126,18 @@ def test_scratch_is_reused_grown_and_kept_apart_by_dtype_and_thread():
     thread.start()
     thread.join()
     assert seen[0] != grown.data_ptr()
+
+
+@pytest.mark.parametrize("batch", [1, 8, 16, 31, 32, 40])
+@pytest.mark.parametrize("node_major", [False, True], ids=["batch-major", "node-major"])
+def test_plain_products_match_the_dense_formula_at_every_batch(batch, node_major):
+    torch.manual_seed(2)
+    block = DenseBlock(0, 1, torch.randn(13, 11, dtype=torch.float64))
+    x, s = torch.randn(batch, 11, dtype=torch.float64), torch.randn(batch, 13, dtype=torch.float64)
+    if node_major:
+        x, s = as_node_major(x), as_node_major(s)
+    forward, backward = block.matvec(x), block.rmatvec(s)
+    torch.testing.assert_close(forward, x @ block.weight.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(backward, s @ block.weight, rtol=1e-12, atol=1e-12)
+    for result in (forward, backward):  # whichever kernel ran, the result is in the operand's layout
+        assert result.is_contiguous() if not node_major or batch == 1 else result.T.is_contiguous()
