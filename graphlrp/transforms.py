@@ -138,8 +138,7 @@ class AddScaledPart(Transform):
     part: str = "positive"
 
     def __call__(self, values: Tensor) -> Tensor:
-        part = values.clamp(min=0) if self.part == "positive" else values.clamp(max=0)
-        return part.mul_(self.scale).add_(values)  # one temporary
+        return self.into(values, torch.empty_like(values))
 
     def into(self, values: Tensor, out: Tensor) -> Tensor:
         part = torch.clamp(values, min=0, out=out) if self.part == "positive" else torch.clamp(values, max=0, out=out)

@@ -72,19 +72,21 @@ class DenseBlock(StaticBlock):
 
     def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
         """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``."""
-        if isinstance(transform, Identity):
-            return self._matvec(x, self.weight)
-        if self._keeps(transform, x):
-            return self._matvec(x, self.operand(transform))
-        return self._panel_product(x, transform, forward=True)
+        return self._product(x, transform, forward=True)
 
     def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
         """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``."""
+        return self._product(s, transform, forward=False)
+
+    def _product(self, v: Tensor, transform: Transform, forward: bool) -> Tensor:
+        """``v @ f(W)ᵀ`` (``forward``) or ``v @ f(W)``: with ``W`` itself, the kept ``f(W)``, or panels."""
         if isinstance(transform, Identity):
-            return self._rmatvec(s, self.weight)
-        if self._keeps(transform, s):
-            return self._rmatvec(s, self.operand(transform))
-        return self._panel_product(s, transform, forward=False)
+            operand = self.weight
+        elif self._keeps(transform, v):
+            operand = self.operand(transform)
+        else:
+            return self._panel_product(v, transform, forward)
+        return self._matvec(v, operand) if forward else self._rmatvec(v, operand)
 
     def _keeps(self, transform: Transform, v: Tensor) -> bool:
         """Whether the product with ``f(W)`` uses the whole transformed matrix, kept between calls."""
