@@ -6,15 +6,36 @@ so that relevance is available for every node and every edge.
 """
 from . import analysis, composites, evaluation, export, kernels, reductions, rules
 from .composites import Composite
-from .errors import GraphTooLargeError, LoweringMismatchError, UnsupportedModuleError
+from . import errors
+from .errors import (
+    ArgumentTypeError,
+    CycleError,
+    FileFormatError,
+    GraphLRPError,
+    GraphTooLargeError,
+    IndexOutOfRangeError,
+    InputError,
+    LoweringMismatchError,
+    NumericRangeError,
+    RuleParameterError,
+    UnsupportedModuleError,
+)
 from .explanation import Explanation, LevelBalance, explain
 from .graph import Graph, Level
-from .lower import CycleError, from_neat, from_neat_network, from_networkx, graph_from_edges, graph_to_networkx, lower
+from .lower import from_neat, from_neat_network, from_networkx, graph_from_edges, graph_to_networkx, lower
 
 __version__ = "0.1.0"
 
 __all__ = [
     "analysis",
+    "ArgumentTypeError",
+    "errors",
+    "FileFormatError",
+    "GraphLRPError",
+    "IndexOutOfRangeError",
+    "InputError",
+    "NumericRangeError",
+    "RuleParameterError",
     "evaluation",
     "export",
     "Composite",

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..activations import IDENTITY, Activation, activation_by_name
+from ..errors import CycleError
 from ..blocks import BLOCK_KINDS, Block, DenseBlock, EdgeListBlock, SparseBlock
 from ..graph import Graph, Level
 
@@ -24,26 +25,8 @@ ArrayLike = Union[Tensor, np.ndarray, Sequence[float]]
 ActivationSpec = Union[str, Activation]
 Labeller = Callable[[int], Hashable]
 
-#: nodes of a cycle spelled out in a :class:`CycleError` message (the attribute holds them all)
-CYCLE_MESSAGE_NODES = 20
 #: offending edges or nodes listed in an error message
 LISTED_IN_ERRORS = 5
-
-
-class CycleError(ValueError):
-    """The edges contain a cycle; ``cycle`` holds the nodes along one, each with an edge to the next.
-
-    The last node has an edge back to the first. Nodes are given by the caller's ids (or by their
-    names when ``names`` were given).
-    """
-
-    def __init__(self, cycle: list[Hashable]) -> None:
-        self.cycle = cycle
-        shown = [repr(node) for node in cycle[:CYCLE_MESSAGE_NODES]]
-        more = f" -> ... ({len(cycle)} nodes)" if len(cycle) > CYCLE_MESSAGE_NODES else ""
-        super().__init__(
-            f"the edges contain a cycle: {' -> '.join(shown)}{more} -> {cycle[0]!r}; a graph must be acyclic"
-        )
 
 
 @dataclass(frozen=True)
