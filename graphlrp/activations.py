@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import InputError
+
 ActivationFn = Callable[[Tensor], Tensor]
 
 
@@ -106,12 +108,12 @@ IDENTITY = Activation("identity", _identity)
 
 
 def activation_by_name(name: str) -> Activation:
-    """Return the activation called ``name``; raise ``ValueError`` listing the known names."""
+    """Return the activation called ``name``; raise :class:`~graphlrp.errors.InputError` listing the known names."""
     try:
         return Activation(name, ACTIVATIONS[name])
     except KeyError:
         known = ", ".join(sorted(ACTIVATIONS))
-        raise ValueError(f"unknown activation {name!r}; known activations: {known}") from None
+        raise InputError(f"unknown activation {name!r}; known activations: {known}") from None
 
 
 def compose(first: Activation, then: Activation) -> Activation:

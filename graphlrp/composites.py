@@ -6,6 +6,7 @@ from typing import Mapping
 
 import torch.nn as nn
 
+from .errors import ArgumentTypeError
 from .graph import Graph, Level, LayerType
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
 
@@ -57,7 +58,7 @@ class Composite:
     ) -> None:
         for rule in [*(by_name or {}).values(), *(by_type or {}).values(), first, default]:
             if rule is not None and not isinstance(rule, Rule):
-                raise TypeError(f"composite entries must be graphlrp rules, got {rule!r}")
+                raise ArgumentTypeError(f"composite entries must be graphlrp rules, got {rule!r}")
         self.by_name = dict(by_name or {})
         self.by_type = dict(by_type or {})
         self.first = first

@@ -1,6 +1,8 @@
 """``explain``: LRP over a graph, and the :class:`Explanation` it returns."""
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -8,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .composites import Composite
+from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError, NumericRangeError
 from .graph import Graph
 from .memory import check_budget
 from .propagate import LevelRecord, Trace, _Inputs, level_balance, redistribute_level, run_forward
@@ -73,27 +76,20 @@ class Explanation:
 
         The messages leaving a node sum to that node's relevance. Computed on demand, only for the
         samples asked: ``sample`` an int gives ``(num_edges,)``, a sequence gives
-        ``(len(sample), num_edges)``, ``None`` gives every sample ``(B, num_edges)``. A result
+        ``(len(sample), num_edges)``, ``None`` gives every sample ``(B, num_edges)``; negative
+        indices count from the end of the batch, as in Python. A result
         that would exceed ``max_bytes`` (default: half the available memory) is refused before
         anything is allocated. ``out``, a contiguous tensor of the result's shape, dtype and
         device, receives the result instead of a new tensor: reusing one buffer for many samples
         saves allocating (and the operating system zeroing) the memory of every result.
         """
-        batch = len(self.node_relevance)
-        if sample is None:
-            rows = list(range(batch))
-        elif isinstance(sample, int):
-            rows = [sample]
-        else:
-            rows = list(sample)
-        for row in rows:
-            if not -batch <= row < batch:
-                raise IndexError(f"sample {row} is out of range for a batch of {batch}")
+        rows = _sample_rows(sample, len(self.node_relevance))
         element = self.node_relevance.element_size()
         check_budget(f"edge relevance of {len(rows)} sample(s) × {self.graph.num_edges:,} edges",
                      self.graph.num_edges * (len(rows) * element * 3 + 16 + element), max_bytes)
         index = torch.tensor(rows, dtype=torch.long, device=self.node_relevance.device)
-        shape = (self.graph.num_edges,) if isinstance(sample, int) else (len(rows), self.graph.num_edges)
+        single = sample is not None and _is_index(sample)
+        shape = (self.graph.num_edges,) if single else (len(rows), self.graph.num_edges)
         if out is None:
             messages = self.node_relevance.new_empty((len(rows), self.graph.num_edges))
         else:
@@ -113,7 +109,7 @@ class Explanation:
             start += count
         if out is not None:
             return out
-        return messages[0] if isinstance(sample, int) else messages
+        return messages[0] if single else messages
 
     def _block_messages(self, block, index: Tensor, inputs: _Inputs, quotients: list[Tensor], out: Tensor) -> None:
         """Write the messages of ``block``'s edges for the samples ``index`` into ``out``.
@@ -186,11 +182,43 @@ class Explanation:
         )
 
 
+def _is_index(value: object) -> bool:
+    """Whether ``value`` is one integer index (a Python or numpy int, a 0-d integer tensor; not a bool)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _sample_rows(sample: int | Sequence[int] | None, batch: int) -> list[int]:
+    """The rows ``sample`` asks for, negative indices counted from the end of the batch."""
+    if sample is None:
+        return list(range(batch))
+    if _is_index(sample):
+        asked = [sample]
+    elif isinstance(sample, (str, bytes)) or not hasattr(sample, "__iter__"):
+        raise ArgumentTypeError(f"sample must be an int, a sequence of ints or None, got {type(sample).__name__}")
+    else:
+        asked = list(sample.tolist() if isinstance(sample, Tensor) else sample)
+    rows = []
+    for row in asked:
+        if not _is_index(row):
+            raise ArgumentTypeError(f"sample indices must be ints, got {row!r} ({type(row).__name__})")
+        row = operator.index(row)
+        if not -batch <= row < batch:
+            raise IndexOutOfRangeError(f"sample {row} is out of range for a batch of {batch} (-{batch}..{batch - 1})")
+        rows.append(row % batch)
+    return rows
+
+
 def _check_out(out: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
     if not isinstance(out, Tensor):
-        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        raise ArgumentTypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
     if tuple(out.shape) != shape or out.dtype != like.dtype or out.device != like.device or not out.is_contiguous():
-        raise ValueError(
+        raise InputError(
             f"out must be a contiguous {like.dtype} tensor of shape {shape} on {like.device}, got "
             f"{'a non-contiguous ' if not out.is_contiguous() else ''}{out.dtype} tensor of shape {tuple(out.shape)} on {out.device}"
         )
@@ -201,22 +229,27 @@ def _check_request(output: Tensor, target, output_relevance: Tensor | None) -> T
     after checking what was asked for."""
     batch = len(output)
     if (target is None) == (output_relevance is None):
-        raise ValueError("give exactly one of target= (class index per sample) and output_relevance=")
+        raise InputError("give exactly one of target= (class index per sample) and output_relevance=")
     if output_relevance is not None:
-        if not isinstance(output_relevance, Tensor) or tuple(output_relevance.shape) != tuple(output.shape):
-            shape = tuple(output_relevance.shape) if isinstance(output_relevance, Tensor) else type(output_relevance)
-            raise ValueError(f"output_relevance has shape {shape}, expected the output's {tuple(output.shape)}")
+        if not isinstance(output_relevance, Tensor):
+            raise ArgumentTypeError(f"output_relevance must be a torch.Tensor, got {type(output_relevance).__name__}")
+        if tuple(output_relevance.shape) != tuple(output.shape):
+            raise InputError(f"output_relevance has shape {tuple(output_relevance.shape)}, expected the "
+                             f"output's {tuple(output.shape)}")
         if not bool(torch.isfinite(output_relevance).all()):
-            raise ValueError("output_relevance contains NaN or inf")
+            raise InputError("output_relevance contains NaN or inf")
         return None
-    targets = torch.as_tensor(target, device=output.device)
-    if targets.is_floating_point() or targets.dtype == torch.bool:
-        raise TypeError(f"target must be integer class indices, got dtype {targets.dtype}")
+    try:
+        targets = torch.as_tensor(target, device=output.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ArgumentTypeError(f"target must be an int, a sequence of ints or an integer tensor, got {target!r}") from None
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ArgumentTypeError(f"target must be integer class indices, got dtype {targets.dtype}")
     targets = targets.long().reshape(-1)
     if targets.numel() == 1:
         targets = targets.expand(batch)
     if targets.numel() != batch:
-        raise ValueError(f"target has {targets.numel()} entries for a batch of {batch}; give one, or one per sample")
+        raise InputError(f"target has {targets.numel()} entries for a batch of {batch}; give one, or one per sample")
     classes = output[0].numel()
     if batch <= 1024:  # one transfer for a small batch ...
         values = targets.tolist()
@@ -225,7 +258,7 @@ def _check_request(output: Tensor, target, output_relevance: Tensor | None) -> T
         low, high = int(targets.min()), int(targets.max())
     if batch and not 0 <= low <= high < classes:
         bad = targets[(targets < 0) | (targets >= classes)][:5].tolist()
-        raise IndexError(f"target {bad} out of range: the output has {classes} classes (0..{classes - 1})")
+        raise IndexOutOfRangeError(f"target {bad} out of range: the output has {classes} classes (0..{classes - 1})")
     return targets[:, None]
 
 
@@ -286,14 +319,15 @@ def explain(
     -------
     Explanation
     """
-    if rule is not None and composite is not None:
-        raise ValueError("give rule= or composite=, not both")
-    if rule is not None and not isinstance(rule, Rule):
-        raise TypeError(f"rule must be a graphlrp rule (graphlrp.rules), got {rule!r}")
+    _check_arguments(graph, rule, composite)
     composite = composite if composite is not None else Composite(default=rule)
     level_rules = composite.rules(graph)
+    graph.check_range(level_rules)
     trace = run_forward(graph, x, level_rules)
+    _check_finite_output(trace.output)
     targets = _check_request(trace.output, target, output_relevance)
+    if output_relevance is not None:
+        output_relevance = output_relevance.detach()
     batch = len(x)
     node_relevance = _relevance_storage(graph, trace.output, batch)
     _seed_relevance(graph, trace.output, targets, output_relevance, node_relevance)
@@ -302,4 +336,60 @@ def explain(
     for level in reversed(graph.levels[1:]):
         records[level.index] = redistribute_level(graph, level, level_rules[level.index], trace, views)
     trace.release()
+    _check_finite_relevance(graph, node_relevance, level_rules)
     return Explanation(graph, trace, node_relevance, records)
+
+
+def _check_arguments(graph: object, rule: object, composite: object) -> None:
+    """Raise :class:`~graphlrp.errors.ArgumentTypeError` for a graph, rule or composite of the wrong kind."""
+    if not isinstance(graph, Graph):
+        raise ArgumentTypeError(f"graph must be a graphlrp.Graph (from graphlrp.lower or Graph.from_edges), "
+                                f"got {type(graph).__name__}")
+    if isinstance(rule, Composite):
+        raise ArgumentTypeError(f"rule= takes one rule for every level, got the composite {rule!r}; "
+                                "pass a composite as composite=, e.g. explain(graph, x, target, composite=EpsilonPlus())")
+    if rule is not None and not isinstance(rule, Rule):
+        raise ArgumentTypeError(f"rule must be a graphlrp rule (graphlrp.rules), got {rule!r}")
+    if isinstance(composite, Rule):
+        raise ArgumentTypeError(f"composite= takes a Composite, got the rule {composite!r}; pass one rule as rule=")
+    if composite is not None and not isinstance(composite, Composite):
+        raise ArgumentTypeError(f"composite must be a graphlrp Composite (graphlrp.composites), got {composite!r}")
+    if rule is not None and composite is not None:
+        raise InputError("give rule= or composite=, not both")
+
+
+def _nonfinite_samples(values: Tensor) -> list[int] | None:
+    """The first samples (rows) of ``values (B, …)`` holding NaN or inf, ``None`` if all are finite.
+
+    One sum decides in the common case: a finite sum has only finite terms.
+    """
+    if math.isfinite(values.sum().item()):
+        return None
+    finite = torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+    return None if bool(finite.all()) else torch.nonzero(~finite).flatten()[:5].tolist()
+
+
+def _check_finite_output(output: Tensor) -> None:
+    """Raise :class:`~graphlrp.errors.NumericRangeError` if the forward pass overflowed."""
+    bad = _nonfinite_samples(output)
+    if bad is not None:
+        raise NumericRangeError(
+            f"the network's output is inf or NaN for samples {bad}: the forward pass leaves the range of "
+            f"{output.dtype} on this input; scale the input down or use graph.to(dtype=torch.float64)"
+        )
+
+
+def _check_finite_relevance(graph: Graph, node_relevance: Tensor, level_rules: list[Rule | None]) -> None:
+    """Raise :class:`~graphlrp.errors.NumericRangeError` naming the highest level whose relevance
+    left the range of the graph's dtype, and the rule of the level above it."""
+    if _nonfinite_samples(node_relevance) is None:
+        return
+    for level in reversed(graph.levels):
+        bad = _nonfinite_samples(node_relevance[:, level.offset : level.offset + level.size])
+        if bad is not None:
+            rules = sorted({level_rules[b.dst].label() for b in graph.blocks if b.src == level.index})
+            raise NumericRangeError(
+                f"relevance of level {level.index} ({level.name!r}) is inf or NaN for samples {bad}: it leaves "
+                f"the range of {graph.dtype} under {', '.join(rules) or 'the initial relevance'}; "
+                "use a larger epsilon, or graph.to(dtype=torch.float64)"
+            )

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
 from .activations import IDENTITY, Activation
 from .blocks import Block
+from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError, NumericRangeError
 from .layout import graph_is_node_major
 from .memory import check_budget, format_bytes
+
+if TYPE_CHECKING:
+    from .rules import Rule
 
 LayerType = Any  # a module class (e.g. ``torch.nn.Linear``) or a string such as ``'input'``
 
@@ -106,7 +110,7 @@ class Graph:
             self.outputs = outputs.to(device=self.device, dtype=torch.long)
             self.output_shape = tuple(output_shape) if output_shape is not None else (len(self.outputs),)
         if math.prod(self.output_shape) != len(self.outputs):
-            raise ValueError(f"output_shape {self.output_shape} does not hold {len(self.outputs)} outputs")
+            raise InputError(f"output_shape {self.output_shape} does not hold {len(self.outputs)} outputs")
         #: whether the outputs are the last level's nodes in order (the common case)
         self.outputs_are_last_level = len(self.outputs) == last.size and bool(
             (self.outputs == torch.arange(last.offset, last.offset + last.size, device=self.outputs.device)).all()
@@ -125,6 +129,10 @@ class Graph:
         self._plans: dict = {}
         #: the rule of every level, by composite setting (:meth:`Composite.rules`)
         self._level_rules: dict = {}
+        #: per level, the largest |weight| of its incoming edges and |bias| (:meth:`weight_magnitudes`)
+        self._magnitudes: tuple[tuple[float, float], ...] | None = None
+        #: (level, rule groups, epsilon) that passed :meth:`check_range`
+        self._in_range: set = set()
         self._cache_weights = True
 
     @classmethod
@@ -136,20 +144,20 @@ class Graph:
 
     def _validate_structure(self) -> None:
         if not self.levels:
-            raise ValueError("a graph needs at least an input level")
+            raise InputError("a graph needs at least an input level")
         offset = 0
         for position, level in enumerate(self.levels):
             if level.index != position or level.offset != offset:
-                raise ValueError(f"level {level.name!r} has index/offset {level.index}/{level.offset}, "
+                raise InputError(f"level {level.name!r} has index/offset {level.index}/{level.offset}, "
                                  f"expected {position}/{offset}")
             if level.bias is not None and level.bias.shape != (level.size,):
-                raise ValueError(f"level {level.name!r}: bias has shape {tuple(level.bias.shape)}, expected ({level.size},)")
+                raise InputError(f"level {level.name!r}: bias has shape {tuple(level.bias.shape)}, expected ({level.size},)")
             offset += level.size
         for block in self.blocks:
             if not 0 <= block.src < block.dst < len(self.levels):
-                raise ValueError(f"{block!r} must go from an earlier level to a later one")
+                raise InputError(f"{block!r} must go from an earlier level to a later one")
             if block.n_src != self.levels[block.src].size or block.n_dst != self.levels[block.dst].size:
-                raise ValueError(f"{block!r} does not match the sizes of levels {block.src} and {block.dst}")
+                raise InputError(f"{block!r} does not match the sizes of levels {block.src} and {block.dst}")
 
     # -- sizes --------------------------------------------------------------------------------
     @property
@@ -208,7 +216,7 @@ class Graph:
     @node_major.setter
     def node_major(self, value: bool) -> None:
         if not isinstance(value, bool):
-            raise TypeError(f"node_major must be True or False, got {value!r}")
+            raise ArgumentTypeError(f"node_major must be True or False, got {value!r}")
         self._node_major = value
 
     # -- edges --------------------------------------------------------------------------------
@@ -242,7 +250,7 @@ class Graph:
         for level in self.levels:
             if node in level.nodes:
                 return level
-        raise IndexError(f"node {node} is not in the graph (it has {self.num_nodes} nodes)")
+        raise IndexOutOfRangeError(f"node {node} is not in the graph (it has {self.num_nodes} nodes)")
 
     # -- devices and caches -------------------------------------------------------------------
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Graph":
@@ -282,11 +290,52 @@ class Graph:
                 block.clear_cache()
 
     def clear_cache(self) -> None:
-        """Drop the transformed weights that blocks cache per rule, and the rules' level plans."""
+        """Drop the transformed weights that blocks cache per rule, the rules' level plans and the
+        weight magnitudes (:meth:`weight_magnitudes`)."""
         self._plans.clear()
         self._level_rules.clear()
+        self._magnitudes = None
+        self._in_range.clear()
         for block in self.blocks:
             block.clear_cache()
+
+    # -- numeric range ------------------------------------------------------------------------
+    def weight_magnitudes(self) -> tuple[tuple[float, float], ...]:
+        """Per level, the largest ``|w|`` of its incoming edges and the largest ``|b|`` of its biases.
+
+        ``0.0`` where there are none. Found once (one pass over the weights) and kept until
+        :meth:`clear_cache`. Raises :class:`~graphlrp.errors.NumericRangeError` if a weight or bias
+        is NaN or inf.
+        """
+        if self._magnitudes is None:
+            magnitudes = []
+            for level in self.levels:
+                found = [block.max_abs_weight() for block in self.incoming[level.index]]
+                bias = 0.0 if level.bias is None or level.bias.numel() == 0 else float(level.bias.abs().max())
+                if not all(math.isfinite(value) for value in (*found, bias)):
+                    raise NumericRangeError(f"level {level.index} ({level.name!r}) has weights or biases that are "
+                                            "NaN or inf; a graph's parameters must be finite")
+                magnitudes.append((max(found, default=0.0), bias))
+            self._magnitudes = tuple(magnitudes)
+        return self._magnitudes
+
+    def check_range(self, rules: Sequence[Rule | None]) -> None:
+        """Raise :class:`~graphlrp.errors.NumericRangeError` if a level's rule would leave the range
+        of the graph's dtype on that level's weights and biases (:meth:`Rule.check_range`).
+
+        ``rules`` has one entry per level, as :meth:`Composite.rules` gives them. A level and rule
+        that passed are remembered, so a repeated call costs a lookup per level.
+        """
+        magnitudes = self.weight_magnitudes()
+        for level, rule in zip(self.levels[1:], rules[1:]):
+            key = (level.index, rule.cached_groups(), rule.epsilon)
+            if key in self._in_range:
+                continue
+            max_weight, max_bias = magnitudes[level.index]
+            rule.check_range(self.dtype, max_weight, max_bias, f"level {level.index} ({level.name!r})")
+            if len(self._in_range) >= 1024:  # rules made anew with other parameters for every call
+                self._in_range.clear()
+            self._in_range.add(key)
 
     # -- computing ----------------------------------------------------------------------------
     def __call__(self, x: Tensor) -> Tensor:

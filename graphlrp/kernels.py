@@ -17,6 +17,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 try:  # optional accelerator
     import numba as _numba
 except ImportError:  # pragma: no cover - depends on the environment
@@ -72,7 +74,7 @@ def edge_messages_into(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: T
     if not (x.dtype == weight.dtype == s.dtype == out.dtype) or x.dtype not in (torch.float32, torch.float64):
         return False
     if len(src) != len(out) or len(dst) != len(out) or len(weight) != len(out):
-        raise ValueError(f"edge arrays differ in length: {len(src)}, {len(dst)}, {len(weight)}, {len(out)}")
+        raise InputError(f"edge arrays differ in length: {len(src)}, {len(dst)}, {len(weight)}, {len(out)}")
     _edge_messages(x.numpy(), src.numpy(), weight.numpy(), s.numpy(), dst.numpy(), out.numpy())
     return True
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from . import kernels
 from .blocks import StaticBlock
+from .errors import ArgumentTypeError, InputError
 from .graph import Graph, Level
 from .layout import as_node_major, is_node_major
 from .plan import LevelPlan, effective_input, group_bias, level_plan, splits_inputs_by_sign, uses_input_sign
@@ -67,27 +68,31 @@ class LevelRecord:
 
 
 def check_input(graph: Graph, x: Tensor) -> None:
-    """Raise a clear error if ``x`` is not a finite batch of the graph's input shape, dtype and device."""
+    """Raise a clear error if ``x`` is not a finite, non-empty batch of the graph's input shape,
+    dtype and device: :class:`~graphlrp.errors.ArgumentTypeError` for a type or dtype,
+    :class:`~graphlrp.errors.InputError` for a shape, an empty batch, a device, NaN or inf."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        raise ArgumentTypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     expected = graph.input_shape
     if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-        raise ValueError(
+        raise InputError(
             f"input has shape {tuple(x.shape)}, expected (batch, {', '.join(map(str, expected))})"
             + (" — add a batch dimension with x.unsqueeze(0)" if tuple(x.shape) == expected else "")
         )
+    if len(x) == 0:
+        raise InputError(f"input has an empty batch (shape {tuple(x.shape)}); give at least one sample")
     if not x.is_floating_point():
-        raise TypeError(f"input must be a floating point tensor, got {x.dtype}")
+        raise ArgumentTypeError(f"input must be a floating point tensor, got {x.dtype}")
     if x.dtype != graph.dtype:
-        raise TypeError(f"input dtype {x.dtype} does not match the graph's {graph.dtype}; use graph.to(dtype=...)")
+        raise ArgumentTypeError(f"input dtype {x.dtype} does not match the graph's {graph.dtype}; use graph.to(dtype=...)")
     if x.device != graph.device:
-        raise ValueError(f"input is on {x.device} but the graph is on {graph.device}; use graph.to({str(x.device)!r})")
+        raise InputError(f"input is on {x.device} but the graph is on {graph.device}; use graph.to({str(x.device)!r})")
     if math.isfinite(x.sum().item()):  # fast path: a finite sum has only finite terms
         return
     finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()[:5].tolist()
-        raise ValueError(f"input contains NaN or inf (samples {bad})")
+        raise InputError(f"input contains NaN or inf (samples {bad})")
 
 
 def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = None) -> Trace:
@@ -101,6 +106,7 @@ def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = N
     would be alive at once, where that setting builds them one level at a time.
     """
     check_input(graph, x)
+    x = x.detach()  # the caller's tensor, without its autograd history (its values are only read)
     batch = len(x)
     first = graph.levels[0]
     flat = x.reshape(batch, first.size)
@@ -215,7 +221,7 @@ class _Inputs:
             try:
                 value = transform(shaped)
             except RuntimeError as error:
-                raise ValueError(
+                raise InputError(
                     f"input transform {transform!r} does not fit level {self.level.name!r} of shape {self.level.shape}: {error}"
                 ) from None
             self._cache[transform] = value.reshape(len(self.activation), self.level.size)

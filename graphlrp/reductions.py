@@ -17,6 +17,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 try:  # optional accelerator
     import torch_scatter as _torch_scatter
 except ImportError:  # pragma: no cover - depends on the environment
@@ -35,9 +37,9 @@ def set_backend(name: str) -> None:
     """Select the reduction backend: ``'auto'``, ``'torch'`` or ``'torch_scatter'``."""
     global _selected
     if name not in _BACKENDS:
-        raise ValueError(f"unknown reduction backend {name!r}; choose one of {_BACKENDS}")
+        raise InputError(f"unknown reduction backend {name!r}; choose one of {_BACKENDS}")
     if name == "torch_scatter" and _torch_scatter is None:
-        raise ValueError("backend 'torch_scatter' needs torch_scatter: pip install 'graphlrp[scatter]'")
+        raise InputError("backend 'torch_scatter' needs torch_scatter: pip install 'graphlrp[scatter]'")
     _selected = name
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from numbers import Real
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
 
+from .errors import ArgumentTypeError, NumericRangeError, RuleParameterError
 from .transforms import (
     AddScaledPart,
     Constant,
@@ -56,6 +58,22 @@ class Group:
     served: Served = "all"
 
 
+def _largest_image(transform: Transform, bound: float) -> float:
+    """``max |f(w)|`` over ``|w| <= bound``, for a transform monotone in ``|w|`` on each sign (all of
+    :mod:`graphlrp.transforms` are), evaluated in float64 at ``±bound``."""
+    if bound == 0 or isinstance(transform, Zero):
+        return 0.0
+    ends = torch.tensor([bound, -bound], dtype=torch.float64)
+    return float(transform(ends).abs().max())
+
+
+def _largest_constant(transform: Transform) -> float:
+    """``max |c|`` of a constant input (z^B's bounds); 1 for any other input (bounded by the activations)."""
+    if isinstance(transform, Constant):
+        return float(transform.value.abs().max()) if transform.value.numel() else 0.0
+    return 1.0
+
+
 def _bias(transform: Transform, zero_bias: bool) -> Transform:
     return Zero() if zero_bias else transform
 
@@ -66,11 +84,101 @@ def _format_parameter(value: object) -> str:
     return repr(value)
 
 
-def _check_finite_nonnegative(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+def _finite_nonnegative(name: str, value: object) -> float:
+    """``value`` as a float, if it is a finite number ``>= 0``."""
+    if not isinstance(value, Real) or isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        raise RuleParameterError(f"{name} must be finite and >= 0, got {value}")
+    return float(value)
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _stabilizer_kind(name: str, value: object) -> str:
+    if value not in ("signed", "plain"):
+        raise RuleParameterError(f"{name} must be 'signed' or 'plain', got {value!r}")
+    return str(value)
+
+
+def _finite_bound(name: str, value: object) -> Tensor:
+    """A ZBox bound as a float64 tensor of its own (the caller's tensor is not kept)."""
+    try:
+        bound = torch.as_tensor(value, dtype=torch.float64).detach().clone()
+    except (TypeError, ValueError, RuntimeError):
+        raise ArgumentTypeError(f"ZBox bound {name} must be a number or a tensor, got {type(value).__name__}") from None
+    if not bool(torch.isfinite(bound).all()):
+        raise RuleParameterError(f"ZBox bound {name} must be finite, got {_format_parameter(bound)}")
+    return bound
+
+
+def _conserving(rule: "Rule", name: str, value: float) -> None:
+    """α − β = 1, checked once both are set."""
+    alpha, beta = (value, rule.__dict__.get("beta")) if name == "alpha" else (rule.__dict__.get("alpha"), value)
+    if alpha is not None and beta is not None and abs(alpha - beta - 1.0) > 1e-12:
+        raise RuleParameterError(
+            f"alpha - beta must equal 1 (relevance is conserved), got alpha={alpha}, beta={beta}; "
+            f"to change both, make a new AlphaBeta(alpha, beta)"
+        )
+
+
+def _ordered_bounds(rule: "Rule", name: str, value: Tensor) -> None:
+    """``low <= high`` everywhere, checked once both are set."""
+    low, high = (value, rule.__dict__.get("high")) if name == "low" else (rule.__dict__.get("low"), value)
+    if low is None or high is None:
+        return
+    try:
+        low, high = torch.broadcast_tensors(low, high)
+    except RuntimeError:
+        raise RuleParameterError(
+            f"ZBox bounds low {tuple(low.shape)} and high {tuple(high.shape)} do not broadcast together"
+        ) from None
+    if bool((low > high).any()):
+        raise RuleParameterError("ZBox needs low <= high everywhere")
+
+
+class Parameter:
+    """A rule parameter, checked whenever it is assigned: in ``__init__`` and after.
+
+    Parameters
+    ----------
+    check : callable
+        ``check(name, value)`` returns the value to keep (e.g. as a ``float``) or raises
+        :class:`~graphlrp.errors.RuleParameterError` (or :class:`~graphlrp.errors.ArgumentTypeError`
+        for a value of the wrong type) naming the parameter.
+    relation : callable, optional
+        ``relation(rule, name, value)`` checks the value against the rule's other parameters
+        (``α − β = 1``, ``low <= high``) once those are set.
+
+    A refused value leaves the rule as it was. The value is kept in the rule's ``__dict__`` under
+    the parameter's name, so ``vars(rule)`` lists it.
+    """
+
+    def __init__(self, check: Callable[[str, Any], Any], relation: Callable[["Rule", str, Any], None] | None = None):
+        self.check = check
+        self.relation = relation
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, rule: "Rule | None", owner: type | None = None) -> Any:
+        if rule is None:
+            return self
+        try:
+            return rule.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(rule).__name__} has no {self.name!r}") from None
+
+    def __set__(self, rule: "Rule", value: object) -> None:
+        value = self.check(self.name, value)
+        if self.relation is not None:
+            self.relation(rule, self.name, value)
+        rule.__dict__[self.name] = value
 
 
 class RuleGroups:
@@ -107,18 +215,24 @@ class Rule:
 
     A denominator that is exactly zero after stabilizing gives a zero quotient: the relevance of
     that node is reported as dropped by :meth:`graphlrp.Explanation.conservation`, never NaN.
+
+    Every parameter is a :class:`Parameter`: assigning a value out of range, at construction or
+    later, raises :class:`~graphlrp.errors.RuleParameterError` naming it. A changed parameter
+    changes the rule's groups (:meth:`cached_groups`).
     """
 
+    epsilon = Parameter(_finite_nonnegative)
+    stabilizer = Parameter(_stabilizer_kind)
+    zero_bias = Parameter(_flag)
+    weights_only = Parameter(_flag)
+
     def __init__(self, epsilon: float = 1e-6, stabilizer: StabilizerKind = "signed") -> None:
-        _check_finite_nonnegative("epsilon", epsilon)
-        if stabilizer not in ("signed", "plain"):
-            raise ValueError(f"stabilizer must be 'signed' or 'plain', got {stabilizer!r}")
-        self.epsilon = float(epsilon)
+        self.epsilon = epsilon
         self.stabilizer = stabilizer
 
     def groups(self) -> tuple[Group, ...]:
         """The rule's groups of terms."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement groups()")
 
     def cached_groups(self) -> RuleGroups:
         """:meth:`groups` with their hash, made once and kept until a parameter of the rule changes."""
@@ -131,6 +245,36 @@ class Rule:
         super().__setattr__(name, value)
         if name != "_groups":  # a changed parameter changes the groups
             self.__dict__.pop("_groups", None)
+
+    def check_range(self, dtype: torch.dtype, max_weight: float, max_bias: float, where: str) -> None:
+        """Raise :class:`~graphlrp.errors.NumericRangeError` if the rule leaves the range of ``dtype``
+        on weights and biases up to ``max_weight`` and ``max_bias`` in magnitude.
+
+        Checked: ``ε`` (and the ``2ε`` of the signed stabilizer) is representable and not rounded
+        to 0; each term's transformed weights and bias (``w²``, ``(1 + γ)w``), times a constant
+        input (z^B's bounds), stay below ``torch.finfo(dtype).max``. ``where`` names the level in
+        the message. What depends on the activations is checked on the result (:func:`graphlrp.explain`).
+        """
+        info = torch.finfo(dtype)
+        advice = f"at {where}: use a rule parameter in range, or graph.to(dtype=torch.float64)"
+        if self.epsilon > 0 and 2 * self.epsilon > info.max:
+            raise NumericRangeError(f"epsilon={self.epsilon:g} of {self.label()} overflows {dtype} "
+                                    f"(2·epsilon > {info.max:g}) {advice}")
+        if 0 < self.epsilon <= info.tiny * info.eps / 2:
+            raise NumericRangeError(f"epsilon={self.epsilon:g} of {self.label()} rounds to 0 in {dtype} "
+                                    f"(smallest step {info.tiny * info.eps:g}) {advice}")
+        for group in self.cached_groups().groups:
+            for term in group.terms:
+                inputs = _largest_constant(term.inputs)
+                weights = _largest_image(term.weights, max_weight)
+                bias = _largest_image(term.bias, max_bias)
+                reached = {f"{term.weights!r} of weights up to {max_weight:g}": weights,
+                           f"{term.bias!r} of biases up to {max_bias:g}": bias,
+                           f"input bounds up to {inputs:g} times those weights": inputs * weights}
+                for what, value in reached.items():
+                    if value > info.max:
+                        raise NumericRangeError(f"{self.label()} overflows {dtype} {advice}: {what} reaches "
+                                                f"{value:g}, above the largest {dtype} {info.max:g}")
 
     def stabilize(self, denominator: Tensor) -> Tensor:
         """Return the stabilized denominator: a new tensor, or ``denominator`` itself when ``ε = 0``."""
@@ -220,13 +364,17 @@ class AlphaBeta(Rule):
     Parameters
     ----------
     alpha, beta : float
-        ``alpha, beta >= 0`` and ``alpha - beta == 1``.
+        ``alpha, beta >= 0`` and ``alpha - beta == 1``; to change them, make a new rule (assigning
+        one alone breaks the relation and is refused).
     epsilon, zero_bias, stabilizer
         As for :class:`Epsilon`.
     weights_only : bool
         Split by the sign of the weights only (``c⁺ = a w⁺``, ``c⁻ = a w⁻``), as the seed
         notebooks and Captum do.
     """
+
+    alpha = Parameter(_finite_nonnegative, _conserving)
+    beta = Parameter(_finite_nonnegative, _conserving)
 
     def __init__(
         self,
@@ -238,12 +386,8 @@ class AlphaBeta(Rule):
         weights_only: bool = False,
     ) -> None:
         super().__init__(epsilon, stabilizer)
-        _check_finite_nonnegative("alpha", alpha)
-        _check_finite_nonnegative("beta", beta)
-        if abs(alpha - beta - 1.0) > 1e-12:
-            raise ValueError(f"alpha - beta must equal 1 (relevance is conserved), got alpha={alpha}, beta={beta}")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
+        self.alpha = alpha
+        self.beta = beta
         self.zero_bias = zero_bias
         self.weights_only = weights_only
 
@@ -280,6 +424,8 @@ class Gamma(Rule):
         Captum's γ: ``c_ij = a_i W↑_ij``, ``β_j = b_j + γ b_j⁺`` for every destination.
     """
 
+    gamma = Parameter(_finite_nonnegative)
+
     def __init__(
         self,
         gamma: float = 0.25,
@@ -289,8 +435,7 @@ class Gamma(Rule):
         weights_only: bool = False,
     ) -> None:
         super().__init__(epsilon, stabilizer)
-        _check_finite_nonnegative("gamma", gamma)
-        self.gamma = float(gamma)
+        self.gamma = gamma
         self.zero_bias = zero_bias
         self.weights_only = weights_only
 
@@ -345,10 +490,14 @@ class ZBox(Rule):
     Parameters
     ----------
     low, high : float or Tensor
-        Bounds, broadcast to one sample's shape of the level's input (e.g. ``(3, 1, 1)`` per channel).
+        Bounds, broadcast to one sample's shape of the level's input (e.g. ``(3, 1, 1)`` per channel);
+        finite, ``low <= high``. The rule keeps float64 copies.
     epsilon, zero_bias, stabilizer
         As for :class:`Epsilon`.
     """
+
+    low = Parameter(_finite_bound, _ordered_bounds)
+    high = Parameter(_finite_bound, _ordered_bounds)
 
     def __init__(
         self,
@@ -359,15 +508,8 @@ class ZBox(Rule):
         stabilizer: StabilizerKind = "signed",
     ) -> None:
         super().__init__(epsilon, stabilizer)
-        low_t = torch.as_tensor(low, dtype=torch.float64)
-        high_t = torch.as_tensor(high, dtype=torch.float64)
-        if not (torch.isfinite(low_t).all() and torch.isfinite(high_t).all()):
-            raise ValueError("ZBox bounds must be finite")
-        low_b, high_b = torch.broadcast_tensors(low_t, high_t)
-        if bool((low_b > high_b).any()):
-            raise ValueError("ZBox needs low <= high everywhere")
-        self.low = low_t
-        self.high = high_t
+        self.low = low
+        self.high = high
         self.zero_bias = zero_bias
 
     def groups(self) -> tuple[Group, ...]:

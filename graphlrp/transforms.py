@@ -13,6 +13,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .errors import RuleParameterError
+
 
 class Transform:
     """An element-wise map ``Tensor -> Tensor``; subclasses implement ``__call__``.
@@ -188,14 +190,14 @@ class Constant(Transform):
 
 @functools.lru_cache(maxsize=256)
 def check_maps_zero_to_zero(transform: Transform) -> None:
-    """Raise ``ValueError`` if a weight transform maps 0 to a nonzero value (remembered once passed).
+    """Raise :class:`~graphlrp.errors.RuleParameterError` if a weight transform maps 0 to a nonzero value (remembered once passed).
 
     A weight of zero is not an edge; a transform that turned it into a nonzero value would create
     connections that the network does not have.
     """
     image = transform(torch.zeros(1, dtype=torch.float64))
     if bool(image.ne(0).any()):
-        raise ValueError(
+        raise RuleParameterError(
             f"weight transform {transform!r} maps 0 to {image.item()}; weight transforms must map 0 "
             "to 0 so that absent connections stay absent (use EdgeIndicator instead of Ones)"
         )

@@ -1,4 +1,5 @@
 """Edge blocks: the edges between two levels, held in one kind each."""
+from ..errors import InputError
 from .base import Block, StaticBlock
 from .conv import ConvBlock
 from .dense import DenseBlock
@@ -19,7 +20,7 @@ def block_from_matrix(kind: str, src: int, dst: int, weight) -> Block:
         return SparseBlock.from_dense(src, dst, weight)
     if kind == "edges":
         return EdgeListBlock.from_dense(src, dst, weight)
-    raise ValueError(f"unknown block kind {kind!r}; choose one of {BLOCK_KINDS}")
+    raise InputError(f"unknown block kind {kind!r}; choose one of {BLOCK_KINDS}")
 
 
 __all__ = [

@@ -52,6 +52,10 @@ def edge_products(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: Tensor
     return messages
 
 
+def _max_abs(weight: Tensor) -> float:
+    return float(weight.abs().max()) if weight.numel() else 0.0
+
+
 class Block(ABC):
     """Edges from level ``src`` (``n_src`` nodes) to level ``dst`` (``n_dst`` nodes)."""
 
@@ -134,6 +138,10 @@ class Block(ABC):
         src, dst, weight = self.edges()
         return edge_products(x, src, transform(weight), s, dst, out)
 
+    def max_abs_weight(self) -> float:
+        """The largest ``|w_ij|`` of the block's edges (0 without edges); one pass over the weights."""
+        return _max_abs(self.edges()[2])
+
     def clear_cache(self) -> None:
         """Drop cached transformed weights."""
         self._cache.clear()
@@ -166,6 +174,9 @@ class StaticBlock(Block):
             ones = torch.ones((1, self.n_src), dtype=self.dtype, device=self.device)
             sums = self._sums[transform] = self._product_with_ones(ones, transform)
         return sums
+
+    def max_abs_weight(self) -> float:
+        return _max_abs(self.held()[-1])
 
     def _product_with_ones(self, ones: Tensor, transform: Transform) -> Tensor:
         return self.matvec(ones, transform)

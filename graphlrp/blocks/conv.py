@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from ..layout import in_layout_of
 from ..transforms import Transform
 from .base import StaticBlock
@@ -77,7 +78,7 @@ class ConvBlock(StaticBlock):
         super().__init__(src, dst, n_src=math.prod(in_shape), n_dst=math.prod(out_shape))
         self.dims = weight.dim() - 2
         if self.dims not in _CONV:
-            raise ValueError(f"convolution weight must have 3 to 5 dimensions, got {weight.dim()}")
+            raise InputError(f"convolution weight must have 3 to 5 dimensions, got {weight.dim()}")
         self.weight = weight
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..layout import in_layout_of, is_node_major
 from ..scratch import scratch
 from ..transforms import Identity, Transform, check_maps_zero_to_zero
@@ -54,7 +55,7 @@ class DenseBlock(StaticBlock):
 
     def __init__(self, src: int, dst: int, weight: Tensor) -> None:
         if weight.dim() != 2:
-            raise ValueError(f"dense block weight must be 2-D (n_dst, n_src), got shape {tuple(weight.shape)}")
+            raise InputError(f"dense block weight must be 2-D (n_dst, n_src), got shape {tuple(weight.shape)}")
         super().__init__(src, dst, n_src=weight.shape[1], n_dst=weight.shape[0])
         self.weight = weight
         self._num_edges = int(torch.count_nonzero(weight))

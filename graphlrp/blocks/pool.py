@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from ..layout import in_layout_of
 from ..transforms import Transform
 from .base import Block
@@ -49,7 +50,7 @@ class MaxPoolBlock(Block):
         device: torch.device | str | None = None,
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"max pooling mode must be one of {MODES}, got {mode!r}")
+            raise InputError(f"max pooling mode must be one of {MODES}, got {mode!r}")
         channels = in_shape[0]
         ones = torch.ones((channels, 1, *kernel), dtype=dtype, device=device)
         # the windows as a depthwise convolution with unit weights: same edges, same geometry
@@ -75,6 +76,9 @@ class MaxPoolBlock(Block):
     @property
     def dtype(self) -> torch.dtype:
         return self.windows.dtype
+
+    def max_abs_weight(self) -> float:
+        return 1.0  # every window edge weighs 1
 
     def _planes(self, x: Tensor) -> Tensor:
         return x.reshape(len(x), self.in_shape[0], -1)

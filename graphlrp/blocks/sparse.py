@@ -6,6 +6,10 @@ node and direction. ``Wᵀ``'s column indices (the destination of each edge in `
 derived from these when a product first needs them and kept with the transformed weights.
 Measured on a 2-core CPU, CSR matmul beats dense matmul below ~10% density at batch 1 and ~35%
 at batch 64, and beats a gather/scatter edge list at every density.
+
+torch's CSR product on the CPU takes no float16 or bfloat16: a block of such weights keeps its
+transformed operands in float32 there, each product takes its operand in float32 and rounds the
+result back once (sums accumulate in float32, more precise than the dtype itself).
 """
 from __future__ import annotations
 
@@ -25,12 +29,24 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
         return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
 
 
+#: dtypes the CPU's CSR product does not take, and the dtype their products are computed in
+_WIDENED = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
+def _operand_dtype(values: Tensor) -> torch.dtype:
+    """The dtype a CSR operand of ``values`` is held in: ``values``' own, or float32 (:data:`_WIDENED`)."""
+    return _WIDENED.get(values.dtype, values.dtype) if values.device.type == "cpu" else values.dtype
+
+
 def _times(matrix: Tensor, x: Tensor) -> Tensor:
-    """``x @ matrixᵀ`` for a batch ``x (B, n)``, in the layout of ``x``.
+    """``x @ matrixᵀ`` for a batch ``x (B, n)``, in the layout and dtype of ``x``.
 
     torch's CSR product takes and gives node-major operands (:mod:`graphlrp.layout`); a
-    batch-major ``x`` costs a copy in and out.
+    batch-major ``x`` costs a copy in and out, and so does an ``x`` of another dtype than a
+    widened ``matrix``.
     """
+    if x.dtype != matrix.dtype:
+        return _times(matrix, x.to(matrix.dtype)).to(x.dtype)
     if x.shape[0] == 1:
         return torch.mv(matrix, x[0])[None]
     columns = x.T
@@ -116,6 +132,7 @@ class SparseBlock(StaticBlock):
 
     def _transformed(self, transform: Transform) -> tuple[Tensor, Tensor]:
         values = transform(self.values)
+        values = values.to(_operand_dtype(values))
         forward = _csr(self.crow, self.col, values, (self.n_dst, self.n_src))
         backward = _csr(self.crow_t, self._columns_t(), values[self.perm_t], (self.n_src, self.n_dst))
         return forward, backward
