@@ -4,7 +4,7 @@ A network is lowered to a graph whose nodes are neurons and whose edges are weig
 connections; every LRP rule is an edge-weight transform and relevance flows back over the edges,
 so that relevance is available for every node and every edge.
 """
-from . import analysis, composites, evaluation, export, kernels, reductions, rules
+from . import analysis, composites, evaluation, export, kernels, plot, reductions, rules
 from .composites import Composite
 from . import errors
 from .errors import (
@@ -56,6 +56,7 @@ __all__ = [
     "graph_to_networkx",
     "kernels",
     "lower",
+    "plot",
     "reductions",
     "rules",
 ]

@@ -32,10 +32,15 @@ and notes on the files written go to stderr, and ``--quiet`` silences them.
 
 Exit codes
 ----------
-0 success; 1 unexpected error (a bug: the traceback is printed); 2 bad usage or arguments;
-3 a file cannot be read or written (missing or unreadable model or inputs, model function that
-fails); 4 the model cannot be lowered or explained (unsupported module, graph too large, input of
-the wrong shape, target out of range).
+0 success; 1 unexpected error (a bug); 2 bad usage or arguments (including a rule parameter out of
+range, or beyond the range of the model's dtype); 3 a file cannot be read or written (missing,
+unreadable or of another kind: a state_dict or a pickled module given as MODEL, model function
+that fails); 4 the model cannot be lowered or explained (unsupported module, graph too large,
+inputs of the wrong shape or not finite, target out of range, relevance that would not be finite).
+
+Every failure prints one line, ``graphlrp: error: ...``, on stderr; ``--debug`` adds the traceback.
+Errors of the library map to exit codes by their class (:data:`EXIT_CODES`). No relevance that is
+NaN or infinite is ever written: the command checks every result first and exits 4.
 """
 from __future__ import annotations
 
@@ -46,10 +51,13 @@ from importlib.machinery import SourceFileLoader
 import inspect
 import json
 import os
+import pickle
 import sys
 import traceback
 import warnings
+import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from itertools import chain
@@ -63,9 +71,21 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from . import __version__, analysis, composites, export, rules
+from . import __version__, analysis, composites, export, plot, rules
 from .composites import Composite
-from .errors import GraphTooLargeError, UnsupportedModuleError
+from .errors import (
+    ArgumentTypeError,
+    CycleError,
+    FileFormatError,
+    GraphLRPError,
+    GraphTooLargeError,
+    IndexOutOfRangeError,
+    InputError,
+    LoweringMismatchError,
+    NumericRangeError,
+    RuleParameterError,
+    UnsupportedModuleError,
+)
 from .explanation import Explanation, explain
 from .graph import Graph
 from .lower import lower
@@ -83,12 +103,13 @@ MODEL is a TorchScript file (torch.jit.save) of an nn.Sequential of supported mo
 module:function / path/to/file.py:function returning an nn.Module. INPUTS is a .pt (torch.save
 of a tensor) or .npy file, batch first.
 
-exit codes:
+exit codes (every failure prints one line; --debug adds the traceback):
   0  success
-  1  unexpected error (a bug; the traceback is printed)
+  1  unexpected error (a bug)
   2  bad usage or arguments
-  3  a file cannot be read or written (missing or unreadable model or inputs)
-  4  the model cannot be lowered or explained (unsupported, too large, wrong input shape, bad target)
+  3  a file cannot be read or written (missing, unreadable, or not a model / a tensor)
+  4  the model cannot be lowered or explained (unsupported, too large, wrong input shape, NaN or inf
+     inputs, bad target, relevance that would not be finite)
 """
 
 #: module types a TorchScript model may be made of, by their ``original_name``: those graphlrp lowers
@@ -96,8 +117,6 @@ SCRIPTED_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for types in HANDLER
     "Sequential": nn.Sequential
 }
 
-RULES = ("epsilon", "zplus", "alphabeta", "gamma", "wsquare", "flat", "zbox")
-COMPOSITES = ("epsilon-plus", "epsilon-plus-flat", "epsilon-alpha2-beta1", "epsilon-gamma-box")
 #: the --rule / --composite choices that use each rule parameter (--epsilon applies to all)
 PARAMETER_USERS: dict[str, tuple[str, ...]] = {
     "gamma": ("gamma", "epsilon-gamma-box"),
@@ -107,10 +126,40 @@ PARAMETER_USERS: dict[str, tuple[str, ...]] = {
     "high": ("zbox", "epsilon-gamma-box"),
 }
 
-#: errors of lowering a model: unsupported or too large, or it cannot run on the inputs (RuntimeError)
-LOWER_ERRORS: tuple[type[BaseException], ...] = (UnsupportedModuleError, GraphTooLargeError, ValueError, RuntimeError)
-#: errors of explaining a lowered graph: a target out of range, an edge listing too large
-EXPLAIN_ERRORS: tuple[type[BaseException], ...] = (GraphTooLargeError, ValueError, IndexError)
+#: the exit code of each error, found by the first of the error's classes (its ``__mro__``) listed.
+#: A wrong argument type is the command's own bug: it builds every argument the library gets.
+EXIT_CODES: dict[type[BaseException], int] = {
+    FileFormatError: EXIT_FILE,
+    OSError: EXIT_FILE,
+    InputError: EXIT_MODEL,
+    IndexOutOfRangeError: EXIT_MODEL,
+    RuleParameterError: EXIT_MODEL,
+    NumericRangeError: EXIT_MODEL,
+    UnsupportedModuleError: EXIT_MODEL,
+    LoweringMismatchError: EXIT_MODEL,
+    CycleError: EXIT_MODEL,
+    GraphTooLargeError: EXIT_MODEL,
+    ArgumentTypeError: EXIT_ERROR,
+    GraphLRPError: EXIT_MODEL,
+    # built-in types that library functions document beside graphlrp's classes; a stage names
+    # those it expects (see _failing), elsewhere they are bugs (EXIT_ERROR)
+    ValueError: EXIT_MODEL,
+    IndexError: EXIT_MODEL,
+    MemoryError: EXIT_MODEL,
+    RuntimeError: EXIT_MODEL,
+}
+#: built-in errors of lowering: running the model on inputs it cannot take raises RuntimeError
+LOWER_BUILTINS: tuple[type[BaseException], ...] = (ValueError, IndexError, RuntimeError)
+#: built-in errors of explaining, listing edges, paths and circuits
+EXPLAIN_BUILTINS: tuple[type[BaseException], ...] = (ValueError, IndexError, MemoryError)
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code of ``error``: :data:`EXIT_CODES` of its most specific listed class, else ``EXIT_ERROR``."""
+    for kind in type(error).__mro__:
+        if kind in EXIT_CODES:
+            return EXIT_CODES[kind]
+    return EXIT_ERROR
 
 
 class CliError(Exception):
@@ -122,12 +171,15 @@ class CliError(Exception):
 
 
 @contextmanager
-def _failing(errors: tuple[type[BaseException], ...], what: str, code: int) -> Iterator[None]:
-    """Turn ``errors`` raised inside into a :class:`CliError` ``what: <first line of the error>``."""
+def _failing(what: str, builtins: tuple[type[BaseException], ...] = (), code: int | None = None) -> Iterator[None]:
+    """Turn graphlrp's errors and ``builtins`` raised inside into a :class:`CliError` ``what: <first line>``.
+
+    The exit code is ``code``, or by default the error's :func:`exit_code`.
+    """
     try:
         yield
-    except errors as error:
-        raise CliError(f"{what}: {_summary(error)}", code) from error
+    except (GraphLRPError, *builtins) as error:
+        raise CliError(f"{what}: {_summary(error)}", exit_code(error) if code is None else code) from error
 
 
 def _summary(error: BaseException, limit: int = 300) -> str:
@@ -149,6 +201,14 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
     parse.__name__ = "integer"
     return parse
+
+
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number."""
+    value = float(text)
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def _nonnegative_float(text: str) -> float:
@@ -217,23 +277,83 @@ def load_model(spec: str) -> LoadedModel:
     CliError
         ``EXIT_FILE`` for a missing or unreadable file, a failing import or function;
         ``EXIT_MODEL`` for a TorchScript model that cannot be rebuilt (see :func:`from_torchscript`).
+    FileFormatError
+        For a file that is not a TorchScript model (a state_dict, a pickled module, an array),
+        saying what it is; nothing in it is unpickled.
     """
     if Path(spec).is_file():
         scripted = _load_torchscript(Path(spec))
-        with _failing((UnsupportedModuleError,), "cannot lower the model", EXIT_MODEL):
+        with _failing("cannot lower the model"):
             return LoadedModel(from_torchscript(scripted), scripted)
     if ":" in spec:
         return LoadedModel(_call_factory(spec).eval())
     raise CliError(f"model {spec!r}: no such file (give a TorchScript file, or module:function)", EXIT_FILE)
 
 
+#: what a model file must be, ending every error about one
+MODEL_FILE_HINT = ("a model file must be a TorchScript file (torch.jit.save(torch.jit.script(model), path)); "
+                   "give any other model as module:function, a function that returns it")
+
+
 def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
-    """``torch.jit.load`` on the CPU, in eval mode; an unreadable file is ``EXIT_FILE``."""
-    # any exception: torch reports unreadable archives with RuntimeError, ValueError, KeyError, ...
-    with _failing((Exception,), f"cannot read {path} as a TorchScript model (torch.jit.save)", EXIT_FILE):
+    """``torch.jit.load`` on the CPU, in eval mode, of a file checked to be a TorchScript archive.
+
+    Raises
+    ------
+    FileFormatError
+        For another kind of file (:func:`_check_torchscript_archive`), or an archive torch cannot read.
+    """
+    _check_torchscript_archive(path)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still supported
             return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as error:  # torch reports unreadable archives with RuntimeError, ValueError, KeyError, ...
+        raise FileFormatError(f"cannot read {path} as a TorchScript model: {_summary(error)}; "
+                              f"{MODEL_FILE_HINT}") from error
+
+
+def _check_torchscript_archive(path: Path) -> None:
+    """Raise :class:`FileFormatError`, saying what the file is, unless it is a TorchScript archive.
+
+    A TorchScript archive is a zip file with ``constants.pkl``; ``torch.save`` writes one without.
+    """
+    with path.open("rb") as file:
+        head = file.read(8)
+    if not zipfile.is_zipfile(path):
+        if head.startswith(b"\x93NUMPY"):
+            kind = "a numpy array (.npy)"
+        elif head[:1] == b"\x80":
+            kind = "a pickle (pickle.dump, or torch.save in its legacy format), which is not unpickled"
+        else:
+            kind = "not a TorchScript archive (not a zip file)"
+        raise FileFormatError(f"cannot read {path} as a TorchScript model: it is {kind}; {MODEL_FILE_HINT}")
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(name.endswith("constants.pkl") for name in names):
+        return
+    if any(name.endswith("data.pkl") for name in names):
+        raise FileFormatError(f"cannot read {path} as a TorchScript model: it is {_saved_object(path)}; "
+                              f"{MODEL_FILE_HINT}")
+    raise FileFormatError(f"cannot read {path} as a TorchScript model: it is a zip archive of another kind; "
+                          f"{MODEL_FILE_HINT}")
+
+
+def _saved_object(path: Path) -> str:
+    """What a ``torch.save`` file holds, read with ``weights_only=True`` (no arbitrary unpickling)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        return ("an object pickled by torch.save, such as a whole nn.Module, which is not unpickled (loading it "
+                "could run arbitrary code)")
+    except Exception:  # noqa: BLE001 - only describing a file already refused
+        return "a torch.save file that torch.load cannot read"
+    if isinstance(saved, Mapping) and saved and all(isinstance(v, Tensor) for v in saved.values()):
+        return ("a state_dict saved by torch.save: parameters without the architecture (a module:function can "
+                "build the model and load them with model.load_state_dict(torch.load(path)))")
+    return f"a {type(saved).__name__} saved by torch.save"
 
 
 def from_torchscript(scripted: torch.jit.ScriptModule) -> nn.Module:
@@ -296,7 +416,7 @@ def _call_factory(spec: str) -> nn.Module:
     factory = getattr(module, name, None)
     if not callable(factory):
         raise CliError(f"model {spec!r}: {location} has no function {name!r}", EXIT_FILE)
-    with _failing((Exception,), f"model {spec!r}: calling {name}() failed", EXIT_FILE):
+    with _failing(f"model {spec!r}: calling {name}() failed", (Exception,), EXIT_FILE):
         model = factory()
     if not isinstance(model, nn.Module):
         raise CliError(f"model {spec!r}: {name}() returned a {type(model).__name__}, not a torch.nn.Module", EXIT_FILE)
@@ -312,7 +432,7 @@ def _import(location: str) -> ModuleType:
     if directory not in sys.path:
         sys.path.insert(0, directory)
     # any exception: importing runs the module's own code
-    with _failing((Exception,), f"cannot import {location}", EXIT_FILE):
+    with _failing(f"cannot import {location}", (Exception,), EXIT_FILE):
         if not is_file:
             return importlib.import_module(location)
         name = f"_graphlrp_model_{Path(location).stem}"
@@ -344,29 +464,52 @@ def load_inputs(path: Path) -> Tensor:
     Raises
     ------
     CliError
-        ``EXIT_FILE`` for a missing or unreadable file, or one that holds no batch of numbers.
+        ``EXIT_FILE`` for a missing or unreadable file (pickled objects are refused, not loaded).
+    FileFormatError
+        For a file that holds something else than a tensor of real numbers.
+    InputError
+        For a tensor that is not a batch: fewer than two dimensions, or no sample.
     """
     if not path.is_file():
         raise CliError(f"no such inputs file: {path}", EXIT_FILE)
     # any exception: torch.load and numpy.load report corrupt files with many exception types
-    with _failing((Exception,), f"cannot read inputs from {path}", EXIT_FILE), warnings.catch_warnings():
+    with _failing(f"cannot read inputs from {path}", (Exception,), EXIT_FILE), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the error says it all
         if path.suffix.lower() == ".npy":
             data = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, Tensor):
-        raise CliError(f"{path} holds a {type(data).__name__}, not a tensor", EXIT_FILE)
+        raise FileFormatError(f"{path} holds a {type(data).__name__}, not a tensor")
+    if data.is_complex():
+        raise FileFormatError(f"{path} holds complex numbers ({data.dtype}), not real ones")
     if data.dim() < 2 or len(data) == 0:
-        raise CliError(f"{path}: inputs must be a batch (N, ...) of N >= 1 samples, got shape {tuple(data.shape)}",
-                       EXIT_FILE)
+        raise InputError(f"{path}: inputs must be a batch (N, ...) of N >= 1 samples, got shape {tuple(data.shape)}")
     return data
+
+
+def _as_model_dtype(inputs: Tensor, dtype: torch.dtype, path: Path) -> Tensor:
+    """``inputs`` in the model's ``dtype``; :class:`InputError` naming the samples not finite there."""
+    converted = inputs.to(dtype)
+    bad = (~torch.isfinite(converted.reshape(len(converted), -1))).any(1).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (f", ... ({len(bad)} samples)" if len(bad) > 10 else "")
+        raise InputError(f"{path}: sample(s) {shown} hold NaN or inf in the model's dtype {dtype} (values beyond "
+                         f"±{torch.finfo(dtype).max:.4g} become inf): their relevance is not defined")
+    return converted
+
+
+def _check_finite(values: Tensor, what: str) -> None:
+    """Raise :class:`NumericRangeError` unless every value is finite: no NaN or inf leaves the command."""
+    if not bool(torch.isfinite(values).all()):
+        raise NumericRangeError(f"{what} is not finite (NaN or inf) in {values.dtype}: nothing is written; "
+                                "use smaller rule parameters, or a float64 model")
 
 
 @contextmanager
 def _writing(path: Path) -> Iterator[None]:
     """Create ``path``'s directory, then write inside; failures to write become ``EXIT_FILE``."""
-    with _failing((OSError,), f"cannot write {path}", EXIT_FILE):
+    with _failing(f"cannot write {path}", (OSError,), EXIT_FILE):
         path.parent.mkdir(parents=True, exist_ok=True)
         yield
 
@@ -406,16 +549,32 @@ def relevance_method(args: argparse.Namespace, inputs: Tensor) -> dict[str, Rule
     Raises
     ------
     CliError
-        ``EXIT_USAGE`` for a parameter the chosen rule does not use, or out of range.
+        ``EXIT_USAGE`` for an unknown rule or composite name (listing the accepted ones), a
+        parameter the chosen rule does not use, out of range, or beyond the range of the inputs'
+        dtype (the model's).
     """
-    method = args.composite or args.rule
+    if args.composite is not None:
+        option, method, makers = "--composite", args.composite, COMPOSITE_MAKERS
+    else:
+        option, method, makers = "--rule", args.rule, RULE_MAKERS
+    if method not in makers:
+        raise CliError(f"unknown {option} {method!r}; accepted: {', '.join(makers)}", EXIT_USAGE)
     for name, users in PARAMETER_USERS.items():
         if getattr(args, name) is not None and method not in users:
             raise CliError(f"--{name} applies only to {' or '.join(users)}, not to {method}", EXIT_USAGE)
-    with _failing((ValueError,), f"bad parameters for {method}", EXIT_USAGE):
-        if args.composite:
-            return {"composite": _composite(args, inputs)}
-        return {"rule": _rule(args, inputs)}
+    _check_in_dtype(args, inputs.dtype)
+    with _failing(f"bad parameters for {method}", (ValueError,), EXIT_USAGE):
+        return {option[2:]: makers[method](args, inputs)}
+
+
+def _check_in_dtype(args: argparse.Namespace, dtype: torch.dtype) -> None:
+    """Refuse (``EXIT_USAGE``) a rule parameter beyond the largest number of ``dtype``: it would be inf."""
+    largest = torch.finfo(dtype).max
+    for name in ("epsilon", *PARAMETER_USERS):
+        value = getattr(args, name)
+        if value is not None and abs(value) > largest:
+            raise CliError(f"--{name} {value:g} is beyond the range of the model's {dtype} (largest {largest:.4g})",
+                           EXIT_USAGE)
 
 
 def _alpha_beta(args: argparse.Namespace) -> tuple[float, float]:
@@ -438,32 +597,26 @@ def _gamma(args: argparse.Namespace) -> float:
     return args.gamma if args.gamma is not None else 0.25
 
 
-def _rule(args: argparse.Namespace, inputs: Tensor) -> Rule:
-    """The rule ``--rule`` names, with its parameters."""
-    epsilon = args.epsilon
-    makers: dict[str, Callable[[], Rule]] = {
-        "epsilon": lambda: rules.Epsilon(epsilon),
-        "zplus": lambda: rules.ZPlus(epsilon),
-        "alphabeta": lambda: rules.AlphaBeta(*_alpha_beta(args), epsilon=epsilon),
-        "gamma": lambda: rules.Gamma(_gamma(args), epsilon=epsilon),
-        "wsquare": lambda: rules.WSquare(epsilon),
-        "flat": lambda: rules.Flat(epsilon),
-        "zbox": lambda: rules.ZBox(*_bounds(args, inputs), epsilon=epsilon),
-    }
-    return makers[args.rule]()
-
-
-def _composite(args: argparse.Namespace, inputs: Tensor) -> Composite:
-    """The preset composite ``--composite`` names, with its parameters."""
-    epsilon = args.epsilon
-    makers: dict[str, Callable[[], Composite]] = {
-        "epsilon-plus": lambda: composites.EpsilonPlus(epsilon),
-        "epsilon-plus-flat": lambda: composites.EpsilonPlusFlat(epsilon),
-        "epsilon-alpha2-beta1": lambda: composites.EpsilonAlpha2Beta1(epsilon),
-        "epsilon-gamma-box": lambda: composites.EpsilonGammaBox(*_bounds(args, inputs), epsilon=epsilon,
-                                                                gamma=_gamma(args)),
-    }
-    return makers[args.composite]()
+#: ``--rule`` names, each with the function building the rule from the options and the inputs
+RULE_MAKERS: dict[str, Callable[[argparse.Namespace, Tensor], Rule]] = {
+    "epsilon": lambda args, x: rules.Epsilon(args.epsilon),
+    "zplus": lambda args, x: rules.ZPlus(args.epsilon),
+    "alphabeta": lambda args, x: rules.AlphaBeta(*_alpha_beta(args), epsilon=args.epsilon),
+    "gamma": lambda args, x: rules.Gamma(_gamma(args), epsilon=args.epsilon),
+    "wsquare": lambda args, x: rules.WSquare(args.epsilon),
+    "flat": lambda args, x: rules.Flat(args.epsilon),
+    "zbox": lambda args, x: rules.ZBox(*_bounds(args, x), epsilon=args.epsilon),
+}
+#: ``--composite`` names, each with the function building the preset from the options and the inputs
+COMPOSITE_MAKERS: dict[str, Callable[[argparse.Namespace, Tensor], Composite]] = {
+    "epsilon-plus": lambda args, x: composites.EpsilonPlus(args.epsilon),
+    "epsilon-plus-flat": lambda args, x: composites.EpsilonPlusFlat(args.epsilon),
+    "epsilon-alpha2-beta1": lambda args, x: composites.EpsilonAlpha2Beta1(args.epsilon),
+    "epsilon-gamma-box": lambda args, x: composites.EpsilonGammaBox(*_bounds(args, x), epsilon=args.epsilon,
+                                                                    gamma=_gamma(args)),
+}
+RULES = tuple(RULE_MAKERS)
+COMPOSITES = tuple(COMPOSITE_MAKERS)
 
 
 # -- lowering and explaining --------------------------------------------------------------------
@@ -480,7 +633,7 @@ def _prepare(args: argparse.Namespace) -> Job:
     """Load the inputs and the model, and choose the rule: everything before lowering."""
     inputs = load_inputs(args.inputs)
     model = load_model(args.model)
-    inputs = inputs.to(_float_dtype(model.module))
+    inputs = _as_model_dtype(inputs, _float_dtype(model.module), args.inputs)
     return Job(model, inputs, relevance_method(args, inputs))
 
 
@@ -494,7 +647,7 @@ def _one_sample(args: argparse.Namespace, job: Job) -> Tensor:
 
 def _lower(args: argparse.Namespace, model: LoadedModel, example: Tensor) -> Graph:
     """Lower the model on ``example``; a TorchScript model's rebuild is checked against it there."""
-    with _failing(LOWER_ERRORS, "cannot lower the model", EXIT_MODEL):
+    with _failing("cannot lower the model", LOWER_BUILTINS):
         graph = lower(model.module, example, block_kind=args.block_kind, max_pool=args.max_pool,
                       max_edges=args.max_edges)
         if model.scripted is not None:
@@ -520,25 +673,38 @@ def _targets(args: argparse.Namespace, graph: Graph, batch: Tensor) -> Tensor:
     if args.target != "predicted":
         classes = len(graph.outputs)
         if args.target >= classes:
-            raise CliError(f"--target {args.target} is out of range: the model has {classes} outputs "
-                           f"(0..{classes - 1})", EXIT_MODEL)
+            raise IndexOutOfRangeError(f"--target {args.target} is out of range: the model has {classes} outputs "
+                                       f"(0..{classes - 1})")
         return torch.full((len(batch),), args.target, dtype=torch.long)
     with torch.no_grad():
         return graph(batch).reshape(len(batch), -1).argmax(1)
 
 
-def _explain(args: argparse.Namespace, job: Job, graph: Graph, batch: Tensor) -> tuple[Explanation, Tensor]:
-    """Explain ``batch`` for its targets; returns the explanation and the targets."""
-    targets = _targets(args, graph, batch)
-    with _failing(EXPLAIN_ERRORS, "cannot explain", EXIT_MODEL):
-        return explain(graph, batch, target=targets, **job.method), targets
+def _explain(
+    args: argparse.Namespace, job: Job, graph: Graph, batch: Tensor, first: int
+) -> tuple[Explanation, Tensor]:
+    """Explain ``batch``, samples ``first..`` of the inputs, for its targets; returns the explanation and targets.
+
+    Raises
+    ------
+    CliError
+        For an error of the library, naming the samples.
+    NumericRangeError
+        For relevance that is not finite.
+    """
+    samples = f"samples {first}..{first + len(batch) - 1}" if len(batch) > 1 else f"sample {first}"
+    with _failing(f"cannot explain {samples}", EXPLAIN_BUILTINS):
+        targets = _targets(args, graph, batch)
+        explanation = explain(graph, batch, target=targets, **job.method)
+    _check_finite(explanation.node_relevance, f"the relevance of {samples}")
+    return explanation, targets
 
 
 def _explain_sample(args: argparse.Namespace) -> tuple[Explanation, int]:
     """Lower the model on sample ``--sample`` alone and explain it; returns it and its target class."""
     job = _prepare(args)
     x = _one_sample(args, job)
-    explanation, targets = _explain(args, job, _lower(args, job.model, x), x)
+    explanation, targets = _explain(args, job, _lower(args, job.model, x), x, args.sample)
     return explanation, int(targets[0])
 
 
@@ -547,7 +713,7 @@ def _relevance_batches(args: argparse.Namespace, job: Job, graph: Graph) -> Iter
     total = len(job.inputs)
     for start in range(0, total, args.batch_size):
         batch = job.inputs[start : start + args.batch_size]
-        explanation, _ = _explain(args, job, graph, batch)
+        explanation, _ = _explain(args, job, graph, batch, start)
         if args.verbose:
             print(f"conservation, samples {start}..{start + len(batch) - 1} (summed):")
             print(explanation.conservation_table())
@@ -557,8 +723,10 @@ def _relevance_batches(args: argparse.Namespace, job: Job, graph: Graph) -> Iter
 
 def _edge_graph(args: argparse.Namespace, explanation: Explanation, **selection: float | None) -> nx.DiGraph:
     """Sample 0 of ``explanation`` (sample ``--sample`` of the inputs) as a networkx graph."""
-    with _failing(EXPLAIN_ERRORS, "cannot list the edges", EXIT_MODEL):
+    with _failing("cannot list the edges", EXPLAIN_BUILTINS):
         G = export.explanation_to_networkx(explanation, 0, **selection)
+    _check_finite(torch.tensor([r for _, _, r in G.edges(data="relevance")], dtype=torch.float64),
+                  f"the edge relevance of sample {args.sample}")
     G.graph["samples"] = (args.sample,)
     return G
 
@@ -573,7 +741,7 @@ def run_explain(args: argparse.Namespace) -> None:
     save_tensor(relevance, args.out)
     _log(args, f"wrote input relevance {tuple(relevance.shape)} to {args.out}")
     if args.edges is not None:
-        explanation, _ = _explain(args, job, graph, x)
+        explanation, _ = _explain(args, job, graph, x, args.sample)
         G = _edge_graph(args, explanation, top_k=args.top_k, threshold=args.threshold, mass=args.mass)
         _write_graph(G, args.edges)
         _log(args, f"wrote {G.number_of_edges():,} of {graph.num_edges:,} edges of sample {args.sample} "
@@ -583,8 +751,9 @@ def run_explain(args: argparse.Namespace) -> None:
 def run_paths(args: argparse.Namespace) -> None:
     """``paths``: the ``--k`` most relevant input-to-output paths of one sample."""
     explanation, _ = _explain_sample(args)
-    with _failing(EXPLAIN_ERRORS, "cannot find paths", EXIT_MODEL):
+    with _failing("cannot find paths", EXPLAIN_BUILTINS):
         paths = analysis.top_paths(explanation, 0, target=args.target_node, k=args.k, score=args.score)
+    _check_finite(torch.tensor([path.score for path in paths], dtype=torch.float64), "a path's score")
     if args.json:
         print(json.dumps([asdict(path) for path in paths], indent=2))
     else:
@@ -602,34 +771,40 @@ def _paths_table(paths: Sequence[analysis.Path]) -> str:
 def run_circuit(args: argparse.Namespace) -> None:
     """``circuit``: the fewest edges carrying ``--fraction`` of one sample's relevance, and its faithfulness."""
     explanation, target = _explain_sample(args)
-    with _failing(EXPLAIN_ERRORS, "cannot find the circuit", EXIT_MODEL):
+    with _failing("cannot find the circuit", EXPLAIN_BUILTINS):
         circuit = analysis.relevant_circuit(explanation, 0, args.fraction)
+    _check_finite(circuit.relevance, f"the edge relevance of sample {args.sample}")
     total = explanation.graph.num_edges
     kept = len(circuit.edges)
     print(f"sample {args.sample}, target class {target}")
     print(f"edges kept: {kept:,} of {total:,} ({kept / max(total, 1):.2%}), "
           f"carrying {circuit.fraction:.2%} of |edge relevance|")
     print(_faithfulness(circuit, target))
-    if args.edges is None and args.draw is None:
-        return
-    G = _edge_graph(args, explanation, mass=args.fraction)
     if args.edges is not None:
+        G = _edge_graph(args, explanation, mass=args.fraction)
         _write_graph(G, args.edges)
         _log(args, f"wrote the circuit's {G.number_of_edges():,} edges to {args.edges}")
     if args.draw is not None:
-        from .plot import draw_circuit
-
-        with _failing((ValueError,), "cannot draw the circuit", EXIT_MODEL), _writing(args.draw):
-            draw_circuit(G, args.draw)
+        with _plotting("--draw"), _failing("cannot draw the circuit"), _writing(args.draw):
+            plot.draw_circuit(circuit, args.draw)
         _log(args, f"drew the circuit to {args.draw}")
+
+
+@contextmanager
+def _plotting(option: str) -> Iterator[None]:
+    """A missing matplotlib is ``EXIT_USAGE``: ``option`` needs it."""
+    try:
+        yield
+    except ImportError as error:
+        raise CliError(f"{option} needs matplotlib: {_summary(error)}", EXIT_USAGE) from error
 
 
 def _faithfulness(circuit: analysis.Circuit, target: int) -> str:
     """The target's output with the full network and with the circuit alone, as one line."""
     try:
         result = circuit.faithfulness()
-    except ValueError as error:  # max pooling: a circuit's edges depend on the sample
-        return f"faithfulness: not available ({error})"
+    except (GraphLRPError, ValueError) as error:  # max pooling: a circuit's edges depend on the sample
+        return f"faithfulness: not available ({_summary(error)})"
     full, alone = result.output.flatten(), result.circuit_output.flatten()
     worst = float((full - alone).abs().max())
     return (f"faithfulness: output[{target}] full {float(full[target]):+.6g}, circuit {float(alone[target]):+.6g} "
@@ -640,15 +815,13 @@ def run_plot(args: argparse.Namespace) -> None:
     """``plot``: heatmaps of the input relevance of the first ``--samples`` samples."""
     job = _prepare(args)
     if job.inputs.dim() not in (3, 4):
-        raise CliError(f"plot needs image-shaped inputs, (N, H, W) or (N, C, H, W); {args.inputs} holds "
-                       f"{tuple(job.inputs.shape)}", EXIT_USAGE)
+        raise InputError(f"plot needs image-shaped inputs, (N, H, W) or (N, C, H, W); {args.inputs} holds "
+                         f"{tuple(job.inputs.shape)}")
     x = job.inputs[: args.samples]
-    explanation, targets = _explain(args, job, _lower(args, job.model, x), x)
-    from .plot import save_heatmaps
-
-    with _writing(args.out):
-        save_heatmaps(explanation.input_relevance, args.out, inputs=x,
-                      titles=[f"#{i}: class {t}" for i, t in enumerate(targets.tolist())])
+    explanation, targets = _explain(args, job, _lower(args, job.model, x), x, 0)
+    with _plotting("plot"), _failing("cannot draw the heatmaps"), _writing(args.out):
+        plot.save_heatmaps(explanation, args.out, inputs=x,
+                           titles=[f"#{i}: class {t}" for i, t in enumerate(targets.tolist())])
     _log(args, f"wrote heatmaps of {len(x)} samples to {args.out}")
 
 
@@ -661,6 +834,8 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", metavar="INPUTS", type=_path_with_suffix(".pt", ".npy"),
                         help="inputs, batch first: .pt (torch.save of a tensor) or .npy")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or notes on stderr")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the traceback of a failure")
     relevance = parser.add_argument_group("relevance")
     relevance.add_argument("--target", type=_target, default="predicted", metavar="INT|predicted",
                            help="class to explain, for every sample, or each sample's predicted (largest) "
@@ -680,10 +855,10 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
                            help="alpha of --rule alphabeta, alpha - beta = 1 (default: 2, or --beta + 1)")
     relevance.add_argument("--beta", metavar="X", type=_nonnegative_float,
                            help="beta of --rule alphabeta (default: 1, or --alpha - 1)")
-    relevance.add_argument("--low", metavar="X", type=float,
+    relevance.add_argument("--low", metavar="X", type=_finite_float,
                            help="lowest input value, for --rule zbox and --composite epsilon-gamma-box "
                                 "(default: the inputs' minimum)")
-    relevance.add_argument("--high", metavar="X", type=float,
+    relevance.add_argument("--high", metavar="X", type=_finite_float,
                            help="highest input value, for --rule zbox and --composite epsilon-gamma-box "
                                 "(default: the inputs' maximum)")
     lowering = parser.add_argument_group("lowering")
@@ -798,6 +973,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Layer-wise Relevance Propagation on an explicit computation graph: explain a model's "
                     "outputs by the relevance of its inputs, edges, paths and circuits.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                        title="commands (COMMAND --help for its options)")
     for add in (_add_explain, _add_paths, _add_circuit, _add_plot):
@@ -824,10 +1000,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
     except CliError as error:
-        print(f"graphlrp: error: {error}", file=sys.stderr)
-        return error.code
+        return _report(args, error, str(error), error.code)
+    except (GraphLRPError, OSError) as error:
+        return _report(args, error, _summary(error, limit=1000), exit_code(error))
     except Exception as error:  # noqa: BLE001 - the last resort: report, exit 1
-        traceback.print_exc()
-        print(f"graphlrp: unexpected error: {type(error).__name__}: {_summary(error)}", file=sys.stderr)
-        return EXIT_ERROR
+        hint = "" if args.debug else "; run with --debug for the traceback"
+        return _report(args, error, f"unexpected error (a bug in graphlrp): {type(error).__name__}: "
+                                    f"{_summary(error)}{hint}", EXIT_ERROR)
     return EXIT_OK
+
+
+def _report(args: argparse.Namespace, error: BaseException, message: str, code: int) -> int:
+    """Print ``message`` as one line on stderr (after the traceback with ``--debug``); return ``code``."""
+    if args.debug:
+        traceback.print_exception(error)
+    print(f"graphlrp: error: {' '.join(message.split())}", file=sys.stderr)
+    return code

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from . import composites, rules
 from .composites import Composite
+from .errors import InputError
 from .explanation import explain
 from .graph import Graph
 from .lower import lower
@@ -91,14 +92,15 @@ def explain_func(
 
     Raises
     ------
-    ValueError
-        For an unknown rule or composite name, or both ``rule`` and ``composite``.
+    InputError
+        For an unknown rule or composite name (the message lists the known ones), or both
+        ``rule`` and ``composite``.
     """
+    method = {"rule": _by_name(rule, RULES, "rule"), "composite": _by_name(composite, COMPOSITES, "composite")}
     x = _as_model_input(model, inputs)
     graph = lowered(model, x, block_kind=block_kind, max_pool=max_pool)
     target = torch.as_tensor(np.asarray(targets), device=x.device).long()
-    explanation = explain(graph, x, target=target, rule=_by_name(rule, RULES, "rule"),
-                          composite=_by_name(composite, COMPOSITES, "composite"))
+    explanation = explain(graph, x, target=target, **method)
     return explanation.input_relevance.detach().cpu().numpy()
 
 
@@ -145,9 +147,10 @@ def _as_model_input(model: nn.Module, inputs: np.ndarray | Tensor) -> Tensor:
 
 
 def _by_name(value: object, known: dict[str, Callable[[], object]], what: str) -> object:
-    """``value`` itself, or for a name the object :data:`RULES` / :data:`COMPOSITES` builds."""
+    """``value`` itself (:func:`graphlrp.explain` checks it), or for a name the object :data:`RULES` /
+    :data:`COMPOSITES` builds."""
     if not isinstance(value, str):
         return value
     if value not in known:
-        raise ValueError(f"unknown {what} {value!r}; known names: {', '.join(known)} (or pass a graphlrp {what})")
+        raise InputError(f"unknown {what} {value!r}; known names: {', '.join(known)} (or pass a graphlrp {what})")
     return known[value]()
