@@ -6,6 +6,8 @@ the order of the input's and output's last dimension.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Hashable, Iterable, Sequence
 
 import networkx as nx
@@ -13,8 +15,9 @@ import numpy as np
 import torch
 
 from ..activations import ACTIVATIONS, Activation
+from ..errors import ArgumentTypeError, InputError, NumericRangeError
 from ..graph import Graph
-from .edges import graph_from_edges, merge_duplicate_edges
+from .edges import checked_dtype, short_repr, graph_from_edges, merge_duplicate_edges
 
 
 def from_networkx(
@@ -30,7 +33,7 @@ def from_networkx(
     """Build a :class:`~graphlrp.Graph` from a directed acyclic ``networkx`` graph.
 
     Node ``j`` computes ``a_j = activation_j(Σ_i w_ij a_i + b_j)``; see
-    :func:`graphlrp.lower.edges.graph_from_edges`, which this calls.
+    :func:`graphlrp.lower.edges.graph_from_edges`, which this calls. ``G`` is read, never modified.
 
     Parameters
     ----------
@@ -42,9 +45,9 @@ def from_networkx(
         (``G.graph['outputs']``) when present, else the nodes with in-degree 0 (the non-input
         nodes with out-degree 0), sorted (in ``G``'s node order if the labels do not sort).
     weight : str
-        Edge attribute holding the weight (required on every edge).
+        Edge attribute holding the weight (required on every edge), a real number.
     bias : str
-        Node attribute holding the bias (default 0).
+        Node attribute holding the bias (default 0), a real number.
     activation : str
         Node attribute holding the activation: a name from
         :data:`graphlrp.activations.ACTIVATIONS` or an :class:`~graphlrp.activations.Activation`
@@ -62,27 +65,42 @@ def from_networkx(
 
     Raises
     ------
-    ValueError
-        For an edge without a weight, inputs or outputs that are not nodes of ``G``, and
-        everything :func:`~graphlrp.lower.edges.graph_from_edges` refuses (a cycle, named by
-        its labels, an edge into an input, an unknown activation, ...).
+    ArgumentTypeError
+        (a ``TypeError``) if ``G`` is not a ``networkx.DiGraph`` (an undirected graph included),
+        for a weight or bias that is not a real number, an activation that is neither a name nor
+        an :class:`Activation`, or inputs or outputs that are not a sequence of node labels; the
+        message names the edge or node.
+    InputError
+        (a ``ValueError``) for an edge without a weight, a NaN or inf weight or bias, an unknown
+        activation, inputs or outputs that are not nodes of ``G``, and everything
+        :func:`~graphlrp.lower.edges.graph_from_edges` refuses (a cycle, named by its labels, an
+        edge into an input, ...).
+    NumericRangeError
+        (an ``OverflowError``) for a weight or bias beyond the range of ``dtype`` (an integer too
+        large for a float included), naming the edge or node.
     """
     if not isinstance(G, nx.DiGraph):
-        raise TypeError(f"G must be a networkx.DiGraph (directed), got {type(G).__name__}")
+        undirected = "; an undirected graph's edges give relevance no direction" if isinstance(G, nx.Graph) else ""
+        raise ArgumentTypeError(f"G must be a networkx.DiGraph (directed), got {type(G).__name__}{undirected}")
+    dtype = checked_dtype(dtype) or torch.get_default_dtype()
     labels = list(G.nodes)
     index = {label: i for i, label in enumerate(labels)}
-    src, dst, weights = _edge_lists(G, index, weight)
-    inputs = _given_or_default(inputs, G.graph.get("inputs"), (n for n, d in G.in_degree() if d == 0))
+    src, dst, weights = _edge_lists(G, index, weight, dtype)
+    inputs = _given_or_default(
+        _node_list("inputs", inputs, G.graph.get("inputs")), (n for n, d in G.in_degree() if d == 0)
+    )
     input_set = set(inputs or ())
     outputs = _given_or_default(
-        outputs, G.graph.get("outputs"), (n for n, d in G.out_degree() if d == 0 and n not in input_set)
+        _node_list("outputs", outputs, G.graph.get("outputs")),
+        (n for n, d in G.out_degree() if d == 0 and n not in input_set),
     )
     return graph_from_edges(
         src,
         dst,
-        torch.tensor(weights, dtype=dtype or torch.get_default_dtype()),
-        bias=[G.nodes[n].get(bias, 0.0) for n in labels],
-        activation=[G.nodes[n].get(activation, "identity") for n in labels],
+        torch.tensor(weights, dtype=dtype),
+        bias=torch.tensor([_number(G.nodes[n].get(bias, 0.0), f"node {n!r}", bias, dtype) for n in labels],
+                          dtype=dtype),
+        activation=[_activation_of(n, G.nodes[n].get(activation, "identity"), activation) for n in labels],
         inputs=_ids_of("inputs", inputs, index),
         outputs=_ids_of("outputs", outputs, index),
         block_kind=block_kind,
@@ -90,25 +108,67 @@ def from_networkx(
     )
 
 
-def _edge_lists(G: nx.DiGraph, index: dict[Hashable, int], weight: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def _edge_lists(
+    G: nx.DiGraph, index: dict[Hashable, int], weight: str, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
     src, dst, weights = [], [], []
     for u, v, data in G.edges(data=True):
         if weight not in data:
-            raise ValueError(f"edge {u!r} -> {v!r} has no {weight!r} attribute; every edge needs a weight")
+            raise InputError(f"edge {u!r} -> {v!r} has no {weight!r} attribute; every edge needs a weight")
         src.append(index[u])
         dst.append(index[v])
-        weights.append(float(data[weight]))
+        weights.append(_number(data[weight], f"edge {u!r} -> {v!r}", weight, dtype))
     return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), weights
 
 
-def _given_or_default(
-    given: Sequence[Hashable] | None, stored: Sequence[Hashable] | None, fallback: Iterable[Hashable]
-) -> list[Hashable] | None:
-    """The nodes given, else those stored in the graph, else the fallback's sorted (``None`` if none)."""
-    if given is not None:
-        return list(given)
-    if stored is not None:
-        return list(stored)
+def _number(value: object, owner: str, attribute: Hashable, dtype: torch.dtype) -> float:
+    """``value`` as a float that is finite in ``dtype``; errors name the edge or node that holds it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{owner} has {attribute!r} = {value!r} ({type(value).__name__}); "
+                                "it must be a real number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise NumericRangeError(f"{owner} has {attribute!r} = {short_repr(value)}, too large for a float") from None
+    if not math.isfinite(number):
+        raise InputError(f"{owner} has {attribute!r} = {number}; it must be finite")
+    largest = torch.finfo(dtype).max
+    if abs(number) > largest:
+        raise NumericRangeError(f"{owner} has {attribute!r} = {number:.6g}, beyond the range of {dtype} "
+                                f"(largest {largest:.4g})")
+    return number
+
+
+def _activation_of(node: Hashable, value: object, attribute: Hashable) -> str | Activation:
+    if isinstance(value, Activation):
+        return value
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"node {node!r} has {attribute!r} = {value!r} ({type(value).__name__}); it must "
+                                "be an activation name or a graphlrp Activation")
+    if value not in ACTIVATIONS:
+        raise InputError(f"node {node!r} has the unknown activation {value!r}; known activations: "
+                         f"{', '.join(sorted(ACTIVATIONS))}")
+    return value
+
+
+def _node_list(role: str, given: object, stored: object) -> list[Hashable] | None:
+    """The nodes given, else those stored in ``G.graph[role]``, as a list (``None`` if neither)."""
+    nodes, where = (given, role) if given is not None else (stored, f"G.graph[{role!r}]")
+    if nodes is None:
+        return None
+    if isinstance(nodes, (str, bytes, dict)) or not hasattr(nodes, "__iter__"):
+        raise ArgumentTypeError(f"{where} must be a sequence of node labels, got {nodes!r} ({type(nodes).__name__})")
+    listed = list(nodes)
+    for node in listed:
+        if not isinstance(node, Hashable):
+            raise ArgumentTypeError(f"{where} holds {node!r}, which cannot be a node label (it is not hashable)")
+    return listed
+
+
+def _given_or_default(nodes: list[Hashable] | None, fallback: Iterable[Hashable]) -> list[Hashable] | None:
+    """``nodes`` when given, else the fallback's sorted (``None`` if there are none)."""
+    if nodes is not None:
+        return nodes
     nodes = list(fallback)
     if not nodes:  # a cycle leaves no node to default to: graph_from_edges names it
         return None
@@ -123,7 +183,7 @@ def _ids_of(role: str, nodes: Sequence[Hashable] | None, index: dict[Hashable, i
         return None
     missing = [n for n in nodes if n not in index]
     if missing:
-        raise ValueError(f"{role} names nodes that are not in the graph: {missing[:5]}")
+        raise InputError(f"{role} names nodes that are not in the graph: {missing[:5]}")
     return [index[n] for n in nodes]
 
 
@@ -139,18 +199,22 @@ def graph_to_networkx(graph: Graph) -> nx.DiGraph:
 
     Raises
     ------
-    ValueError
+    ArgumentTypeError
+        If ``graph`` is not a :class:`~graphlrp.Graph`.
+    InputError
         If the input level has an activation other than the identity (input nodes take the
         input values), or a block's edges depend on the sample (max pooling).
     """
+    if not isinstance(graph, Graph):
+        raise ArgumentTypeError(f"graph must be a graphlrp.Graph, got {type(graph).__name__}")
     first = graph.levels[0]
     if first.activation.name != "identity":
-        raise ValueError(
+        raise InputError(
             f"the input level applies {first.activation.name!r}; a networkx graph holds inputs as plain values"
         )
     for block in graph.blocks:
         if not getattr(block, "linear_forward", True):
-            raise ValueError(f"{block!r} connects nodes differently per sample; a networkx graph holds fixed edges")
+            raise InputError(f"{block!r} connects nodes differently per sample; a networkx graph holds fixed edges")
     labels = _labels(graph)
     G = nx.DiGraph()
     for level in graph.levels:
