@@ -9,6 +9,7 @@ with a Python loop only over depths.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Hashable, Sequence, Union
@@ -330,6 +331,24 @@ def _object_reals(name: str, array: np.ndarray) -> np.ndarray:
 def short_repr(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} digits)"
+
+
+def checked_number(value: object, owner: str, attribute: Hashable, dtype: torch.dtype) -> float:
+    """``value`` as a float that is finite in ``dtype``; errors name the edge or node that holds it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{owner} has {attribute!r} = {value!r} ({type(value).__name__}); "
+                                "it must be a real number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise NumericRangeError(f"{owner} has {attribute!r} = {short_repr(value)}, too large for a float") from None
+    if not math.isfinite(number):
+        raise InputError(f"{owner} has {attribute!r} = {number}; it must be finite")
+    largest = torch.finfo(dtype).max
+    if abs(number) > largest:
+        raise NumericRangeError(f"{owner} has {attribute!r} = {number:.6g}, beyond the range of {dtype} "
+                                f"(largest {largest:.4g})")
+    return number
 
 
 def _check_finite(

@@ -6,8 +6,6 @@ the order of the input's and output's last dimension.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Hashable, Iterable, Sequence
 
 import networkx as nx
@@ -17,7 +15,7 @@ import torch
 from ..activations import ACTIVATIONS, Activation
 from ..errors import ArgumentTypeError, InputError, NumericRangeError
 from ..graph import Graph
-from .edges import checked_dtype, short_repr, graph_from_edges, merge_duplicate_edges
+from .edges import checked_dtype, checked_number, graph_from_edges, merge_duplicate_edges
 
 
 def from_networkx(
@@ -98,7 +96,7 @@ def from_networkx(
         src,
         dst,
         torch.tensor(weights, dtype=dtype),
-        bias=torch.tensor([_number(G.nodes[n].get(bias, 0.0), f"node {n!r}", bias, dtype) for n in labels],
+        bias=torch.tensor([checked_number(G.nodes[n].get(bias, 0.0), f"node {n!r}", bias, dtype) for n in labels],
                           dtype=dtype),
         activation=[_activation_of(n, G.nodes[n].get(activation, "identity"), activation) for n in labels],
         inputs=_ids_of("inputs", inputs, index),
@@ -117,26 +115,8 @@ def _edge_lists(
             raise InputError(f"edge {u!r} -> {v!r} has no {weight!r} attribute; every edge needs a weight")
         src.append(index[u])
         dst.append(index[v])
-        weights.append(_number(data[weight], f"edge {u!r} -> {v!r}", weight, dtype))
+        weights.append(checked_number(data[weight], f"edge {u!r} -> {v!r}", weight, dtype))
     return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), weights
-
-
-def _number(value: object, owner: str, attribute: Hashable, dtype: torch.dtype) -> float:
-    """``value`` as a float that is finite in ``dtype``; errors name the edge or node that holds it."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ArgumentTypeError(f"{owner} has {attribute!r} = {value!r} ({type(value).__name__}); "
-                                "it must be a real number")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise NumericRangeError(f"{owner} has {attribute!r} = {short_repr(value)}, too large for a float") from None
-    if not math.isfinite(number):
-        raise InputError(f"{owner} has {attribute!r} = {number}; it must be finite")
-    largest = torch.finfo(dtype).max
-    if abs(number) > largest:
-        raise NumericRangeError(f"{owner} has {attribute!r} = {number:.6g}, beyond the range of {dtype} "
-                                f"(largest {largest:.4g})")
-    return number
 
 
 def _activation_of(node: Hashable, value: object, attribute: Hashable) -> str | Activation:
