@@ -116,8 +116,8 @@ class EdgesCase:
 def _container(values: list, kind: str, dtype=None) -> Any:
     if kind == "numpy":
         return np.array(values, dtype=dtype)
-    if kind == "tensor":
-        return torch.tensor(values) if dtype is None else torch.tensor(values, dtype=dtype)
+    if kind == "tensor":  # numpy's inference: float64 for floats, int64 for ints
+        return torch.from_numpy(np.array(values, dtype=dtype))
     return list(values)
 
 
@@ -229,9 +229,11 @@ class EdgesDoor(Door):
 
     def verify(self, setup, graph: graphlrp.Graph) -> None:
         case = setup["case"]
-        valid = ("none", "grad_weight", "duplicate_edge") + (("names_length",) if not case.named else ())
+        valid = ("none", "grad_weight", "duplicate_edge", "empty") + (("names_length",) if not case.named else ())
         require(case.flaw in valid, f"from_edges accepted a network with the flaw {case.flaw!r}")
         dag = case.dag
+        if case.flaw == "empty":  # no edges: every non-input node is a constant node
+            dag = replace(dag, edges=())
         if case.flaw == "duplicate_edge":
             first = dag.edges[0]
             dag = replace(dag, edges=((first[0], first[1], 2 * first[2]),) + dag.edges[1:])
@@ -474,10 +476,12 @@ class NeatDoor(Door):
             genome.nodes[0].aggregation = "product"
         elif flaw == "unknown_activation":
             genome.nodes[1].activation = "swish-ish"
-        elif flaw == "huge_weight":
-            genome.connections[(a, b)].weight = 1e300
-        elif flaw == "nan_weight":
-            genome.connections[(a, b)].weight = NAN
+        elif flaw in ("huge_weight", "nan_weight"):  # on a connection into output 0, which is always computed
+            value = 1e300 if flaw == "huge_weight" else NAN
+            if (-1, 0) in genome.connections:
+                genome.connections[-1, 0].weight, genome.connections[-1, 0].enabled = value, True
+            else:
+                genome.add_connection(config.genome_config, -1, 0, value, True, innovation=len(connections))
         elif flaw == "cycle" and a >= 0:
             genome.add_connection(config.genome_config, b, a, 1.0, True, innovation=len(connections))
         elif flaw == "dangling":

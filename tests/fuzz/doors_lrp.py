@@ -522,7 +522,10 @@ def _out_buffer(kind: str, explanation: graphlrp.Explanation, sample: Any) -> An
 def _check_messages(explanation: graphlrp.Explanation, sample: Any, messages: torch.Tensor) -> None:
     """The messages leaving every node sum to its relevance (for each sample asked)."""
     batch_size = len(explanation.node_relevance)
-    rows = list(range(batch_size)) if sample is None else [sample] if isinstance(sample, int) else list(sample)
+    if sample is None:
+        rows = list(range(batch_size))
+    else:
+        rows = [int(sample)] if isinstance(sample, (int, np.integer)) else [int(s) for s in sample]
     messages = messages.reshape(len(rows), -1).double()
     src, _, _ = explanation.graph.edges()
     for position, row in enumerate(rows):
@@ -673,9 +676,13 @@ def _check_paths(explanation: graphlrp.Explanation, options: dict, paths: list) 
     messages = explanation.edge_relevance(row).double().tolist()
     target = options.get("target")
     outputs = graph.outputs.tolist()
-    goal = outputs[target] if target is not None else max(outputs, key=lambda o: abs(relevance[o]))
-    if target is None:  # ties between outputs: any of the largest is a valid goal
-        goal = paths[0].nodes[-1] if paths else goal
+    if target is not None:
+        goal = outputs[target]
+    else:  # the output of largest |relevance|; with ties, any of them
+        largest = max(abs(relevance[o]) for o in outputs)
+        candidates = [o for o in outputs if abs(relevance[o]) == largest]
+        goal = paths[0].nodes[-1] if paths else candidates[0]
+        require(goal in candidates, f"paths end at node {goal}, not at an output of largest |relevance| {candidates}")
     found = all_paths(src, dst, set(range(graph.levels[0].size)), goal)
     expected = sorted((abs(v) for v in path_scores(found, messages, relevance, dst, goal, score)), reverse=True)[:k]
     actual = [abs(p.score) for p in paths]
