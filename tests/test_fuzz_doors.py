@@ -20,14 +20,19 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+
+import graphlrp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fuzz import DOORS  # noqa: E402
+from fuzz import DOORS, Door, run_case  # noqa: E402
 from fuzz.campaign import Tally, reproducers, run_door  # noqa: E402
+from fuzz.core import fingerprint, require_finite  # noqa: E402
 
 #: examples per door in CI
 EXAMPLES = 20
@@ -92,3 +97,60 @@ def test_every_door_documents_errors_and_succeeds(tallies):
     for name, tally in tallies.items():
         assert tally.counts["ok"] > 0, f"no generated input of {name} succeeded: {dict(tally.counts)}"
         assert tally.counts["documented"] + tally.counts["crash"] > 0, f"no input of {name} was refused"
+
+
+# -- the checks can fail ------------------------------------------------------------------------
+class _Probe(Door):
+    """A door whose call does what ``behaviour`` says, to show each outcome is detected."""
+
+    name = "probe"
+
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+
+    def prepare(self, case):
+        return {"x": torch.ones(3), "model": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))}
+
+    def watched(self, setup):
+        return setup
+
+    def call(self, setup):
+        return self.behaviour(setup)
+
+    def verify(self, setup, result):
+        require_finite("result", result)
+
+
+def _sleep(setup):
+    time.sleep(5)
+
+
+def _running_stats(setup):
+    setup["model"].train()(torch.randn(4, 2))
+    return torch.zeros(1)
+
+
+@pytest.mark.parametrize("behaviour, kind", [
+    (lambda s: torch.zeros(1), "ok"),
+    (lambda s: s["x"].add_(0.0 * s["x"] - 0.0), "ok"),  # written in place, with the same bits
+    (lambda s: s["x"].mul_(-1.0), "mutation"),
+    (lambda s: s["x"].requires_grad_(True), "mutation"),
+    (lambda s: s["model"].eval() and torch.zeros(1), "mutation"),  # a training flag
+    (_running_stats, "mutation"),
+    (lambda s: s["model"][0].register_forward_hook(lambda *a: None) and torch.zeros(1), "mutation"),
+    (lambda s: torch.tensor([float("nan")]), "wrong"),
+    (lambda s: graphlrp.explain(None, None), "documented"),
+    (lambda s: [][1], "crash"),
+    (lambda s: (_ for _ in ()).throw(ValueError("plain")), "crash"),
+    (_sleep, "hang"),
+])
+def test_each_outcome_is_detected(behaviour, kind):
+    assert run_case(_Probe(behaviour), None, seconds=0.5).kind == kind
+
+
+def test_fingerprints_see_every_bit():
+    a = torch.tensor([0.0, 1.0])
+    b = torch.tensor([-0.0, 1.0])  # equal values, different bits
+    assert fingerprint(a) != fingerprint(b)
+    assert fingerprint(torch.tensor([float("nan")])) == fingerprint(torch.tensor([float("nan")]))
+    assert fingerprint(a) != fingerprint(a.unsqueeze(0))

@@ -304,6 +304,12 @@ OPTION_VALUES: dict[str, st.SearchStrategy] = {
 FLAGS = ("--quiet", "--verbose", "--json", "--debug")
 OUTS = ("out.npy", "out.pt", "out.txt", "blocked/out.npy", "deep/new/out.npy", None)
 COMMANDS = ("explain", "explain", "paths", "circuit", "plot")
+#: models the command line must refuse: not a model, failing, unsafe to load (pickles), NaN weights
+REFUSED_MODELS = ("number", "boom", "nan_weights", "state_dict", "pickled_module", "junk_file", "syntax_error",
+                  "missing_file", "no_colon", "missing_function", "module_function")
+#: inputs it must refuse: non-finite, of the wrong shape, empty, unsafe (pickles), unreadable
+REFUSED_INPUTS = ("nan_later", "all_nan", "inf", "wrong_width", "vector", "empty", "object", "corrupt", "missing",
+                  "text_suffix", "pickled_pt")
 #: exit codes of the command line besides 0 (see graphlrp.cli): usage, files, the model
 EXIT_CODES = (2, 3, 4)
 
@@ -468,6 +474,9 @@ class CliDoor(Door):
 
     def verify(self, setup, stdout: str) -> None:
         case, work = setup["case"], setup["work"]
+        require(case.model not in REFUSED_MODELS, f"the command line accepted the model {case.model!r}")
+        require(case.inputs not in REFUSED_INPUTS, f"the command line accepted the inputs {case.inputs!r}")
+        require(case.command != "plot", "plot accepted inputs that are not images")
         if case.command == "explain" and case.out is not None:
             out = work / case.out
             relevance = torch.from_numpy(np.load(out)) if out.suffix == ".npy" else torch.load(out)
