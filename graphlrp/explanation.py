@@ -304,7 +304,8 @@ def explain(
     graph : Graph
         The network, e.g. from :func:`graphlrp.lower`.
     x : Tensor
-        Input batch ``(B, *graph.input_shape)``, on the graph's device and dtype, finite.
+        Input batch ``(B, *graph.input_shape)``, ``B >= 1``, on the graph's device and dtype,
+        finite. Only read: a tensor that requires grad is used without its autograd history.
     target : int or sequence of int or Tensor
         Class to explain, one for all samples or one per sample; relevance starts as that class's
         output value (the logit), zero elsewhere.
@@ -318,6 +319,23 @@ def explain(
     Returns
     -------
     Explanation
+        Its relevance is finite: what would leave the range of the graph's dtype is refused.
+
+    Raises
+    ------
+    ArgumentTypeError
+        ``graph``, ``rule``, ``composite``, ``x`` or ``target`` of the wrong type (a composite
+        given as ``rule=``, a model instead of its graph).
+    InputError
+        ``x`` of the wrong shape or device, empty, or holding NaN or inf; a bad ``target`` or
+        ``output_relevance``.
+    IndexOutOfRangeError
+        A target class outside the output (the message lists the offending targets).
+    NumericRangeError
+        Before anything is computed: a rule whose parameters, applied to the graph's weights and
+        biases, overflow its dtype (``Epsilon(1e39)`` or ``WSquare`` on a weight of ``1e30`` in
+        float32). After the forward pass: an output that is inf or NaN. At the end: relevance
+        that left the dtype's range (it names the level and rule).
     """
     _check_arguments(graph, rule, composite)
     composite = composite if composite is not None else Composite(default=rule)
@@ -337,17 +355,31 @@ def explain(
         records[level.index] = redistribute_level(graph, level, level_rules[level.index], trace, views)
     trace.release()
     _check_finite_relevance(graph, node_relevance, level_rules)
+    _own_copy_of_input(trace, x)
     return Explanation(graph, trace, node_relevance, records)
+
+
+def _own_copy_of_input(trace: Trace, x: Tensor) -> None:
+    """Replace what the trace shares with the caller's ``x`` (the input level's activation is a view
+    of it) by a copy: the explanation's later results (edge relevance) then do not follow changes
+    the caller makes to ``x``."""
+    storage = x.untyped_storage().data_ptr()
+    for position, activation in enumerate(trace.activations):
+        if activation.untyped_storage().data_ptr() == storage:
+            trace.activations[position] = activation.clone()
+    if trace.output.untyped_storage().data_ptr() == storage:
+        trace.output = trace.output.clone()
 
 
 def _check_arguments(graph: object, rule: object, composite: object) -> None:
     """Raise :class:`~graphlrp.errors.ArgumentTypeError` for a graph, rule or composite of the wrong kind."""
     if not isinstance(graph, Graph):
+        hint = "; lower the model first: graph = graphlrp.lower(model, x)" if isinstance(graph, torch.nn.Module) else ""
         raise ArgumentTypeError(f"graph must be a graphlrp.Graph (from graphlrp.lower or Graph.from_edges), "
-                                f"got {type(graph).__name__}")
+                                f"got {type(graph).__name__}{hint}")
     if isinstance(rule, Composite):
         raise ArgumentTypeError(f"rule= takes one rule for every level, got the composite {rule!r}; "
-                                "pass a composite as composite=, e.g. explain(graph, x, target, composite=EpsilonPlus())")
+                                "pass a composite as composite=, e.g. explain(graph, x, target, composite=graphlrp.composites.EpsilonPlus())")
     if rule is not None and not isinstance(rule, Rule):
         raise ArgumentTypeError(f"rule must be a graphlrp rule (graphlrp.rules), got {rule!r}")
     if isinstance(composite, Rule):
@@ -391,5 +423,5 @@ def _check_finite_relevance(graph: Graph, node_relevance: Tensor, level_rules: l
             raise NumericRangeError(
                 f"relevance of level {level.index} ({level.name!r}) is inf or NaN for samples {bad}: it leaves "
                 f"the range of {graph.dtype} under {', '.join(rules) or 'the initial relevance'}; "
-                "use a larger epsilon, or graph.to(dtype=torch.float64)"
+                "use a larger epsilon or parameters of smaller magnitude, or graph.to(dtype=torch.float64)"
             )
