@@ -18,7 +18,7 @@ from graphlrp import rules
 
 from .core import Door, require, require_close, require_finite, tolerance
 from .models import INPUT_KINDS, ModelSpec, as_is, build_model, canonical_spec, example_input, model_specs
-from .networks import DAG_ACTIVATIONS, DagSpec, dag_specs
+from .networks import DagSpec, dag_specs
 from .reference import gradient_times_input
 
 NAN, INF = float("nan"), float("inf")

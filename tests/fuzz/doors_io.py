@@ -7,7 +7,6 @@ import functools
 import io
 import json
 import math
-import pickle
 import shutil
 import tempfile
 import warnings
@@ -22,10 +21,10 @@ import torch.nn as nn
 from hypothesis import strategies as st
 
 import graphlrp
-from graphlrp import export
+from graphlrp import export, rules
 from graphlrp.errors import GraphLRPError
 
-from .core import Door, describe, require, require_finite
+from .core import Door, require, require_close, require_finite, tolerance
 from .networks import DagSpec, build_network, dag_specs
 
 #: exceptions a reader or writer may raise for a path that is missing or not a file (documented built-ins)
@@ -416,6 +415,37 @@ def cli_cases(draw) -> CliCase:
     )
 
 
+#: options that leave the relevance of every sample as graphlrp.explain computes it with the rule alone
+NEUTRAL_OPTIONS = {"--rule", "--epsilon", "--batch-size", "--target", "--block-kind", "--sample", "--edges", "--top-k",
+                   "--mass", "--threshold", "--max-edges", "--max-pool"}
+SIMPLE_RULES = {"epsilon": rules.Epsilon, "zplus": rules.ZPlus, "flat": rules.Flat, "wsquare": rules.WSquare}
+
+
+def _library_relevance(case: CliCase) -> torch.Tensor | None:
+    """What ``graphlrp.explain`` gives for the command's model, inputs and rule (``None`` where not worked out)."""
+    options = dict(case.options)
+    rule = SIMPLE_RULES.get(options.get("--rule", "epsilon"))
+    if case.model not in ("factory", "scripted", "traced") or case.inputs not in ("ok_npy", "ok_pt") or \
+            set(options) - NEUTRAL_OPTIONS or rule is None:
+        return None
+    try:
+        epsilon = float(options.get("--epsilon", "1e-6"))
+    except ValueError:
+        return None
+    if not (math.isfinite(epsilon) and 0 <= epsilon <= 1):
+        return None
+    namespace: dict[str, Any] = {}
+    exec(FACTORY, namespace)
+    model = namespace["make_traced" if case.model == "traced" else "make"]().eval()
+    root = cli_workspace()
+    x = torch.from_numpy(np.load(root / "ok_npy.npy")) if case.inputs == "ok_npy" else torch.load(root / "ok_pt.pt")
+    x = x.float()
+    with torch.no_grad():
+        target = options.get("--target", "predicted")
+        targets = model(x).argmax(1) if target == "predicted" else int(target)
+    return graphlrp.explain(graphlrp.lower(model, x), x, target=targets, rule=rule(epsilon)).input_relevance
+
+
 class CliDoor(Door):
     """``graphlrp.cli.main(argv)``: exit code 0, 2, 3 or 4, never a traceback without ``--debug``."""
 
@@ -481,6 +511,10 @@ class CliDoor(Door):
             out = work / case.out
             relevance = torch.from_numpy(np.load(out)) if out.suffix == ".npy" else torch.load(out)
             require_finite("relevance written by explain", relevance)
+            expected = _library_relevance(case)
+            if expected is not None:
+                require_close("relevance written by explain against graphlrp.explain", relevance, expected,
+                              tolerance(torch.float32))
         if case.command == "paths" and "--json" in case.flags:
             for path in json.loads(stdout):
                 require(math.isfinite(path["score"]), f"path score {path['score']} in paths --json")

@@ -70,8 +70,7 @@ class ModelSpec:
     @property
     def homogeneous(self) -> bool:
         """LRP-0 equals gradient × input on the canonical model."""
-        return self.activation in HOMOGENEOUS_KINDS and not self.bias and self.norm != "batchnorm" and (
-            not self.leading_inplace or self.activation in ("relu", "leaky_relu", "identity"))
+        return self.activation in HOMOGENEOUS_KINDS and not self.bias and self.norm != "batchnorm"
 
     @property
     def varied(self) -> bool:
@@ -208,12 +207,6 @@ def build_model(spec: ModelSpec, canonical: bool = False) -> nn.Module:
         for module in norms:
             module.train()
     return model
-
-
-def model_function(spec: ModelSpec):
-    """``x ↦`` the canonical model's output, on a copy of ``x`` (the reference forward)."""
-    model = build_model(spec, canonical=True)
-    return lambda x: model(x.clone())
 
 
 def as_is(model: nn.Module):
