@@ -21,19 +21,35 @@ from torch import Tensor
 from . import reductions
 from .composites import Composite
 from .explanation import Explanation, explain
-from .export import Samples, _is_int, check_fraction, edge_relevance_chunks, edges_holding_mass, sample_rows
+from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
+from .export import (
+    Samples,
+    _is_int,
+    check_bool,
+    check_explanation,
+    check_fraction,
+    check_int,
+    edge_relevance_chunks,
+    edges_holding_mass,
+    sample_rows,
+)
 from .graph import Graph, Level
+from .memory import check_budget
 from .rules import Rule
 
 PathScore = Literal["product", "sum"]
 PATH_SCORES = ("product", "sum")
 
+#: bytes per kept path and per node (three ``(N, k)`` tables) or per edge (candidates while relaxing a level)
+PATH_BYTES = 8
+
 
 # -- helpers ------------------------------------------------------------------------------------
 def _one_sample(explanation: Explanation, sample: int) -> int:
     """``sample`` as a non-negative row, which must be a single int."""
+    check_explanation(explanation)
     if not _is_int(sample):
-        raise TypeError(f"sample must be one int, got {sample!r}")
+        raise ArgumentTypeError(f"sample must be one int, got {sample!r} ({type(sample).__name__})")
     return sample_rows(explanation, sample)[0]
 
 
@@ -110,18 +126,34 @@ def top_paths(
     Returns
     -------
     list of Path
-        Best first; ties in no particular order.
+        Best first; ties in no particular order. The work is bounded by the number of paths that
+        reach the target, however large ``k`` is.
+
+    Raises
+    ------
+    ArgumentTypeError
+        For an ``explanation``, ``sample``, ``target`` or ``k`` of the wrong type.
+    InputError
+        For an unknown ``score`` or ``k < 1``.
+    IndexOutOfRangeError
+        For a ``sample`` or ``target`` out of range (negative ones count from the end).
+    GraphTooLargeError
+        If the ``k`` best paths per node would exceed the memory budget.
     """
     row = _one_sample(explanation, sample)
-    if score not in PATH_SCORES:
-        raise ValueError(f"unknown score {score!r}; choose one of {PATH_SCORES}")
-    if not _is_int(k) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if not isinstance(score, str) or score not in PATH_SCORES:
+        raise InputError(f"unknown score {score!r}; choose one of {PATH_SCORES}")
+    k = check_int("k", k, 1)
     graph = explanation.graph
     relevance = explanation.node_relevance[row].double()
-    messages = explanation.edge_relevance(row).double()
-    src, dst, _ = graph.edges()
     goal = _target_node(graph, relevance, target)
+    src, dst, _ = graph.edges()
+    k = min(k, _count_paths(graph, src, dst, goal, k))
+    if k == 0:
+        return []
+    check_budget(f"the {k:,} best paths from each of {graph.num_nodes:,} nodes",
+                 PATH_BYTES * k * (3 * graph.num_nodes + 5 * graph.num_edges), None)
+    messages = explanation.edge_relevance(row).double()
     nonzero = relevance[dst] != 0
     fraction = torch.where(nonzero, messages / torch.where(nonzero, relevance[dst], 1.0), 0.0)
     step = fraction.abs() if score == "product" else messages.abs()
@@ -146,9 +178,29 @@ def _target_node(graph: Graph, relevance: Tensor, target: int | None) -> int:
     outputs = graph.outputs
     if target is None:
         return int(outputs[relevance[outputs].abs().argmax()])
-    if not _is_int(target) or not 0 <= target < len(outputs):
-        raise IndexError(f"target {target!r} is not an index into the graph's {len(outputs)} outputs")
+    if not _is_int(target):
+        raise ArgumentTypeError(f"target must be an int index into the graph's outputs or None, got {target!r}")
+    if not -len(outputs) <= target < len(outputs):
+        raise IndexOutOfRangeError(f"target {target!r} is not an index into the graph's {len(outputs)} outputs "
+                                   f"(-{len(outputs)} .. {len(outputs) - 1})")
     return int(outputs[target])
+
+
+def _count_paths(graph: Graph, src: Tensor, dst: Tensor, goal: int, limit: int) -> int:
+    """The number of paths from the input level to ``goal``, or ``limit`` if there are at least that many.
+
+    Counted backwards from ``goal``, level by level, each node's count capped at ``limit``.
+    """
+    count = torch.zeros(graph.num_nodes, dtype=torch.float64, device=src.device)
+    count[goal] = 1.0
+    ranges = _block_ranges(graph)
+    for level in reversed(graph.levels[: graph.level_of(goal).index]):
+        for block, (start, stop) in zip(graph.blocks, ranges):
+            if block.src == level.index:
+                count.index_add_(0, src[start:stop], count[dst[start:stop]])
+        count[level.offset : level.offset + level.size].clamp_(max=limit)
+    first = graph.levels[0]
+    return int(min(float(count[first.offset : first.offset + first.size].sum()), limit))
 
 
 def _best_suffixes(
@@ -290,6 +342,15 @@ def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float 
     -------
     Circuit
         :meth:`Circuit.faithfulness` runs the network on the circuit alone.
+
+    Raises
+    ------
+    ArgumentTypeError
+        For an ``explanation``, ``sample`` or ``fraction`` of the wrong type.
+    InputError
+        For a ``fraction`` outside ``(0, 1]``.
+    IndexOutOfRangeError
+        For a ``sample`` out of range.
     """
     row = _one_sample(explanation, sample)
     check_fraction("fraction", fraction)
@@ -313,17 +374,26 @@ def prune(graph: Graph, keep: Tensor) -> Graph:
     inputs are level 0's nodes in order; feed them the values after the input level's activation
     (``explanation._trace.activations[0]``).
 
+    ``keep`` may also be a boolean mask with one entry per edge.
+
     Raises
     ------
-    ValueError
-        For blocks whose edges depend on the sample (max pooling), naming the block.
+    ArgumentTypeError
+        For a ``graph`` that is not a :class:`Graph`, or a ``keep`` that holds neither edge
+        positions (ints) nor a mask.
+    IndexOutOfRangeError
+        For a position outside ``0 .. num_edges - 1`` (negative ones count from the end).
+    InputError
+        For blocks whose edges depend on the sample (max pooling), naming the block, or a mask
+        whose length is not the number of edges.
     """
+    if not isinstance(graph, Graph):
+        raise ArgumentTypeError(f"graph must be a graphlrp.Graph, got {type(graph).__name__}")
     for block in graph.blocks:
         if not block.linear_forward:
-            raise ValueError(f"cannot prune {block!r} (kind {block.kind!r}): its edges depend on the sample")
+            raise InputError(f"cannot prune {block!r} (kind {block.kind!r}): its edges depend on the sample")
     src, dst, weight = graph.edges()
-    mask = torch.zeros(len(weight), dtype=torch.bool, device=weight.device)
-    mask[keep] = True
+    mask = _edge_mask(keep, len(weight), weight.device)
     bias = torch.cat([weight.new_zeros(l.size) if l.bias is None or l.index == 0 else l.bias for l in graph.levels])
     activation = ["identity"] * graph.levels[0].size + [l.activation for l in graph.levels[1:] for _ in l.nodes]
     first = graph.levels[0]
@@ -351,12 +421,13 @@ def level_flow(explanation: Explanation, sample: Samples = None) -> list[dict[st
         (sums of the positive and negative messages) and ``total``. The totals of the rows into
         a level equal that level's ``relevance_out`` in :meth:`Explanation.conservation`.
     """
+    rows = sample_rows(explanation, sample)
     graph = explanation.graph
     ranges = _block_ranges(graph)
     pairs = sorted({(b.src, b.dst) for b in graph.blocks})
     positive = {pair: 0.0 for pair in pairs}
     negative = {pair: 0.0 for pair in pairs}
-    for messages in edge_relevance_chunks(explanation, sample):
+    for messages in edge_relevance_chunks(explanation, rows):
         for block, (start, stop) in zip(graph.blocks, ranges):
             part = messages[:, start:stop]
             positive[block.src, block.dst] += float(part.clamp(min=0).sum())
@@ -396,12 +467,22 @@ def rank_neurons(
         How many, ``>= 1``.
     absolute : bool
         Rank by ``|relevance|`` instead of relevance (most positive first).
+
+    Raises
+    ------
+    ArgumentTypeError
+        For arguments of the wrong type.
+    InputError
+        For an unknown level name, ``k < 1`` or a ``sample`` that selects no samples.
+    IndexOutOfRangeError
+        For a level index or sample out of range (negative ones count from the end).
     """
+    rows = sample_rows(explanation, sample)
     graph = explanation.graph
     chosen = _level(graph, level)
-    if not _is_int(k) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    index = torch.tensor(sample_rows(explanation, sample), device=explanation.node_relevance.device)
+    check_int("k", k, 1)
+    check_bool("absolute", absolute)
+    index = torch.tensor(rows, device=explanation.node_relevance.device)
     values = explanation.node_relevance.index_select(0, index)[:, chosen.offset : chosen.offset + chosen.size].mean(0)
     order = torch.argsort(values.abs() if absolute else values, descending=True, stable=True)[:k]
     nodes = [(chosen.offset + i, float(values[i])) for i in order.tolist()]
@@ -413,10 +494,39 @@ def _level(graph: Graph, level: int | str) -> Level:
         for candidate in graph.levels:
             if candidate.name == level:
                 return candidate
-        raise ValueError(f"no level is named {level!r}; levels: {[l.name for l in graph.levels]}")
-    if not _is_int(level) or not 0 <= level < len(graph.levels):
-        raise IndexError(f"level {level!r} is not one of the graph's {len(graph.levels)} levels")
+        raise InputError(f"no level is named {level!r}; levels: {[l.name for l in graph.levels]}")
+    count = len(graph.levels)
+    if not _is_int(level):
+        raise ArgumentTypeError(f"level must be a level index (int) or name (str), got {level!r}")
+    if not -count <= level < count:
+        raise IndexOutOfRangeError(f"level {level!r} is not one of the graph's {count} levels (-{count} .. {count - 1})")
     return graph.levels[level]
+
+
+def _edge_mask(keep: object, num_edges: int, device: torch.device) -> Tensor:
+    """A boolean mask over the edges from positions (ints, negative from the end) or a mask."""
+    if isinstance(keep, (str, bytes, dict, set)) or not (isinstance(keep, (Tensor, np.ndarray))
+                                                         or hasattr(keep, "__iter__")):
+        raise ArgumentTypeError(f"keep must be edge positions (ints) or a boolean mask, got {type(keep).__name__}")
+    try:
+        index = torch.as_tensor(keep if isinstance(keep, (Tensor, np.ndarray)) else list(keep))
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise ArgumentTypeError("keep must be edge positions (ints) or a boolean mask") from None
+    index = index.detach().to(device).reshape(-1)
+    if index.dtype == torch.bool:
+        if len(index) != num_edges:
+            raise InputError(f"keep is a mask of {len(index)} entries for a graph of {num_edges} edges")
+        return index.clone()
+    if index.numel() and (index.is_floating_point() or index.is_complex()):
+        raise ArgumentTypeError(f"keep must hold int edge positions or be a boolean mask, got dtype {index.dtype}")
+    index = index.long()
+    if index.numel() and not bool(((index >= -num_edges) & (index < num_edges)).all()):
+        bad = index[(index < -num_edges) | (index >= num_edges)][:5].tolist()
+        raise IndexOutOfRangeError(f"keep holds the edge positions {bad}; the graph has {num_edges} edges "
+                                   f"(-{num_edges} .. {num_edges - 1})")
+    mask = torch.zeros(num_edges, dtype=torch.bool, device=device)
+    mask[index] = True
+    return mask
 
 
 @dataclass(frozen=True)
@@ -440,12 +550,17 @@ def contrast(
 
     Raises
     ------
-    ValueError
-        If the explanations are of different graphs.
+    ArgumentTypeError
+        For arguments of the wrong type.
+    InputError
+        If the explanations are of different graphs, or ``k < 1``.
+    IndexOutOfRangeError
+        For a ``sample`` out of range in either explanation.
     """
+    check_explanation(explanation_a, "explanation_a")
+    check_explanation(explanation_b, "explanation_b")
     _check_same_graph(explanation_a.graph, explanation_b.graph)
-    if not _is_int(k) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    check_int("k", k, 1)
     a = explanation_a.edge_relevance(_one_sample(explanation_a, sample))
     b = explanation_b.edge_relevance(_one_sample(explanation_b, sample))
     difference = a - b
@@ -461,10 +576,10 @@ def _check_same_graph(a: Graph, b: Graph) -> None:
     if a is b:
         return
     if (a.num_nodes, a.num_edges) != (b.num_nodes, b.num_edges):
-        raise ValueError(f"the explanations are of different graphs: {a.num_nodes:,} nodes and {a.num_edges:,} "
+        raise InputError(f"the explanations are of different graphs: {a.num_nodes:,} nodes and {a.num_edges:,} "
                          f"edges against {b.num_nodes:,} nodes and {b.num_edges:,} edges")
     if not all(torch.equal(x, y) for x, y in zip(a.edges(), b.edges())):
-        raise ValueError("the explanations are of different graphs: their edges or weights differ")
+        raise InputError("the explanations are of different graphs: their edges or weights differ")
 
 
 # -- data sets ----------------------------------------------------------------------------------
@@ -501,15 +616,30 @@ def mean_edge_relevance(
     Tensor
         ``(num_edges,)`` in :meth:`Graph.edges` order. Only one batch's node relevance and one
         chunk of edge relevance are held at a time.
+
+    Raises
+    ------
+    ArgumentTypeError
+        For a ``graph``, ``inputs``, ``targets``, ``batch_size``, ``absolute`` or ``progress`` of
+        the wrong type.
+    InputError
+        For ``inputs`` without samples, ``batch_size < 1``, or a number of targets that is
+        neither one nor one per sample; and whatever :func:`graphlrp.explain` refuses.
     """
-    count = len(inputs)
+    if not isinstance(graph, Graph):
+        raise ArgumentTypeError(f"graph must be a graphlrp.Graph, got {type(graph).__name__}")
+    if not isinstance(inputs, Tensor):
+        raise ArgumentTypeError(f"inputs must be a torch.Tensor of shape (N, *graph.input_shape), "
+                                f"got {type(inputs).__name__}")
+    count = len(inputs) if inputs.dim() else 0
     if count == 0:
-        raise ValueError("inputs holds no samples")
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    per_sample = torch.as_tensor(targets).reshape(-1)
+        raise InputError("inputs holds no samples")
+    check_int("batch_size", batch_size, 1)
+    check_bool("absolute", absolute)
+    check_bool("progress", progress)
+    per_sample = _targets(targets)
     if per_sample.numel() not in (1, count):
-        raise ValueError(f"targets has {per_sample.numel()} entries for {count} samples; give one, or one per sample")
+        raise InputError(f"targets has {per_sample.numel()} entries for {count} samples; give one, or one per sample")
     total = torch.zeros(graph.num_edges, dtype=graph.dtype, device=graph.device)
     with _progress(count, progress) as advance:
         for start in range(0, count, batch_size):
@@ -520,6 +650,20 @@ def mean_edge_relevance(
                 total += (messages.abs() if absolute else messages).sum(0)
             advance(len(batch))
     return total / count
+
+
+def _targets(targets: object) -> Tensor:
+    """``targets`` as a 1-D integer tensor."""
+    if targets is None or isinstance(targets, (str, bytes, float)):
+        raise ArgumentTypeError(f"targets must be an int, a sequence of ints or an integer tensor, got {targets!r}")
+    try:
+        per_sample = torch.as_tensor(targets).reshape(-1)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise ArgumentTypeError(f"targets must be an int, a sequence of ints or an integer tensor, "
+                                f"got {targets!r}") from None
+    if per_sample.dtype == torch.bool or per_sample.is_floating_point() or per_sample.is_complex():
+        raise ArgumentTypeError(f"targets must hold ints (class indices), got dtype {per_sample.dtype}")
+    return per_sample
 
 
 @contextmanager

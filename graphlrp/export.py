@@ -11,8 +11,14 @@ edge values per array are held at once, never ``samples × edges``.
 from __future__ import annotations
 
 import inspect
+import io
 import json
+import math
+import numbers
+import operator
 import os
+import xml.parsers.expat
+from xml.etree import ElementTree
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import networkx as nx
@@ -20,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import ArgumentTypeError, FileFormatError, IndexOutOfRangeError, InputError
 from .transforms import Identity, Zero
 
 if TYPE_CHECKING:  # pragma: no cover - import for annotations only
@@ -38,28 +45,78 @@ _SAMPLES = "samples"
 
 
 # -- samples ------------------------------------------------------------------------------------
-def sample_rows(explanation: "Explanation", sample: Samples) -> list[int]:
+def sample_rows(explanation: "Explanation", sample: Samples, allow_empty: bool = False) -> list[int]:
     """The batch rows ``sample`` names (``None``: all), as non-negative ints.
+
+    ``sample`` is an int, a sequence (or 1-D integer tensor or array) of ints, or ``None``;
+    negative indices count from the end of the batch, as in Python.
 
     Raises
     ------
-    TypeError
-        If a sample is not an int.
-    IndexError
+    ArgumentTypeError
+        If ``sample`` or one of its entries is not an int.
+    IndexOutOfRangeError
         If a sample is out of range for the explained batch.
+    InputError
+        If ``sample`` selects no sample and ``allow_empty`` is false (a value over no samples
+        is undefined).
     """
+    check_explanation(explanation)
     batch = len(explanation.node_relevance)
-    rows = list(range(batch)) if sample is None else [sample] if _is_int(sample) else list(sample)
+    rows = list(range(batch)) if sample is None else [sample] if _is_int(sample) else _listed(sample)
     for row in rows:
         if not _is_int(row):
-            raise TypeError(f"samples must be ints, got {row!r}")
+            raise ArgumentTypeError(f"samples must be ints, got {row!r} ({type(row).__name__})")
         if not -batch <= row < batch:
-            raise IndexError(f"sample {row} is out of range for a batch of {batch}")
-    return [int(row) % batch for row in rows]
+            raise IndexOutOfRangeError(f"sample {row} is out of range for a batch of {batch} "
+                                       f"(-{batch} .. {batch - 1})")
+    if not rows and not allow_empty:
+        raise InputError("sample selects no samples; give an int, a non-empty sequence of ints, or None for all")
+    return [operator.index(row) % batch for row in rows]
+
+
+def _listed(sample: object) -> list[object]:
+    if isinstance(sample, (Tensor, np.ndarray)):
+        return sample.tolist() if sample.ndim == 1 else [sample]
+    if isinstance(sample, (str, bytes, dict, set)) or not hasattr(sample, "__iter__"):
+        raise ArgumentTypeError(f"sample must be an int, a sequence of ints or None, got {sample!r} "
+                                f"({type(sample).__name__})")
+    return list(sample)
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    """Whether ``value`` is one integer (a Python or numpy int, a 0-d integer tensor; not a bool)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def check_explanation(explanation: object, name: str = "explanation") -> None:
+    """Raise :class:`ArgumentTypeError` unless ``explanation`` is an :class:`~graphlrp.Explanation`."""
+    from .explanation import Explanation
+
+    if not isinstance(explanation, Explanation):
+        raise ArgumentTypeError(f"{name} must be a graphlrp.Explanation (from graphlrp.explain), "
+                                f"got {type(explanation).__name__}")
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int; :class:`ArgumentTypeError` if it is none, :class:`InputError` below ``minimum``."""
+    if not _is_int(value):
+        raise ArgumentTypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+    if operator.index(value) < minimum:
+        raise InputError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return operator.index(value)
+
+
+def check_bool(name: str, value: object) -> None:
+    """Raise :class:`ArgumentTypeError` unless ``value`` is a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
 def _chunks(rows: list[int], num_edges: int) -> Iterator[list[int]]:
@@ -82,7 +139,7 @@ def bias_relevance(explanation: "Explanation", sample: Samples = None) -> Tensor
     ``s_gj`` the group's quotient and ``β_gj`` its bias term. Summed over a level's nodes it is
     that level's :attr:`LevelBalance.bias`. Input nodes and nodes without a bias absorb nothing.
     """
-    rows = sample_rows(explanation, sample)
+    rows = sample_rows(explanation, sample, allow_empty=True)
     graph = explanation.graph
     index = torch.tensor(rows, dtype=torch.long, device=explanation.node_relevance.device)
     shares = explanation.node_relevance.new_zeros((len(rows), graph.num_nodes))
@@ -104,7 +161,7 @@ def edge_contributions(explanation: "Explanation", sample: Samples = None) -> Te
     ``(samples, num_edges)``, or ``(num_edges,)`` for an int sample. A max-pooling block in
     ``'winner'`` mode contributes only through each window's winner.
     """
-    rows = sample_rows(explanation, sample)
+    rows = sample_rows(explanation, sample, allow_empty=True)
     trace = explanation._trace
     index = torch.tensor(rows, dtype=torch.long, device=explanation.node_relevance.device)
     parts = []
@@ -179,9 +236,11 @@ def edges_holding_mass(magnitude: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def check_fraction(name: str, fraction: float) -> None:
-    """Raise ``ValueError`` unless ``0 < fraction <= 1``."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"{name} must be a fraction in (0, 1], got {fraction!r}")
+    """Raise :class:`ArgumentTypeError` unless ``fraction`` is a real number, :class:`InputError` unless ``0 < fraction <= 1``."""
+    if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a fraction in (0, 1], got {fraction!r} ({type(fraction).__name__})")
+    if not 0 < fraction <= 1:
+        raise InputError(f"{name} must be a fraction in (0, 1], got {fraction!r}")
 
 
 def select_edges(
@@ -201,16 +260,36 @@ def select_edges(
         Keep the fewest, largest first, that hold this fraction of the total
         (:func:`edges_holding_mass`).
     """
+    check_selection(top_k, threshold, mass)
     keep = np.ones(len(magnitude), dtype=bool)
     if top_k is not None:
-        if not _is_int(top_k) or top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
-        keep &= _mask(len(magnitude), np.argsort(-magnitude, kind="stable")[:top_k])
+        keep &= _mask(len(magnitude), np.argsort(-magnitude, kind="stable")[: operator.index(top_k)])
     if threshold is not None:
         keep &= magnitude >= threshold
     if mass is not None:
         keep &= _mask(len(magnitude), edges_holding_mass(magnitude, mass))
     return np.flatnonzero(keep)
+
+
+def check_selection(top_k: object, threshold: object, mass: object) -> None:
+    """Check the criteria of :func:`select_edges` (each may be ``None``).
+
+    Raises
+    ------
+    ArgumentTypeError
+        For a ``top_k`` that is not an int, or a ``threshold`` or ``mass`` that is not a real number.
+    InputError
+        For a negative ``top_k``, a NaN ``threshold`` or a ``mass`` outside ``(0, 1]``.
+    """
+    if top_k is not None:
+        check_int("top_k", top_k, 0)
+    if threshold is not None:
+        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
+            raise ArgumentTypeError(f"threshold must be a real number, got {threshold!r} ({type(threshold).__name__})")
+        if math.isnan(threshold):
+            raise InputError("threshold must be a number, got NaN")
+    if mass is not None:
+        check_fraction("mass", mass)
 
 
 def _mask(n: int, indices: np.ndarray) -> np.ndarray:
@@ -263,13 +342,20 @@ def explanation_to_networkx(
 
     Raises
     ------
-    ValueError
-        For an unknown ``aggregate`` or a ``mass`` outside ``(0, 1]``.
-    IndexError
+    ArgumentTypeError
+        For an ``explanation`` that is not one, or a sample, ``top_k``, ``threshold``, ``mass``
+        or ``keep_all_nodes`` of the wrong type.
+    InputError
+        For an unknown ``aggregate``, a ``sample`` that selects no samples, a negative ``top_k``,
+        a NaN ``threshold`` or a ``mass`` outside ``(0, 1]``.
+    IndexOutOfRangeError
         For a sample out of range.
     """
-    if aggregate not in AGGREGATES:
-        raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {AGGREGATES}")
+    check_explanation(explanation)
+    if not isinstance(aggregate, str) or aggregate not in AGGREGATES:
+        raise InputError(f"unknown aggregate {aggregate!r}; choose one of {AGGREGATES}")
+    check_bool("keep_all_nodes", keep_all_nodes)
+    check_selection(top_k, threshold, mass)
     rows = sample_rows(explanation, sample)
     mode: Aggregate = "sum" if _is_int(sample) else aggregate
     graph = explanation.graph
@@ -334,24 +420,72 @@ def _edge_records(src, dst, weight, contribution, relevance) -> Iterator[tuple]:
 
 
 # -- files --------------------------------------------------------------------------------------
+#: what the readers and writers hold: a graph of :func:`explanation_to_networkx`
+_EXPECTED = ("a graph of graphlrp.export.explanation_to_networkx: a directed graph (not a multigraph) with int "
+             "node ids, a 'position' tuple of ints on every node and a 'samples' tuple of ints in G.graph")
+
+#: exceptions networkx's GraphML reader raises for a file that is not well-formed GraphML of this kind
+_GRAPHML_ERRORS = (ElementTree.ParseError, nx.NetworkXError, ValueError, KeyError, TypeError, AttributeError,
+                   IndexError, RecursionError, UnicodeError)
+
+
 def write_graphml(G: nx.DiGraph, path: str | os.PathLike) -> None:
     """Write ``G`` (from :func:`explanation_to_networkx`) as GraphML, for Gephi, Cytoscape or yEd.
 
     GraphML holds only scalars: ``position`` and ``G.graph['samples']`` are written as text,
     comma-separated (``(3, 4)`` → ``"3,4"``); :func:`read_graphml` turns them back. Floats are
-    written with ``repr`` precision, so they read back exactly.
+    written with ``repr`` precision, so they read back exactly. ``G`` is not modified, and the
+    file is written only once the whole document has been built.
+
+    Raises
+    ------
+    ArgumentTypeError
+        If ``G`` is not a ``networkx.DiGraph``.
+    InputError
+        If ``G`` is not a graph of :func:`explanation_to_networkx` (see :func:`read_graphml`),
+        or holds an attribute GraphML cannot store (a tuple, list or ``None`` other than
+        ``position`` and ``samples``).
     """
-    nx.write_graphml(_with_text_tuples(G), path)
+    _check_explanation_graph(G, "G", InputError)
+    document = io.BytesIO()
+    try:
+        nx.write_graphml(_with_text_tuples(G), document)
+    except nx.NetworkXError as error:
+        raise InputError(f"G cannot be written as GraphML: {error} (GraphML holds numbers, text and booleans; "
+                         "write_json holds lists too)") from None
+    with open(path, "wb") as file:
+        file.write(document.getvalue())
 
 
 def read_graphml(path: str | os.PathLike) -> nx.DiGraph:
-    """Read a file of :func:`write_graphml` back into the graph that was written (int node ids, tuples)."""
-    G = nx.read_graphml(path, node_type=int)
+    """Read a file of :func:`write_graphml` back into the graph that was written (int node ids, tuples).
+
+    Only files that hold a graph of :func:`explanation_to_networkx` are read (use
+    ``networkx.read_graphml`` for any other GraphML file). A document type that declares
+    entities is refused before the file is parsed, so entity expansion never runs.
+
+    Raises
+    ------
+    FileFormatError
+        If the file is not well-formed XML, not GraphML, declares entities, or does not hold a
+        graph of :func:`explanation_to_networkx`; the message names the file.
+    OSError
+        If the file cannot be opened (``FileNotFoundError``, ``IsADirectoryError``, ...).
+    """
+    _refuse_entities(path)
+    try:
+        G = nx.read_graphml(path, node_type=int)
+    except _GRAPHML_ERRORS as error:
+        raise FileFormatError(f"{os.fspath(path)!r} is not a GraphML file of write_graphml: "
+                              f"{type(error).__name__}: {error}; expected {_EXPECTED}") from None
+    if not G.is_directed() or G.is_multigraph():
+        raise FileFormatError(f"{os.fspath(path)!r} holds an undirected graph or a multigraph; expected {_EXPECTED}")
     for default in ("node_default", "edge_default"):  # added by networkx's reader, empty for our files
         G.graph.pop(default, None)
-    for data in G.nodes.values():
-        data[_POSITION] = _parse_tuple(data[_POSITION])
-    G.graph[_SAMPLES] = _parse_tuple(G.graph[_SAMPLES])
+    for node, data in G.nodes.items():
+        data[_POSITION] = _parsed_tuple(path, f"node {node!r} attribute {_POSITION!r}", data.get(_POSITION, _MISSING))
+    G.graph[_SAMPLES] = _parsed_tuple(path, f"graph attribute {_SAMPLES!r}", G.graph.get(_SAMPLES, _MISSING))
+    _check_explanation_graph(G, repr(os.fspath(path)), FileFormatError)
     return G
 
 
@@ -359,20 +493,56 @@ def write_json(G: nx.DiGraph, path: str | os.PathLike) -> None:
     """Write ``G`` as node-link JSON: ``nodes`` and ``edges`` lists, as D3 and ``networkx.node_link_data`` use.
 
     Tuples are written as JSON lists and floats with ``repr`` precision; :func:`read_json` reads
-    the graph back exactly. (For Gephi and Cytoscape, prefer :func:`write_graphml`.)
+    the graph back exactly. (For Gephi and Cytoscape, prefer :func:`write_graphml`.) ``G`` is
+    not modified, and the file is written only once the whole document has been built.
+
+    Raises
+    ------
+    ArgumentTypeError
+        If ``G`` is not a ``networkx.DiGraph``.
+    InputError
+        If ``G`` is not a graph of :func:`explanation_to_networkx` (see :func:`read_json`), or
+        holds an attribute JSON cannot store.
     """
+    _check_explanation_graph(G, "G", InputError)
+    try:
+        document = json.dumps(nx.node_link_data(G, **_node_link_keywords()))
+    except (TypeError, ValueError) as error:
+        raise InputError(f"G cannot be written as JSON: {error}") from None
     with open(path, "w", encoding="utf-8") as file:
-        json.dump(nx.node_link_data(G, **_node_link_keywords()), file)
+        file.write(document)
 
 
 def read_json(path: str | os.PathLike) -> nx.DiGraph:
-    """Read a file of :func:`write_json` back into the graph that was written."""
+    """Read a file of :func:`write_json` back into the graph that was written.
+
+    Only plain JSON is parsed (never pickle); only files that hold a graph of
+    :func:`explanation_to_networkx` are read.
+
+    Raises
+    ------
+    FileFormatError
+        If the file is not UTF-8 JSON, is nested too deeply to parse, or does not hold the
+        node-link data of a graph of :func:`explanation_to_networkx`; the message names the file
+        and what is missing.
+    OSError
+        If the file cannot be opened (``FileNotFoundError``, ``IsADirectoryError``, ...).
+    """
+    name = repr(os.fspath(path))
     with open(path, encoding="utf-8") as file:
-        G = nx.node_link_graph(json.load(file), **_node_link_keywords())
+        try:
+            data = json.load(file)
+        except (json.JSONDecodeError, UnicodeError, RecursionError) as error:
+            reason = "it is nested too deeply" if isinstance(error, RecursionError) else f"{error}"
+            raise FileFormatError(f"{name} is not a JSON file of write_json: {reason}") from None
+    keywords = _node_link_keywords()
+    _check_node_link(data, name, keywords.get("edges", "links"))
+    G = nx.node_link_graph(data, directed=True, multigraph=False, **keywords)
     for node, data in G.nodes.items():
         data["id"] = node  # node-link JSON stores the ``id`` attribute as the node's key
         data[_POSITION] = tuple(data[_POSITION])
     G.graph[_SAMPLES] = tuple(G.graph[_SAMPLES])
+    _check_explanation_graph(G, name, FileFormatError)
     return G
 
 
@@ -381,8 +551,86 @@ def _node_link_keywords() -> dict[str, Any]:
     return {"edges": "edges"} if "edges" in inspect.signature(nx.node_link_data).parameters else {}
 
 
+def _check_node_link(data: object, name: str, edges: str) -> None:
+    """Refuse JSON that is not node-link data of a directed graph with int node ids."""
+    def refuse(what: str) -> None:
+        raise FileFormatError(f"{name} is not node-link JSON of write_json: {what}; expected a JSON object with "
+                              f"'nodes', {edges!r} and 'graph', holding {_EXPECTED}")
+
+    if not isinstance(data, dict):
+        refuse(f"it holds a JSON {type(data).__name__}")
+    for key, kind in (("nodes", list), (edges, list), ("graph", dict)):
+        if not isinstance(data.get(key), kind):
+            refuse(f"{key!r} is missing" if key not in data else f"{key!r} is a {type(data[key]).__name__}")
+    if data.get("directed", True) is not True or data.get("multigraph", False) is not False:
+        refuse("it holds an undirected graph or a multigraph")
+    for position, node in enumerate(data["nodes"]):
+        if not isinstance(node, dict) or not _is_plain_int(node.get("id")):
+            refuse(f"node {position} is not an object with an int 'id'")
+        if not _is_int_list(node.get(_POSITION)):
+            refuse(f"node {node['id']} has no {_POSITION!r} list of ints")
+    for position, edge in enumerate(data[edges]):
+        if not isinstance(edge, dict) or not (_is_plain_int(edge.get("source")) and _is_plain_int(edge.get("target"))):
+            refuse(f"edge {position} is not an object with int 'source' and 'target'")
+    if not _is_int_list(data["graph"].get(_SAMPLES)):
+        refuse(f"the graph has no {_SAMPLES!r} list of ints")
+
+
+def _is_plain_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_int_list(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and all(_is_plain_int(v) for v in value)
+
+
+def _check_explanation_graph(G: object, name: str, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``G`` is a graph of :func:`explanation_to_networkx` (as far as files hold it)."""
+    if not isinstance(G, nx.DiGraph):
+        raise ArgumentTypeError(f"{name} must be a networkx.DiGraph from explanation_to_networkx, "
+                                f"got {type(G).__name__}")
+    if G.is_multigraph():
+        raise error(f"{name} is a multigraph; expected {_EXPECTED}")
+    for node, data in G.nodes.items():
+        if not _is_plain_int(node):
+            raise error(f"{name} has the node {node!r}, which is not an int id; expected {_EXPECTED}")
+        if not isinstance(data.get(_POSITION), tuple) or not _is_int_list(data[_POSITION]):
+            raise error(f"{name}: node {node} has no {_POSITION!r} tuple of ints; expected {_EXPECTED}")
+    if not isinstance(G.graph.get(_SAMPLES), tuple) or not _is_int_list(G.graph[_SAMPLES]):
+        raise error(f"{name} has no graph attribute {_SAMPLES!r} (a tuple of ints); expected {_EXPECTED}")
+
+
+def _refuse_entities(path: str | os.PathLike) -> None:
+    """Raise :class:`FileFormatError` if the XML prolog of ``path`` declares an entity.
+
+    Only the prolog is read: parsing stops at the root element's start tag.
+    """
+    class _RootReached(Exception):
+        pass
+
+    def entity_declared(name: str, *_: object) -> None:
+        raise FileFormatError(f"{os.fspath(path)!r} declares the XML entity {name!r}; GraphML files with entity "
+                              "declarations are refused (entity expansion is unsafe)")
+
+    def root_reached(*_: object) -> None:
+        raise _RootReached
+
+    parser = xml.parsers.expat.ParserCreate()
+    parser.EntityDeclHandler = entity_declared
+    parser.StartElementHandler = root_reached
+    with open(path, "rb") as file:
+        try:
+            while chunk := file.read(1 << 16):
+                parser.Parse(chunk, False)
+            parser.Parse(b"", True)
+        except _RootReached:
+            return
+        except xml.parsers.expat.ExpatError as error:
+            raise FileFormatError(f"{os.fspath(path)!r} is not well-formed XML: {error}") from None
+
+
 def _with_text_tuples(G: nx.DiGraph) -> nx.DiGraph:
-    """A shallow copy of ``G`` whose tuple attributes are comma-separated text."""
+    """A copy of ``G`` (new attribute dicts) whose tuple attributes are comma-separated text."""
     H = G.copy()
     for data in H.nodes.values():
         data[_POSITION] = _format_tuple(data[_POSITION])
@@ -394,6 +642,18 @@ def _format_tuple(values: tuple[int, ...]) -> str:
     return ",".join(map(str, values))
 
 
-def _parse_tuple(text: str | None) -> tuple[int, ...]:
-    # an empty tuple is written as an empty element, which networkx reads as the text "None"
-    return () if text in (None, "", "None") else tuple(int(part) for part in text.split(","))
+#: an attribute the file does not hold
+_MISSING = object()
+
+
+def _parsed_tuple(path: str | os.PathLike, what: str, text: object) -> tuple[int, ...]:
+    """The ints of comma-separated ``text``; an empty tuple is written as an empty element, read as ``"None"``."""
+    if text in (None, "", "None"):
+        return ()
+    if not isinstance(text, str):
+        missing = "is missing" if text is _MISSING else f"is {text!r}, not comma-separated ints"
+        raise FileFormatError(f"{os.fspath(path)!r}: {what} {missing}; expected {_EXPECTED}")
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise FileFormatError(f"{os.fspath(path)!r}: {what} is {text!r}, not comma-separated ints") from None
