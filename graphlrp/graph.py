@@ -131,8 +131,9 @@ class Graph:
         self._level_rules: dict = {}
         #: per level, the largest |weight| of its incoming edges and |bias| (:meth:`weight_magnitudes`)
         self._magnitudes: tuple[tuple[float, float], ...] | None = None
-        #: (level, rule groups, epsilon) that passed :meth:`check_range`
-        self._in_range: set = set()
+        #: rule groups that passed :meth:`check_range`, by (level, id of the groups, epsilon); the
+        #: groups are kept so that their id is not reused while the entry exists
+        self._in_range: dict = {}
         self._cache_weights = True
 
     @classmethod
@@ -327,15 +328,17 @@ class Graph:
         that passed are remembered, so a repeated call costs a lookup per level.
         """
         magnitudes = self.weight_magnitudes()
-        for level, rule in zip(self.levels[1:], rules[1:]):
-            key = (level.index, rule.cached_groups(), rule.epsilon)
-            if key in self._in_range:
+        for index in range(1, len(self.levels)):
+            rule = rules[index]
+            groups = rule.cached_groups()
+            key = (index, id(groups), rule.epsilon)
+            if self._in_range.get(key) is groups:
                 continue
-            max_weight, max_bias = magnitudes[level.index]
-            rule.check_range(self.dtype, max_weight, max_bias, f"level {level.index} ({level.name!r})")
-            if len(self._in_range) >= 1024:  # rules made anew with other parameters for every call
+            max_weight, max_bias = magnitudes[index]
+            rule.check_range(self.dtype, max_weight, max_bias, f"level {index} ({self.levels[index].name!r})")
+            if len(self._in_range) >= 1024:  # rules made anew for every call
                 self._in_range.clear()
-            self._in_range.add(key)
+            self._in_range[key] = groups
 
     # -- computing ----------------------------------------------------------------------------
     def __call__(self, x: Tensor) -> Tensor:
