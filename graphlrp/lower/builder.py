@@ -18,6 +18,7 @@ from torch import Tensor
 from ..activations import IDENTITY, Activation, compose
 from ..blocks import Block, ConvBlock, ElementwiseBlock, MaxPoolBlock, SparseBlock, block_from_matrix
 from ..blocks.conv import count_conv_edges
+from ..errors import InputError, UnsupportedModuleError
 from ..graph import Graph, LayerType, Level
 from ..rules import Norm, Pass
 
@@ -135,7 +136,7 @@ class GraphBuilder:
         """``y = W x + b`` over the last (only) dimension of one sample."""
         if len(value.shape) != 1 or value.shape[0] != weight.shape[1]:
             hint = " — insert nn.Flatten() before it" if len(value.shape) > 1 else ""
-            raise ValueError(f"{name} ({_type_name(layer_type)}) expects {weight.shape[1]} features per sample, "
+            raise InputError(f"{name} ({_type_name(layer_type)}) expects {weight.shape[1]} features per sample, "
                              f"receives shape {value.shape}{hint}")
         src = self.source(value, f"{name}:input")
         dst = self._add_level(name, layer_type, (weight.shape[0],), bias)
@@ -273,7 +274,8 @@ class GraphBuilder:
         """A sum node per element: weight-1 edges from each operand (Zennit's ``Norm`` rule)."""
         shape = values[0].shape
         if any(v.shape != shape for v in values):
-            raise ValueError(f"{name}: cannot add tensors of shapes {[v.shape for v in values]} (no broadcasting)")
+            raise UnsupportedModuleError(f"{name}: cannot add tensors of shapes {[v.shape for v in values]} "
+                                         "(broadcasting between computed tensors is not supported)")
         bias = None if constant is None else constant.to(self.dtype).expand(shape).reshape(-1).clone()
         dst = self._add_level(name, "sum", shape, bias, default_rule=Norm())
         for value in values:
@@ -292,7 +294,7 @@ class GraphBuilder:
     def reshape(self, value: Value, shape: tuple[int, ...]) -> Value:
         """Same nodes in the same order, another shape."""
         if math.prod(shape) != value.size:
-            raise ValueError(f"cannot reshape {value.shape} to {shape}")
+            raise UnsupportedModuleError(f"cannot reshape {value.shape} to {shape}: the number of elements differs")
         return replace(value, shape=tuple(shape))
 
     def permute(self, value: Value, dims: tuple[int, ...]) -> Value:

@@ -1,7 +1,13 @@
 """Lowering any ``torch.fx``-traceable network: residual additions, concatenations, functional calls.
 
-The model is traced symbolically, shapes are propagated with one sample of the example input,
-and every node of the traced graph becomes graph operations on the :class:`GraphBuilder`.
+The model is traced symbolically, shapes are propagated with one sample of the example input (a
+copy), and every node of the traced graph becomes graph operations on the :class:`GraphBuilder`.
+
+In-place operations (``nn.ReLU(inplace=True)``, ``F.relu(x, inplace=True)``, ``x.relu_()``,
+``torch.relu_(x)``, ``x.add_(y)``) are lowered as what they compute: the graph applies the
+out-of-place function, and every later use of the changed tensor reads the result. An in-place
+operation on a tensor that is also read later through another name (a view taken before the
+change), or on a parameter or buffer of the model, is refused before the model runs.
 """
 from __future__ import annotations
 
@@ -14,12 +20,11 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..activations import Activation
-from ..errors import UnsupportedModuleError
+from ..errors import InputError, UnsupportedModuleError
 from .builder import GraphBuilder, Value
-from .modules import handler_for
+from .modules import PASSTHROUGH_TYPES, RESHAPE_TYPES, handler_for
 from .torch_modules import unsupported
 
 _ACTIVATION_FUNCTIONS: dict[Any, str] = {
@@ -28,9 +33,16 @@ _ACTIVATION_FUNCTIONS: dict[Any, str] = {
     F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh", F.softplus: "softplus", F.hardtanh: "hardtanh",
     F.hardsigmoid: "hardsigmoid", F.hardswish: "hardswish", F.softsign: "softsign", F.logsigmoid: "logsigmoid",
 }
+#: in-place activation functions and the out-of-place function the graph applies instead
+_INPLACE_FUNCTIONS: dict[Any, Callable[..., Tensor]] = {
+    torch.relu_: torch.relu, F.leaky_relu_: F.leaky_relu, F.elu_: F.elu, F.hardtanh_: F.hardtanh,
+    torch.celu_: F.celu, torch.selu_: F.selu, torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh,
+}
 _ACTIVATION_METHODS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze"}
 _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+_PERMUTE_METHODS = {"permute", "transpose"}
+_PERMUTE_FUNCTIONS = {torch.permute, torch.transpose}
 _ADD = {operator.add, torch.add, operator.iadd}
 
 
@@ -60,64 +72,171 @@ def _trace(model: nn.Module) -> torch.fx.GraphModule:
         ) from None
 
 
-def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta")
-    return tuple(meta.shape[1:]) if isinstance(meta, TensorMetadata) else None
-
-
-def _is_alias(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_method":
-        return node.target in _RESHAPE_METHODS
-    if node.op == "call_function":
-        return node.target in _RESHAPE_FUNCTIONS
-    if node.op == "call_module":
-        return isinstance(modules[node.target], (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout))
-    return False
-
-
-def _exclusive(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether ``node``'s value (through reshapes) is used by one consumer only."""
-    while True:
-        if len(node.users) != 1:
-            return False
-        if not _is_alias(node, modules) or not node.args:
-            return True
-        node = node.args[0]
-
-
 def _where(node: torch.fx.Node) -> str:
     return f"node {node.name!r} ({node.format_node()})"
 
 
+# -- aliasing: which nodes hold the same tensor ---------------------------------------------------
+def _inplace_flag(node: torch.fx.Node) -> bool:
+    return node.kwargs.get("inplace") is True or (len(node.args) > 1 and node.args[-1] is True)
+
+
+def mutated(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.fx.Node | None:
+    """The node whose tensor ``node`` changes in place, or ``None``."""
+    if not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return None
+    if node.op == "call_module":
+        changes = getattr(modules[node.target], "inplace", False) is True
+    elif node.op == "call_method":
+        changes = node.target.endswith("_") and not node.target.startswith("_")
+    elif node.op == "call_function":
+        changes = node.target in _INPLACE_FUNCTIONS or node.target is operator.iadd or (
+            (node.target in _ACTIVATION_FUNCTIONS or node.target is F.dropout) and _inplace_flag(node))
+    else:
+        changes = False
+    return node.args[0] if changes else None
+
+
+def _is_view(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` may return (a view of) its first argument's tensor."""
+    if node.op == "call_method":
+        return node.target in _RESHAPE_METHODS or node.target in _PERMUTE_METHODS
+    if node.op == "call_function":
+        return node.target in _RESHAPE_FUNCTIONS or node.target in _PERMUTE_FUNCTIONS or node.target is F.dropout
+    if node.op == "call_module":
+        return isinstance(modules[node.target], RESHAPE_TYPES + PASSTHROUGH_TYPES)
+    return False
+
+
+def _is_alias(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node``'s tensor is (a view of) its first argument's: a view or an in-place change."""
+    return _is_view(node, modules) or mutated(node, modules) is not None
+
+
+def _exclusive(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node``'s tensor (through views and in-place changes) is used by one consumer only."""
+    while True:
+        if len(node.users) != 1:
+            return False
+        if not _is_alias(node, modules) or not isinstance(node.args[0], torch.fx.Node):
+            return True
+        node = node.args[0]
+
+
+def _alias_groups(graph: torch.fx.Graph, modules: dict[str, nn.Module]) -> dict[torch.fx.Node, list[torch.fx.Node]]:
+    """For every node, the nodes that may share its tensor (connected through views and in-place changes)."""
+    parent: dict[torch.fx.Node, torch.fx.Node] = {}
+
+    def root(node: torch.fx.Node) -> torch.fx.Node:
+        while parent.get(node, node) is not node:
+            node = parent[node]
+        return node
+
+    for node in graph.nodes:
+        if _is_alias(node, modules) and isinstance(node.args[0], torch.fx.Node):
+            parent[root(node)] = root(node.args[0])
+    members: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        members.setdefault(root(node), []).append(node)
+    return {node: members[root(node)] for node in graph.nodes}
+
+
+def check_inplace(graph: torch.fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Refuse in-place operations the graph cannot express, before the model runs.
+
+    An in-place operation may change a tensor whose later uses all go through the changed node or
+    the operation's result (those read the result). It may not change a parameter or buffer of the
+    model, nor a tensor that is read after the change through a view taken before it.
+    """
+    order = {node: position for position, node in enumerate(graph.nodes)}
+    groups = _alias_groups(graph, modules)
+    for node in graph.nodes:
+        target = mutated(node, modules)
+        if target is None:
+            continue
+        group = groups[target]
+        attribute = next((m for m in group if m.op == "get_attr"), None)
+        if attribute is not None:
+            raise UnsupportedModuleError(f"in-place operation at {_where(node)} changes the model's attribute "
+                                         f"{attribute.target!r}; lowering never changes the model")
+        for member in group:
+            if member is target or order[member] >= order[node]:
+                continue
+            late = [user for user in member.users if order[user] > order[node]]
+            if late:
+                raise UnsupportedModuleError(
+                    f"in-place operation at {_where(node)} changes {target.name!r}, which {late[0].name!r} reads "
+                    f"afterwards through {member.name!r}; write the operation out of place")
+
+
+# -- shapes -------------------------------------------------------------------------------------
+class _Shapes(torch.fx.Interpreter):
+    """Runs the traced model once and records every node's per-sample shape (``None``: not a tensor)."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.shapes: dict[torch.fx.Node, tuple[int, ...] | None] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        result = super().run_node(n)
+        self.shapes[n] = tuple(result.shape[1:]) if isinstance(result, Tensor) else None
+        return result
+
+
+def _shapes(gm: torch.fx.GraphModule, example_input: Tensor) -> dict[torch.fx.Node, tuple[int, ...] | None]:
+    """Per-sample shapes of every node, from one run on a copy of the example's first sample."""
+    interpreter = _Shapes(gm)
+    try:
+        with torch.no_grad():
+            interpreter.run(example_input[:1].detach().clone())
+    except Exception as error:  # the model's own code may raise anything
+        raise InputError(f"running the traced model on one sample of example_input (shape "
+                         f"{tuple(example_input.shape[1:])}) failed: {type(error).__name__}: {error}") from None
+    return interpreter.shapes
+
+
 class _Walker:
-    def __init__(self, gm: torch.fx.GraphModule, builder: GraphBuilder, example_input: Tensor) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, builder: GraphBuilder, example_input: Tensor,
+                 shapes: dict[torch.fx.Node, tuple[int, ...] | None]) -> None:
         self.gm = gm
         self.builder = builder
         self.example = example_input
+        self.shapes = shapes
         self.modules = dict(gm.named_modules())
         self.values: dict[torch.fx.Node, Any] = {}
 
     def run(self) -> Value:
         for node in self.gm.graph.nodes:
             if node.op == "output":
-                result = self.values[node.args[0]]
-                if not isinstance(result, Value):
-                    raise UnsupportedModuleError(f"the model's output must be one tensor ({_where(node)})")
-                return result
-            self.values[node] = getattr(self, f"_{node.op}")(node)
+                return self._output(node)
+            value = getattr(self, f"_{node.op}")(node)
+            self.values[node] = value
+            target = mutated(node, self.modules)
+            if target is not None:
+                self.values[target] = value  # later uses of the changed tensor read the result
         raise UnsupportedModuleError("the traced model has no output")
 
+    def shape(self, node: torch.fx.Node) -> tuple[int, ...] | None:
+        """One sample's shape of ``node``'s tensor (``None``: not a tensor)."""
+        return self.shapes.get(node)
+
     # -- node kinds -----------------------------------------------------------------------------
+    def _output(self, node: torch.fx.Node) -> Value:
+        returned = node.args[0]
+        result = self.values.get(returned) if isinstance(returned, torch.fx.Node) else None
+        if not isinstance(result, Value):
+            kind = type(returned).__name__ if not isinstance(returned, torch.fx.Node) else "a value not computed from the input"
+            raise UnsupportedModuleError(f"the model must return one tensor computed from its input; it returns {kind}")
+        return result
+
     def _placeholder(self, node: torch.fx.Node) -> Value:
-        if any(isinstance(v, Value) and v.level == 0 for v in self.values.values()):
-            raise UnsupportedModuleError(f"models with more than one input are not supported ({_where(node)})")
         return self.builder.input(tuple(self.example.shape[1:]))
 
-    def _get_attr(self, node: torch.fx.Node) -> Tensor:
+    def _get_attr(self, node: torch.fx.Node) -> Any:
         owner_path, _, name = node.target.rpartition(".")
         owner = self.gm.get_submodule(owner_path) if owner_path else self.gm
         value = getattr(owner, name)
-        return value.detach() if isinstance(value, Tensor) else value
+        return value.detach().clone() if isinstance(value, Tensor) else value
 
     def _call_module(self, node: torch.fx.Node) -> Value:
         module = self.modules[node.target]
@@ -125,46 +244,43 @@ class _Walker:
         if handler is None:
             raise unsupported(node.target, module)
         value = self._tensor_arg(node, 0)
-        return handler(self.builder, node.target, module, value, _shape(node),
+        return handler(self.builder, node.target, module, value, self.shape(node),
                        _exclusive(node.args[0], self.modules))
 
     def _call_method(self, node: torch.fx.Node) -> Any:
-        if _shape(node) is None:
+        if self.shape(node) is None:
             return _NotATensor()
         name = node.target
         value = self._tensor_arg(node, 0)
         if name in _RESHAPE_METHODS:
-            return self.builder.reshape(value, _shape(node))
-        if name in _ACTIVATION_METHODS:
-            activation = Activation(name, _ACTIVATION_METHODS[name])
+            return self.builder.reshape(value, self.shape(node))
+        plain = name[:-1] if name.endswith("_") else name
+        if plain in _ACTIVATION_METHODS and len(node.args) == 1 and not node.kwargs:
+            activation = Activation(plain, _ACTIVATION_METHODS[plain])
             return self.builder.activation(node.name, value, activation, _exclusive(node.args[0], self.modules))
-        if name in ("permute", "transpose"):
+        if name in _PERMUTE_METHODS:
             return self._permute(node, value)
-        if name == "add":
+        if plain == "add":
             return self._add(node)
         raise UnsupportedModuleError(f"unsupported tensor method {name!r} at {_where(node)}")
 
     def _call_function(self, node: torch.fx.Node) -> Any:
         target = node.target
-        if _shape(node) is None:
+        if self.shape(node) is None:
             return _NotATensor()
         if target in _ADD:
             return self._add(node)
         if target in _RESHAPE_FUNCTIONS:
-            return self.builder.reshape(self._tensor_arg(node, 0), _shape(node))
+            return self.builder.reshape(self._tensor_arg(node, 0), self.shape(node))
         if target is torch.cat:
             return self._cat(node)
-        if target in _ACTIVATION_FUNCTIONS:
-            kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
-            extra = tuple(a for a in node.args[1:] if not isinstance(a, bool))  # a trailing bool is `inplace`
-            activation = Activation(_ACTIVATION_FUNCTIONS[target], _Bound(target, extra, tuple(sorted(kwargs.items()))))
-            return self.builder.activation(node.name, self._tensor_arg(node, 0), activation,
-                                           _exclusive(node.args[0], self.modules))
-        if target is torch.permute:
+        if target in _ACTIVATION_FUNCTIONS or target in _INPLACE_FUNCTIONS:
+            return self._activation(node)
+        if target in _PERMUTE_FUNCTIONS:
             return self._permute(node, self._tensor_arg(node, 0))
         if target is F.dropout:
             if self._kwargs(node, ("input", "p", "training", "inplace")).get("training", True):
-                raise ValueError(f"dropout in training mode at {_where(node)}; pass training=False or use nn.Dropout")
+                raise InputError(f"dropout in training mode at {_where(node)}; pass training=False or use nn.Dropout")
             return self._tensor_arg(node, 0)
         functional = _FUNCTIONAL.get(target)
         if functional is None:
@@ -173,8 +289,22 @@ class _Walker:
         return functional(self, node)
 
     # -- helpers --------------------------------------------------------------------------------
+    def _activation(self, node: torch.fx.Node) -> Value:
+        """A functional activation, applied out of place with its extra arguments (``inplace`` dropped)."""
+        target = node.target
+        fn = _INPLACE_FUNCTIONS.get(target, target)
+        kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+        extra = tuple(a for a in node.args[1:] if not isinstance(a, bool))  # a trailing bool is `inplace`
+        if any(isinstance(a, torch.fx.Node) for a in (*extra, *kwargs.values())):
+            raise UnsupportedModuleError(f"an activation's parameters must be constants, not computed ({_where(node)})")
+        name = _ACTIVATION_FUNCTIONS.get(fn, getattr(fn, "__name__", "activation"))
+        activation = Activation(name, _Bound(fn, extra, tuple(sorted(kwargs.items()))))
+        return self.builder.activation(node.name, self._tensor_arg(node, 0), activation,
+                                       _exclusive(node.args[0], self.modules))
+
     def _tensor_arg(self, node: torch.fx.Node, position: int) -> Value:
-        value = self.values.get(node.args[position]) if isinstance(node.args[position], torch.fx.Node) else None
+        argument = node.args[position] if position < len(node.args) else None
+        value = self.values.get(argument) if isinstance(argument, torch.fx.Node) else None
         if not isinstance(value, Value):
             raise UnsupportedModuleError(f"argument {position} of {_where(node)} must be a tensor computed from the input")
         return value
@@ -188,8 +318,8 @@ class _Walker:
 
     def _add(self, node: torch.fx.Node) -> Value:
         operands = [self.values.get(a, a) if isinstance(a, torch.fx.Node) else a for a in node.args]
-        if node.kwargs.get("alpha", 1) != 1:
-            raise UnsupportedModuleError(f"torch.add with alpha != 1 is not supported ({_where(node)})")
+        if node.kwargs.get("alpha", 1) != 1 or set(node.kwargs) - {"alpha"}:
+            raise UnsupportedModuleError(f"torch.add with alpha != 1 or other options is not supported ({_where(node)})")
         tensors = [o for o in operands if isinstance(o, Value)]
         constants = [o for o in operands if not isinstance(o, Value)]
         if any(isinstance(c, _NotATensor) for c in constants):
@@ -197,7 +327,7 @@ class _Walker:
         constant = None
         if constants:
             constant = sum(torch.as_tensor(c, dtype=self.builder.dtype) for c in constants)
-            if constant.dim() > 0 and constant.shape[0] == 1 and constant.dim() == len(_shape(node)) + 1:
+            if constant.dim() > 0 and constant.shape[0] == 1 and constant.dim() == len(self.shape(node)) + 1:
                 constant = constant[0]
         return self.builder.add(node.name, tensors, constant)
 
@@ -227,25 +357,38 @@ class _Walker:
         return self.builder.permute(value, tuple(d - 1 for d in dims[1:]))
 
 
+def _parameter(node: torch.fx.Node, kwargs: dict[str, Any], name: str, required: bool) -> Tensor | None:
+    """The constant tensor ``kwargs[name]`` of a functional layer (a weight or bias of the model)."""
+    value = kwargs.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, Tensor):
+        raise UnsupportedModuleError(f"the {name} of {_where(node)} must be a tensor of the model, not computed "
+                                     "from the input")
+    return value
+
+
 def _functional_linear(walker: _Walker, node: torch.fx.Node) -> Value:
     kwargs = walker._kwargs(node, ("input", "weight", "bias"))
-    return walker.builder.linear(node.name, nn.Linear, walker._tensor_arg(node, 0), kwargs["weight"],
-                                 kwargs.get("bias"))
+    return walker.builder.linear(node.name, nn.Linear, walker._tensor_arg(node, 0),
+                                 _parameter(node, kwargs, "weight", True), _parameter(node, kwargs, "bias", False))
 
 
 def _functional_conv(walker: _Walker, node: torch.fx.Node) -> Value:
     kwargs = walker._kwargs(node, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"))
     value = walker._tensor_arg(node, 0)
     dims = len(value.shape) - 1
-    layer_type = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    layer_type = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}.get(dims)
     padding = kwargs.get("padding", 0)
-    if isinstance(padding, str):
-        raise UnsupportedModuleError(f"string padding in a functional convolution is not supported ({_where(node)})")
+    if layer_type is None or isinstance(padding, str):
+        raise UnsupportedModuleError(f"a functional convolution over {dims} dimensions or with string padding is "
+                                     f"not supported ({_where(node)})")
 
     def expand(v):
         return tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
 
-    return walker.builder.conv(node.name, layer_type, value, kwargs["weight"], kwargs.get("bias"), _shape(node),
+    return walker.builder.conv(node.name, layer_type, value, _parameter(node, kwargs, "weight", True),
+                               _parameter(node, kwargs, "bias", False), walker.shape(node),
                                expand(kwargs.get("stride", 1)), expand(padding), expand(kwargs.get("dilation", 1)),
                                kwargs.get("groups", 1))
 
@@ -253,12 +396,15 @@ def _functional_conv(walker: _Walker, node: torch.fx.Node) -> Value:
 def _functional_pool(module_type: type, names: tuple[str, ...]) -> Callable[[_Walker, torch.fx.Node], Value]:
     def lower_pool(walker: _Walker, node: torch.fx.Node) -> Value:
         kwargs = walker._kwargs(node, ("input", *names))
-        kwargs.pop("input")
+        kwargs.pop("input", None)
         if kwargs.get("return_indices"):
             raise UnsupportedModuleError(f"return_indices=True is not supported ({_where(node)})")
-        module = module_type(**{k: v for k, v in kwargs.items() if k != "return_indices"})
+        try:
+            module = module_type(**{k: v for k, v in kwargs.items() if k != "return_indices"})
+        except (TypeError, ValueError) as error:
+            raise UnsupportedModuleError(f"cannot read the pooling's arguments at {_where(node)}: {error}") from None
         handler = handler_for(module)
-        return handler(walker.builder, node.name, module, walker._tensor_arg(node, 0), _shape(node), False)
+        return handler(walker.builder, node.name, module, walker._tensor_arg(node, 0), walker.shape(node), False)
 
     return lower_pool
 
@@ -281,13 +427,19 @@ _FUNCTIONAL: dict[Any, Callable[[_Walker, torch.fx.Node], Value]] = {
 
 
 def lower_traced(model: nn.Module, example_input: Tensor, builder: GraphBuilder) -> Value:
-    """Trace ``model`` with ``torch.fx`` and build its graph; returns the output's value."""
+    """Trace ``model`` with ``torch.fx`` and build its graph; returns the output's value.
+
+    Every module the traced graph calls is checked to be supported, and every in-place operation
+    to be expressible, before the model runs on (a copy of) the example's first sample.
+    """
     gm = _trace(model)
-    was_training = model.training
-    try:
-        ShapeProp(gm).propagate(example_input[:1])
-    except Exception as error:
-        raise UnsupportedModuleError(f"running the traced model failed: {type(error).__name__}: {error}") from None
-    finally:
-        model.train(was_training)
-    return _Walker(gm, builder, example_input).run()
+    modules = dict(gm.named_modules())
+    inputs = [node for node in gm.graph.nodes if node.op == "placeholder"]
+    if len(inputs) != 1:
+        names = ", ".join(node.name for node in inputs)
+        raise UnsupportedModuleError(f"the model must take one input tensor; its forward takes {len(inputs)} ({names})")
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and handler_for(modules[node.target]) is None:
+            raise unsupported(node.target, modules[node.target])
+    check_inplace(gm.graph, modules)
+    return _Walker(gm, builder, example_input, _shapes(gm, example_input)).run()

@@ -1,6 +1,7 @@
 """How each supported ``torch.nn`` module becomes graph operations (shared by every front-end)."""
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -8,6 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..activations import Activation
+from ..errors import InputError, UnsupportedModuleError
 from .builder import GraphBuilder, Value
 
 #: element-wise activation modules; relevance passes through them unchanged
@@ -15,8 +17,13 @@ ELEMENTWISE_TYPES: tuple[type, ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
     nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Tanhshrink, nn.LogSigmoid,
 )
+DROPOUT_TYPES: tuple[type, ...] = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+)
 #: modules that leave values and node order unchanged (dropout only in eval mode)
-PASSTHROUGH_TYPES: tuple[type, ...] = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+PASSTHROUGH_TYPES: tuple[type, ...] = (nn.Identity, *DROPOUT_TYPES)
+#: modules whose output depends on the training flag: they must be in eval mode to be lowered
+MODE_DEPENDENT_TYPES: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, *DROPOUT_TYPES)
 #: modules that reshape without reordering nodes
 RESHAPE_TYPES: tuple[type, ...] = (nn.Flatten, nn.Unflatten)
 
@@ -46,7 +53,7 @@ def _linear(builder: GraphBuilder, path: str, module: nn.Linear, value: Value, o
 
 def _conv(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
     if module.padding_mode != "zeros":
-        raise ValueError(f"{path} ({type(module).__name__}): padding_mode={module.padding_mode!r} is not supported "
+        raise UnsupportedModuleError(f"{path} ({type(module).__name__}): padding_mode={module.padding_mode!r} is not supported "
                          "(only 'zeros')")
     padding = module.padding
     if isinstance(padding, str):  # 'same' / 'valid': recover the numbers from the shapes
@@ -63,7 +70,7 @@ def _explicit_padding(module: nn.Module, in_shape, out_shape) -> tuple[int, ...]
     for k, d in zip(module.kernel_size, module.dilation):
         total = d * (k - 1)
         if total % 2:
-            raise ValueError(f"{type(module).__name__} with padding='same' and an even receptive field pads "
+            raise UnsupportedModuleError(f"{type(module).__name__} with padding='same' and an even receptive field pads "
                              "asymmetrically, which is not supported")
         pads.append(total // 2)
     return tuple(pads)
@@ -76,7 +83,7 @@ def _as_tuple(value, dims: int) -> tuple[int, ...]:
 def _max_pool(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
     dims = len(value.shape) - 1
     if getattr(module, "return_indices", False):
-        raise ValueError(f"{path} ({type(module).__name__}): return_indices=True is not supported")
+        raise UnsupportedModuleError(f"{path} ({type(module).__name__}): return_indices=True is not supported")
     kernel = _as_tuple(module.kernel_size, dims)
     stride = _as_tuple(module.stride if module.stride is not None else module.kernel_size, dims)
     return builder.max_pool(path, type(module), value, out_shape, kernel, stride, _as_tuple(module.padding, dims),
@@ -87,7 +94,7 @@ def _avg_pool(builder: GraphBuilder, path: str, module: nn.Module, value: Value,
     dims = len(value.shape) - 1
     padding = _as_tuple(module.padding, dims)
     if module.ceil_mode or (not module.count_include_pad and any(padding)):
-        raise ValueError(f"{path} ({type(module).__name__}): ceil_mode=True and count_include_pad=False with "
+        raise UnsupportedModuleError(f"{path} ({type(module).__name__}): ceil_mode=True and count_include_pad=False with "
                          "padding are not supported")
     kernel = _as_tuple(module.kernel_size, dims)
     stride = _as_tuple(module.stride if module.stride is not None else module.kernel_size, dims)
@@ -100,10 +107,9 @@ def _adaptive_avg_pool(builder: GraphBuilder, path: str, module: nn.Module, valu
 
 
 def _batch_norm(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
-    if module.training:
-        raise ValueError(f"{path} ({type(module).__name__}) is in training mode; call model.eval() first")
+    check_eval_mode(path, module)
     if module.running_mean is None:
-        raise ValueError(f"{path} ({type(module).__name__}) has no running statistics (track_running_stats=False)")
+        raise UnsupportedModuleError(f"{path} ({type(module).__name__}) has no running statistics (track_running_stats=False)")
     with torch.no_grad():
         scale = torch.rsqrt(module.running_var + module.eps)
         if module.weight is not None:
@@ -115,9 +121,21 @@ def _batch_norm(builder: GraphBuilder, path: str, module: nn.Module, value: Valu
                               fold=exclusive)
 
 
+def out_of_place(module: nn.Module) -> nn.Module:
+    """A shallow copy of an element-wise module that computes the same function without ``inplace``.
+
+    An in-place activation would overwrite the pre-activation that the rules' denominators read;
+    the copy also keeps the graph independent of later changes to the user's module.
+    """
+    twin = copy.copy(module)
+    if getattr(twin, "inplace", False):
+        twin.inplace = False
+    return twin
+
+
 def _activation(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
     # the module's forward itself: calling the module would run torch's hook machinery per level
-    return builder.activation(path, value, Activation(type(module).__name__, module.forward), exclusive)
+    return builder.activation(path, value, Activation(type(module).__name__, out_of_place(module).forward), exclusive)
 
 
 def _reshape(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
@@ -125,9 +143,15 @@ def _reshape(builder: GraphBuilder, path: str, module: nn.Module, value: Value, 
 
 
 def _passthrough(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
-    if module.training and not isinstance(module, nn.Identity):
-        raise ValueError(f"{path} ({type(module).__name__}) is in training mode; call model.eval() first")
+    check_eval_mode(path, module)
     return value
+
+
+def check_eval_mode(path: str, module: nn.Module) -> None:
+    """Raise :class:`~graphlrp.errors.InputError` if ``module`` computes something else in training mode."""
+    if isinstance(module, MODE_DEPENDENT_TYPES) and module.training:
+        raise InputError(f"{path} ({type(module).__name__}) is in training mode; call model.eval() first "
+                         "(lowering never runs a module in training mode)")
 
 
 HANDLERS: dict[tuple[type, ...], Handler] = {
