@@ -268,7 +268,10 @@ def _int64_ids(name: str, array: np.ndarray) -> np.ndarray:
             value = array[position]
             raise ArgumentTypeError(f"{name} must hold integer node ids, got {value!r} "
                                     f"({type(value).__name__}) at position {position}")
-        _refuse_largest_id(name, max(int(v) for v in array.tolist()))
+        largest = max(int(v) for v in array.tolist())
+        if largest > np.iinfo(np.int64).max:
+            _refuse_largest_id(name, largest)
+        return np.array(array.tolist(), dtype=np.int64)
     if array.dtype.kind == "u" and array.max() > np.iinfo(np.int64).max:
         _refuse_largest_id(name, int(array.max()))
     if array.dtype.kind not in "iu":

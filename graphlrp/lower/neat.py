@@ -10,6 +10,7 @@ needed for the outputs are left out as neat-python leaves them out.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..activations import Activation, activation_by_name
-from ..errors import ArgumentTypeError, InputError
+from ..errors import ArgumentTypeError, InputError, NumericRangeError
 from ..graph import Graph
 from .edges import checked_dtype, checked_number, graph_from_edges
 
@@ -188,7 +189,11 @@ def _folded_edges(
             checked_number(w, connection, "weight", torch.float64)
             src.append(index[source])
             dst.append(index[node])
-            weight.append(checked_number(w * response, connection, "weight × response", dtype))
+            folded = w * response
+            if math.isinf(folded):
+                raise NumericRangeError(f"{connection} has weight {w:.6g} × response {response:.6g} = {folded}; "
+                                        "the product overflows float64")
+            weight.append(checked_number(folded, connection, "weight × response", dtype))
     return src, dst, weight
 
 
