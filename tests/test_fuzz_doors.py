@@ -43,23 +43,8 @@ GUARANTEES = {"crash": "no crash", "wrong": "no silent wrong result", "mutation"
 
 #: (door, kind) -> the bug that breaks that guarantee on the CI examples today
 KNOWN: dict[tuple[str, str], str] = {
-    ("explain", "crash"): "Composite(by_type={None or 3: rule}) is accepted and explain then raises TypeError from "
-                          "issubclass in composites._matches_type",
-    ("composites", "crash"): "Composite accepts by_type keys that are not classes (TypeError from issubclass at "
-                             "explain) and by_name keys that are not strings (TypeError from fnmatchcase)",
-    ("explanation", "crash"): "Explanation.edge_relevance / export.sample_rows / explanation_to_networkx raise plain "
-                              "IndexError, TypeError, ValueError (sample out of range, unknown aggregate, mass NaN)",
-    ("analysis", "crash"): "analysis functions raise plain IndexError, TypeError, ValueError (sample, k, level, "
-                           "batch_size, fraction) and mean_edge_relevance(targets=None) a RuntimeError from torch",
-    ("lower", "crash"): "lower.fx raises KeyError on in-place calls, residual additions after in-place ops and "
-                        "tuple outputs; lower raises plain ValueError for bad block_kind, example input, dtype, "
-                        "training-mode dropout",
-    ("lower", "mutation"): "lower runs training-mode batch norm on its shape probe (running stats change) and "
-                           "in-place ops of the model on the caller's example input",
-    ("from_neat", "crash"): "from_neat: None genome or config give AttributeError, an unknown activation neat's "
-                            "InvalidActivationFunction, product aggregation a plain ValueError",
-    ("files", "crash"): "read_graphml / read_json / write_graphml raise ParseError, KeyError, AttributeError, "
-                        "NetworkXError, UnicodeDecodeError on malformed or foreign files and graphs",
+    ("explanation", "crash"): "Explanation.level_relevance does not check its level: level_relevance(None) raises "
+                              "TypeError from tuple indexing (graphlrp/explanation.py)",
 }
 
 

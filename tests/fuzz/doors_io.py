@@ -94,7 +94,7 @@ class FilesDoor(Door):
 
     def cases(self):
         return st.builds(FileCase, operation=st.sampled_from(OPERATIONS), content=st.sampled_from(READ_CONTENTS),
-                         cut=st.floats(0, 1), dag=dag_specs(max_other=3))
+                         cut=st.floats(0, 1), dag=dag_specs(max_other=3, dtypes=("float64", "float32")))
 
     def prepare(self, case: FileCase):
         folder = fresh_directory("files")

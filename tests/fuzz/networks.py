@@ -72,7 +72,8 @@ weights = st.builds(lambda m, s: m * s, st.floats(0.1, 2.0), st.sampled_from([1.
 
 
 @st.composite
-def dag_specs(draw, homogeneous: bool | None = None, max_inputs: int = 3, max_other: int = 5) -> DagSpec:
+def dag_specs(draw, homogeneous: bool | None = None, max_inputs: int = 3, max_other: int = 5,
+              dtypes: tuple[str, ...] = DAG_DTYPES) -> DagSpec:
     """Valid networks: 1–3 inputs, 1–5 further nodes, skip edges, ids not in topological order."""
     n_in = draw(st.integers(1, max_inputs))
     n = n_in + draw(st.integers(1, max_other))
@@ -92,7 +93,7 @@ def dag_specs(draw, homogeneous: bool | None = None, max_inputs: int = 3, max_ot
     others = [order[k] for k in range(n_in, n)]
     outputs = draw(st.none() | st.lists(st.sampled_from(others), min_size=1, max_size=3, unique=True).map(tuple))
     return DagSpec(n, tuple(edges), tuple(bias), tuple(activation), tuple(order[:n_in]), outputs,
-                   dtype=draw(st.sampled_from(DAG_DTYPES)),
+                   dtype=draw(st.sampled_from(dtypes)),
                    block_kind=draw(st.sampled_from(["sparse", "edges", "dense"])))
 
 
