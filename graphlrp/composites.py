@@ -27,6 +27,24 @@ def _matches_type(layer_type: LayerType, wanted: LayerType | tuple) -> bool:
     return False
 
 
+def _mapping(name: str, value: object) -> dict:
+    """``value`` (a mapping or ``None``) as a new dict."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ArgumentTypeError(f"{name} must be a mapping (dict), got {type(value).__name__}")
+    return dict(value)
+
+
+def _check_layer_types(name: str, wanted: object, strings: bool = True) -> None:
+    """A layer type (a class, or a string tag when ``strings``) or a non-empty tuple of them."""
+    candidates = wanted if isinstance(wanted, tuple) and wanted else (wanted,)
+    for candidate in candidates:
+        if not (isinstance(candidate, type) or (strings and isinstance(candidate, str))):
+            accepted = "classes (e.g. torch.nn.Conv2d) or string tags" if strings else "classes (e.g. torch.nn.Linear)"
+            raise ArgumentTypeError(f"{name} must be {accepted}, or tuples of them; got {wanted!r}")
+
+
 class Composite:
     """Choose a rule for every level of a graph.
 
@@ -56,14 +74,23 @@ class Composite:
         default: Rule | None = None,
         first_types: tuple[type, ...] = LINEAR_TYPES,
     ) -> None:
-        for rule in [*(by_name or {}).values(), *(by_type or {}).values(), first, default]:
+        by_name = _mapping("by_name", by_name)
+        by_type = _mapping("by_type", by_type)
+        for pattern in by_name:
+            if not isinstance(pattern, str):
+                raise ArgumentTypeError(f"by_name keys must be module paths or patterns (str), got {pattern!r}")
+        for wanted in by_type:
+            _check_layer_types("by_type keys", wanted)
+        _check_layer_types("first_types", first_types, strings=False)
+        for where, rule in [*((f"by_name[{k!r}]", r) for k, r in by_name.items()),
+                            *((f"by_type[{k!r}]", r) for k, r in by_type.items()), ("first", first), ("default", default)]:
             if rule is not None and not isinstance(rule, Rule):
-                raise ArgumentTypeError(f"composite entries must be graphlrp rules, got {rule!r}")
-        self.by_name = dict(by_name or {})
-        self.by_type = dict(by_type or {})
+                raise ArgumentTypeError(f"composite entries must be graphlrp rules, got {rule!r} for {where}")
+        self.by_name = by_name
+        self.by_type = by_type
         self.first = first
         self.default = default if default is not None else Epsilon()
-        self.first_types = first_types
+        self.first_types = first_types if isinstance(first_types, tuple) else (first_types,)
 
     def first_level(self, graph: Graph) -> Level | None:
         """The level that ``first`` applies to."""

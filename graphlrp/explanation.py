@@ -62,8 +62,9 @@ class Explanation:
         return self.node_relevance[:, : first.size].reshape(len(self.node_relevance), *first.shape)
 
     def level_relevance(self, level: int) -> Tensor:
-        """Relevance of one level's nodes, ``(B, *shape)``."""
-        lvl = self.graph.levels[level]
+        """Relevance of one level's nodes, ``(B, *shape)``; ``level`` is an index into
+        ``graph.levels`` (negative counts from the last level)."""
+        lvl = self.graph.levels[_index("level", level, len(self.graph.levels), "graph.levels")]
         return self.node_relevance[:, lvl.offset : lvl.offset + lvl.size].reshape(-1, *lvl.shape)
 
     def rules(self) -> list[Rule | None]:
@@ -164,7 +165,11 @@ class Explanation:
         return balances
 
     def conservation_table(self, sample: int | None = None) -> str:
-        """:meth:`conservation` as a text table, for one sample or summed over the batch."""
+        """:meth:`conservation` as a text table, for one sample (negative counts from the end) or
+        summed over the batch (``None``)."""
+        if sample is not None:
+            sample = _index("sample", sample, len(self.node_relevance), "a batch")
+
         def value(t: Tensor) -> float:
             return float(t.sum() if sample is None else t[sample])
 
@@ -194,6 +199,16 @@ def _is_index(value: object) -> bool:
     return True
 
 
+def _index(name: str, value: object, size: int, of: str) -> int:
+    """``value`` as an index into ``size`` items, negative counting from the end, as in Python."""
+    if not _is_index(value):
+        raise ArgumentTypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    index = operator.index(value)
+    if not -size <= index < size:
+        raise IndexOutOfRangeError(f"{name} {index} is out of range for {of} of {size} (-{size}..{size - 1})")
+    return index % size
+
+
 def _sample_rows(sample: int | Sequence[int] | None, batch: int) -> list[int]:
     """The rows ``sample`` asks for, negative indices counted from the end of the batch."""
     if sample is None:
@@ -204,15 +219,7 @@ def _sample_rows(sample: int | Sequence[int] | None, batch: int) -> list[int]:
         raise ArgumentTypeError(f"sample must be an int, a sequence of ints or None, got {type(sample).__name__}")
     else:
         asked = list(sample.tolist() if isinstance(sample, Tensor) else sample)
-    rows = []
-    for row in asked:
-        if not _is_index(row):
-            raise ArgumentTypeError(f"sample indices must be ints, got {row!r} ({type(row).__name__})")
-        row = operator.index(row)
-        if not -batch <= row < batch:
-            raise IndexOutOfRangeError(f"sample {row} is out of range for a batch of {batch} (-{batch}..{batch - 1})")
-        rows.append(row % batch)
-    return rows
+    return [_index("sample", row, batch, "a batch") for row in asked]
 
 
 def _check_out(out: Tensor, shape: tuple[int, ...], like: Tensor) -> None:

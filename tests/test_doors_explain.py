@@ -366,7 +366,7 @@ def test_negative_sample_indices_count_from_the_end(small):
     (1.0, ArgumentTypeError, r"sample must be an int"),
     (True, ArgumentTypeError, r"sample must be an int"),
     ("0", ArgumentTypeError, r"sample must be an int"),
-    ([0, 0.5], ArgumentTypeError, r"sample indices must be ints, got 0.5"),
+    ([0, 0.5], ArgumentTypeError, r"sample must be an int, got 0.5 \(float\)"),
 ])
 def test_bad_sample_indices(small, sample, error, message):
     graph, x, _ = small
@@ -410,3 +410,20 @@ def test_relevance_is_finite_or_refused(kind, parameter, weight, input_scale, dt
     else:
         assert bool(torch.isfinite(explained.node_relevance).all())
     assert torch.equal(x, copy)
+
+
+def test_level_and_sample_indices_of_the_other_views(small):
+    graph, x, _ = small
+    explained = graphlrp.explain(graph, x, target=1)
+    assert torch.equal(explained.level_relevance(-1), explained.level_relevance(len(graph.levels) - 1))
+    assert torch.equal(explained.level_relevance(0), explained.input_relevance)
+    assert explained.conservation_table(-1) == explained.conservation_table(2)
+    assert explained.conservation_table(-1) != explained.conservation_table(0)
+    with pytest.raises(IndexOutOfRangeError, match=r"level -4 is out of range for graph.levels of 3 \(-3..2\)"):
+        explained.level_relevance(-4)
+    with pytest.raises(ArgumentTypeError, match=r"level must be an int, got 'input'"):
+        explained.level_relevance("input")
+    with pytest.raises(IndexOutOfRangeError, match=r"sample 3 is out of range for a batch of 3"):
+        explained.conservation_table(3)
+    with pytest.raises(ArgumentTypeError, match=r"sample must be an int, got \[0, 1\]"):
+        explained.conservation_table([0, 1])
