@@ -540,7 +540,17 @@ ARGUMENTS = [
      "max_bytes must be >= 0"),
     ("two inputs", lambda: (TwoInputs(), fresh_input(3, 1)), {}, graphlrp.UnsupportedModuleError,
      "must take one input tensor; its forward takes 2"),
+    ("batch statistics", lambda: (nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2, track_running_stats=False))
+                                  .double().eval(), fresh_input(3, 1)), {}, graphlrp.UnsupportedModuleError,
+     "no running statistics"),
+    ("functional dropout in training", lambda: (FunctionalDropout(), fresh_input(3, 1)), {}, graphlrp.InputError,
+     "dropout in training mode"),
 ]
+
+
+class FunctionalDropout(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, 0.5, training=True)
 
 
 class TwoInputs(nn.Module):
@@ -568,3 +578,28 @@ def test_an_example_that_requires_grad_or_is_not_contiguous_is_accepted_and_left
         assert example.grad is None
         with torch.no_grad():
             assert relative_error(graph(example.detach()), model(example)) <= FORWARD_TOLERANCE
+
+
+class FunctionalLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(2, 3, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(F.linear(x, self.weight), 0.1)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Sequential(nn.Linear(3, 2), nn.LeakyReLU(0.1)).double(), FunctionalLinear],
+                         ids=["sequential", "functional"])
+def test_the_graph_does_not_follow_later_changes_of_the_model(make):
+    model = make().eval()
+    x = fresh_input(3, 93)
+    graph = graphlrp.lower(model, x)
+    before = graph(x)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(-3.0)
+    for module in model.modules():
+        if isinstance(module, nn.LeakyReLU):
+            module.negative_slope = 0.5
+    assert torch.equal(graph(x), before)

@@ -345,13 +345,16 @@ class _Walker:
 
     def _permute(self, node: torch.fx.Node, value: Value) -> Value:
         rank = len(value.shape) + 1
-        if node.target == "transpose" or node.target is torch.transpose:
-            a, b = (d % rank for d in node.args[1:3])
-            dims = list(range(rank))
-            dims[a], dims[b] = dims[b], dims[a]
-        else:
-            raw = node.args[1:] if node.op == "call_method" else node.args[1]
-            dims = [d % rank for d in (raw[0] if len(raw) == 1 and isinstance(raw[0], (tuple, list)) else raw)]
+        try:
+            if node.target == "transpose" or node.target is torch.transpose:
+                a, b = (d % rank for d in node.args[1:3])
+                dims = list(range(rank))
+                dims[a], dims[b] = dims[b], dims[a]
+            else:
+                raw = node.args[1:] if node.op == "call_method" else node.args[1]
+                dims = [d % rank for d in (raw[0] if len(raw) == 1 and isinstance(raw[0], (tuple, list)) else raw)]
+        except (TypeError, ValueError, IndexError):
+            raise UnsupportedModuleError(f"the dimensions of {_where(node)} must be given as positional integers") from None
         if dims[0] != 0:
             raise UnsupportedModuleError(f"permuting the batch dimension is not supported ({_where(node)})")
         return self.builder.permute(value, tuple(d - 1 for d in dims[1:]))

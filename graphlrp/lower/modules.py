@@ -17,13 +17,14 @@ ELEMENTWISE_TYPES: tuple[type, ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
     nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Tanhshrink, nn.LogSigmoid,
 )
+BATCH_NORM_TYPES: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 DROPOUT_TYPES: tuple[type, ...] = (
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
 )
 #: modules that leave values and node order unchanged (dropout only in eval mode)
 PASSTHROUGH_TYPES: tuple[type, ...] = (nn.Identity, *DROPOUT_TYPES)
 #: modules whose output depends on the training flag: they must be in eval mode to be lowered
-MODE_DEPENDENT_TYPES: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, *DROPOUT_TYPES)
+MODE_DEPENDENT_TYPES: tuple[type, ...] = (*BATCH_NORM_TYPES, *DROPOUT_TYPES)
 #: modules that reshape without reordering nodes
 RESHAPE_TYPES: tuple[type, ...] = (nn.Flatten, nn.Unflatten)
 
@@ -107,9 +108,7 @@ def _adaptive_avg_pool(builder: GraphBuilder, path: str, module: nn.Module, valu
 
 
 def _batch_norm(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
-    check_eval_mode(path, module)
-    if module.running_mean is None:
-        raise UnsupportedModuleError(f"{path} ({type(module).__name__}) has no running statistics (track_running_stats=False)")
+    check_per_sample(path, module)
     with torch.no_grad():
         scale = torch.rsqrt(module.running_var + module.eps)
         if module.weight is not None:
@@ -143,15 +142,20 @@ def _reshape(builder: GraphBuilder, path: str, module: nn.Module, value: Value, 
 
 
 def _passthrough(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
-    check_eval_mode(path, module)
+    check_per_sample(path, module)
     return value
 
 
-def check_eval_mode(path: str, module: nn.Module) -> None:
-    """Raise :class:`~graphlrp.errors.InputError` if ``module`` computes something else in training mode."""
+def check_per_sample(path: str, module: nn.Module) -> None:
+    """Refuse a module whose output is not a fixed function of each sample: dropout or batch norm in
+    training mode (:class:`~graphlrp.errors.InputError`), batch norm without running statistics
+    (:class:`~graphlrp.errors.UnsupportedModuleError`)."""
     if isinstance(module, MODE_DEPENDENT_TYPES) and module.training:
         raise InputError(f"{path} ({type(module).__name__}) is in training mode; call model.eval() first "
                          "(lowering never runs a module in training mode)")
+    if isinstance(module, BATCH_NORM_TYPES) and module.running_mean is None:
+        raise UnsupportedModuleError(f"{path} ({type(module).__name__}) has no running statistics "
+                                     "(track_running_stats=False): it normalizes by each batch's statistics")
 
 
 HANDLERS: dict[tuple[type, ...], Handler] = {
@@ -160,7 +164,7 @@ HANDLERS: dict[tuple[type, ...], Handler] = {
     (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d): _max_pool,
     (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d): _avg_pool,
     (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d): _adaptive_avg_pool,
-    (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d): _batch_norm,
+    BATCH_NORM_TYPES: _batch_norm,
     ELEMENTWISE_TYPES: _activation,
     RESHAPE_TYPES: _reshape,
     PASSTHROUGH_TYPES: _passthrough,

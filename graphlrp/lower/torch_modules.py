@@ -21,7 +21,7 @@ from ..errors import (
 from ..graph import Graph
 from ..memory import check_budget
 from .builder import GraphBuilder, Value
-from .modules import check_eval_mode, handler_for, supported_modules
+from .modules import check_per_sample, handler_for, supported_modules
 
 #: seed of the random input the lowering check compares the graph and the model on
 CHECK_SEED = 0
@@ -166,11 +166,11 @@ def _check_options(block_kind, max_pool, check, max_edges, max_bytes) -> None:
 
 
 def _check_model(model: nn.Module) -> None:
-    """Refuse a non-module, and any mode-dependent module in training mode, before anything runs."""
+    """Refuse a non-module, and any module that does not compute per sample, before anything runs."""
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for path, module in model.named_modules():
-        check_eval_mode(path or type(module).__name__, module)
+        check_per_sample(path or type(module).__name__, module)
 
 
 def _check_example(model: nn.Module, example_input: Tensor) -> None:
