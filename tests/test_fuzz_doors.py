@@ -41,7 +41,7 @@ from fuzz.models import ModelSpec  # noqa: E402
 from fuzz.networks import DagSpec  # noqa: E402
 
 #: examples per door in CI
-EXAMPLES = 20
+EXAMPLES = 15
 #: seconds one example may take in CI before it counts as a hang
 SECONDS = 30.0
 
