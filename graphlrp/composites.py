@@ -84,7 +84,7 @@ class Composite:
         _check_layer_types("first_types", first_types, strings=False)
         for where, rule in [*((f"by_name[{k!r}]", r) for k, r in by_name.items()),
                             *((f"by_type[{k!r}]", r) for k, r in by_type.items()), ("first", first), ("default", default)]:
-            if rule is not None and not isinstance(rule, Rule):
+            if not isinstance(rule, Rule) and not (rule is None and where in ("first", "default")):
                 raise ArgumentTypeError(f"composite entries must be graphlrp rules, got {rule!r} for {where}")
         self.by_name = by_name
         self.by_type = by_type

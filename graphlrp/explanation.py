@@ -85,7 +85,9 @@ class Explanation:
         device, receives the result instead of a new tensor: reusing one buffer for many samples
         saves allocating (and the operating system zeroing) the memory of every result.
         """
-        rows = _sample_rows(sample, len(self.node_relevance))
+        from .export import sample_rows
+
+        rows = sample_rows(self, sample)
         element = self.node_relevance.element_size()
         check_budget(f"edge relevance of {len(rows)} sample(s) × {self.graph.num_edges:,} edges",
                      self.graph.num_edges * (len(rows) * element * 3 + 16 + element), max_bytes)
@@ -207,19 +209,6 @@ def _index(name: str, value: object, size: int, of: str) -> int:
     if not -size <= index < size:
         raise IndexOutOfRangeError(f"{name} {index} is out of range for {of} of {size} (-{size}..{size - 1})")
     return index % size
-
-
-def _sample_rows(sample: int | Sequence[int] | None, batch: int) -> list[int]:
-    """The rows ``sample`` asks for, negative indices counted from the end of the batch."""
-    if sample is None:
-        return list(range(batch))
-    if _is_index(sample):
-        asked = [sample]
-    elif isinstance(sample, (str, bytes)) or not hasattr(sample, "__iter__"):
-        raise ArgumentTypeError(f"sample must be an int, a sequence of ints or None, got {type(sample).__name__}")
-    else:
-        asked = list(sample.tolist() if isinstance(sample, Tensor) else sample)
-    return [_index("sample", row, batch, "a batch") for row in asked]
 
 
 def _check_out(out: Tensor, shape: tuple[int, ...], like: Tensor) -> None:

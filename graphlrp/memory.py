@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import GraphTooLargeError
+from .errors import ArgumentTypeError, GraphTooLargeError, InputError
 
 
 def available_bytes() -> int:
@@ -40,7 +40,15 @@ def format_bytes(n: float) -> str:
 
 
 def check_budget(what: str, needed: int, budget: int | None) -> None:
-    """Raise :class:`GraphTooLargeError` if ``needed`` bytes exceed ``budget`` (default: half the free memory)."""
+    """Raise :class:`GraphTooLargeError` if ``needed`` bytes exceed ``budget`` (default: half the free memory).
+
+    ``budget`` is a number of bytes ``>= 0`` or ``None``; anything else raises
+    :class:`~graphlrp.errors.ArgumentTypeError` or :class:`~graphlrp.errors.InputError`.
+    """
+    if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool)):
+        raise ArgumentTypeError(f"max_bytes must be a number of bytes or None, got {budget!r}")
+    if budget is not None and not budget >= 0:
+        raise InputError(f"max_bytes must be >= 0, got {budget!r}")
     limit = default_budget() if budget is None else budget
     if needed > limit:
         raise GraphTooLargeError(f"{what} would need {format_bytes(needed)}, above the budget of {format_bytes(limit)}")

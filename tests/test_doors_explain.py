@@ -360,19 +360,33 @@ def test_negative_sample_indices_count_from_the_end(small):
 
 
 @pytest.mark.parametrize("sample, error, message", [
-    (3, IndexOutOfRangeError, r"sample 3 is out of range for a batch of 3 \(-3..2\)"),
+    (3, IndexOutOfRangeError, r"sample 3 is out of range for a batch of 3 \(-3 .. 2\)"),
     (-4, IndexOutOfRangeError, r"sample -4 is out of range"),
     ([0, 5], IndexOutOfRangeError, r"sample 5"),
     (1.0, ArgumentTypeError, r"sample must be an int"),
     (True, ArgumentTypeError, r"sample must be an int"),
     ("0", ArgumentTypeError, r"sample must be an int"),
-    ([0, 0.5], ArgumentTypeError, r"sample must be an int, got 0.5 \(float\)"),
+    ([0, 0.5], ArgumentTypeError, r"samples must be ints, got 0.5 \(float\)"),
+    ([], InputError, r"sample selects no samples"),
 ])
 def test_bad_sample_indices(small, sample, error, message):
     graph, x, _ = small
     explained = graphlrp.explain(graph, x, target=1)
     with pytest.raises(error, match=message):
         explained.edge_relevance(sample)
+
+
+@pytest.mark.parametrize("max_bytes, error, message", [
+    ("x", ArgumentTypeError, "max_bytes must be a number of bytes or None, got 'x'"),
+    (-1, InputError, "max_bytes must be >= 0, got -1"),
+    (float("nan"), InputError, "max_bytes must be >= 0, got nan"),
+    (10, graphlrp.errors.GraphTooLargeError, r"edge relevance of 1 sample\(s\) × 42 edges would need"),
+])
+def test_bad_memory_budget(small, max_bytes, error, message):
+    graph, x, _ = small
+    explained = graphlrp.explain(graph, x, target=1)
+    with pytest.raises(error, match=message):
+        explained.edge_relevance(0, max_bytes=max_bytes)
 
 
 # -- a property over rule parameters, weight and input scales --------------------------------
@@ -427,3 +441,27 @@ def test_level_and_sample_indices_of_the_other_views(small):
         explained.conservation_table(3)
     with pytest.raises(ArgumentTypeError, match=r"sample must be an int, got \[0, 1\]"):
         explained.conservation_table([0, 1])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"by_type": {None: rules.Epsilon()}}, r"by_type keys must be classes .* got None"),
+    ({"by_type": {(nn.Linear, 3): rules.Epsilon()}}, r"by_type keys must be classes"),
+    ({"by_type": {(): rules.Epsilon()}}, r"by_type keys must be classes"),
+    ({"by_type": {"sum": None}}, r"composite entries must be graphlrp rules, got None for by_type\['sum'\]"),
+    ({"by_name": {3: rules.Epsilon()}}, r"by_name keys must be module paths or patterns \(str\), got 3"),
+    ({"by_name": {"0": "epsilon"}}, r"got 'epsilon' for by_name\['0'\]"),
+    ({"by_name": [("0", rules.Epsilon())]}, r"by_name must be a mapping \(dict\), got list"),
+    ({"first_types": ("Linear",)}, r"first_types must be classes"),
+    ({"default": composites.EpsilonPlus()}, r"composite entries must be graphlrp rules"),
+])
+def test_composite_refuses_keys_and_entries_of_the_wrong_kind(arguments, message):
+    with pytest.raises(ArgumentTypeError, match=message):
+        graphlrp.Composite(**arguments)
+
+
+def test_composite_by_type_accepts_classes_tags_and_tuples(small):
+    graph, x, _ = small
+    chosen = graphlrp.Composite(by_type={(nn.Conv2d, nn.Linear): rules.Gamma(0.5), "sum": rules.Norm()},
+                                first_types=nn.Linear, first=rules.Flat())
+    explained = graphlrp.explain(graph, x, target=0, composite=chosen)
+    assert [r.label() if r else None for r in explained.rules()] == [None, "Flat()", "Gamma(gamma=0.5)"]
