@@ -191,8 +191,6 @@ EXPLICIT = {
 }
 #: name -> the bug that still breaks that example
 EXPLICIT_KNOWN: dict[str, str] = {
-    "edge_relevance(max_bytes='x')": "Explanation.edge_relevance does not check max_bytes: graphlrp.memory."
-                                     "check_budget compares it with an int (TypeError)",
     "to_networkx of a bfloat16 graph": "export.explanation_to_networkx calls .numpy() on bfloat16 tensors "
                                        "(TypeError: Got unsupported ScalarType BFloat16)",
 }
