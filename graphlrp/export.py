@@ -359,10 +359,10 @@ def explanation_to_networkx(
     rows = sample_rows(explanation, sample)
     mode: Aggregate = "sum" if _is_int(sample) else aggregate
     graph = explanation.graph
-    relevance, contribution = (t.cpu().numpy() for t in _edge_values(explanation, rows, mode))
+    relevance, contribution = (_numpy(t) for t in _edge_values(explanation, rows, mode))
     magnitude = np.abs(relevance)
     kept = select_edges(magnitude, top_k, threshold, mass)
-    src, dst, weight = (t.cpu().numpy() for t in graph.edges())
+    src, dst, weight = (_numpy(t) for t in graph.edges())
     src, dst, columns = _merge_parallel_edges(
         src[kept], dst[kept], [weight[kept], contribution[kept], relevance[kept]], graph.num_nodes
     )
@@ -375,6 +375,12 @@ def explanation_to_networkx(
     G.add_nodes_from(_node_records(explanation, nodes, _node_values(explanation, rows, mode)))
     G.add_edges_from(_edge_records(src, dst, *columns))
     return G
+
+
+def _numpy(tensor: Tensor) -> np.ndarray:
+    """``tensor`` as an array of its own precision (bfloat16, which numpy lacks, as float32, which holds it exactly)."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
 def _merge_parallel_edges(
@@ -397,7 +403,7 @@ def _node_records(explanation: "Explanation", nodes: np.ndarray, values: dict[st
         coordinates = np.unravel_index(nodes[members] - level.offset, level.shape)
         for slot, position in zip(members.tolist(), zip(*(c.tolist() for c in coordinates))):
             positions[slot] = position
-    columns = {name: v.cpu().numpy()[nodes].tolist() for name, v in values.items()}
+    columns = {name: _numpy(v)[nodes].tolist() for name, v in values.items()}
     for node, level_index, position, relevance, output, bias_share in zip(
         nodes.tolist(), level_of.tolist(), positions, columns["relevance"], columns["activation_value"],
         columns["bias_share"],

@@ -642,3 +642,17 @@ def test_every_error_here_is_a_graphlrp_error_and_the_matching_builtin():
                            (IndexOutOfRangeError, IndexError), (NumericRangeError, OverflowError),
                            (FileFormatError, ValueError), (GraphTooLargeError, MemoryError)):
         assert issubclass(error, GraphLRPError) and issubclass(error, builtin)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_to_networkx_of_half_precision_graphs_holds_their_values_exactly(dtype):
+    graph = graphlrp.graph_from_edges([0, 1, 2, 0], [3, 3, 4, 4], [0.5, -1.25, 2.0, 3.0], dtype=dtype)
+    x = torch.tensor([[1.0, 2.0, 0.5]], dtype=dtype)
+    explanation = graphlrp.explain(graph, x, target=0)
+    G = explanation.to_networkx(0)
+    for node, data in G.nodes(data=True):
+        assert data["relevance"] == float(explanation.node_relevance[0, node])
+    messages = explanation.edge_relevance(0)
+    src, dst, weight = graph.edges()
+    for s, d, w, m in zip(src.tolist(), dst.tolist(), weight.tolist(), messages.tolist()):
+        assert G.edges[s, d]["weight"] == w and G.edges[s, d]["relevance"] == m
