@@ -56,6 +56,33 @@ class Explanation:
         return self._trace.output
 
     @property
+    def activations(self) -> tuple[Tensor, ...]:
+        """Each level's activations ``(B, n)`` in the forward pass (level 0: the input, flattened).
+
+        Read-only views of the explanation's own tensors: write to a copy.
+        """
+        return tuple(self._trace.activations)
+
+    @property
+    def preactivations(self) -> tuple[Tensor | None, ...]:
+        """Each level's pre-activation ``(B, n)`` (``None`` for the input and for levels without activation)."""
+        return tuple(self._trace.preactivations)
+
+    @property
+    def records(self) -> tuple[LevelRecord | None, ...]:
+        """Per level, how relevance crossed into its sources (``None`` for the input level).
+
+        A :class:`graphlrp.propagate.LevelRecord` holds the level's rule, the rule's groups, and per
+        group the quotients ``s_j = R_j / stab(z_j)`` and unstabilized denominators ``z_j``, each
+        ``(B, n)``: every edge message is ``f_in(a_i) f_w(w_ij) s_j`` summed over the group's terms.
+        """
+        return tuple(self._records)
+
+    def block_state(self, block) -> object:
+        """The per-batch state ``block.prepare`` computed in the forward pass (``None`` for most kinds)."""
+        return self._trace.state(block)
+
+    @property
     def input_relevance(self) -> Tensor:
         """Relevance of the input units, shaped like the input."""
         first = self.graph.levels[0]
