@@ -86,7 +86,7 @@ def _listed(sample: object) -> list[object]:
 
 def _is_int(value: object) -> bool:
     """Whether ``value`` is one integer (a Python or numpy int, a 0-d integer tensor; not a bool)."""
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, Tensor) and value.dim() != 0):
         return False
     try:
         operator.index(value)

@@ -489,6 +489,10 @@ def test_an_empty_sample_selection_is_refused(explanation, aggregate):
         analysis.rank_neurons(explanation, 1, sample=[])
 
 
+def graph_nodes(explanation) -> int:
+    return explanation.graph.num_nodes
+
+
 def test_negative_samples_fold_like_python_indexing(explanation):
     batch = len(explanation.node_relevance)
     for sample in (-1, -batch, [-1, 0], torch.tensor([-2, 1]), np.array([1, -1])):
@@ -498,6 +502,9 @@ def test_negative_samples_fold_like_python_indexing(explanation):
         expected = explanation.node_relevance[rows].mean(0)
         for node, data in G.nodes(data=True):
             assert data["relevance"] == pytest.approx(float(expected[node]), rel=1e-14, abs=1e-15)
+    for sample, shape in ((torch.tensor([1]), (1, graph_nodes(explanation))), (torch.tensor(1), (graph_nodes(explanation),)),
+                          (np.int64(-1), (graph_nodes(explanation),))):
+        assert tuple(explanation.bias_relevance(sample).shape) == shape
     for sample in (batch, -batch - 1, [0, batch]):
         with pytest.raises(IndexOutOfRangeError, match=f"out of range for a batch of {batch}"):
             explanation.to_networkx(sample)
