@@ -190,10 +190,7 @@ EXPLICIT = {
     "a pickled module as the model": ("cli", CliCase("explain", "pickled_module", "ok_npy", (), (), "out.npy")),
 }
 #: name -> the bug that still breaks that example
-EXPLICIT_KNOWN: dict[str, str] = {
-    "to_networkx of a bfloat16 graph": "export.explanation_to_networkx calls .numpy() on bfloat16 tensors "
-                                       "(TypeError: Got unsupported ScalarType BFloat16)",
-}
+EXPLICIT_KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [

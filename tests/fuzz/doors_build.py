@@ -144,10 +144,8 @@ class EdgesDoor(Door):
         names: list[Any] | None = [f"n{v}" for v in range(dag.n)] if case.named else None
         options: dict[str, Any] = {"block_kind": dag.block_kind, "dtype": dag.torch_dtype}
         last = dag.output_ids[-1] if dag.output_ids else dst[-1]
-        if flaw == "cycle":
-            src.append(last), dst.append(dst[0]), weight.append(0.5)
-            if dst[0] == last:
-                src[-1], dst[-1] = dst[0], src[0]
+        if flaw == "cycle":  # the first edge reversed: a two-node cycle (or an edge into an input)
+            src.append(dst[0]), dst.append(src[0]), weight.append(0.5)
         elif flaw == "self_loop":
             src.append(last), dst.append(last), weight.append(0.5)
         elif flaw == "negative_id":

@@ -66,8 +66,10 @@ def gradient_times_input(function: Callable[[Tensor], Tensor], x: Tensor, target
     x = x.detach().clone().requires_grad_(True)
     out = function(x).reshape(len(x), -1)
     chosen = out.gather(1, torch.as_tensor(list(target), dtype=torch.long).reshape(-1, 1))
-    (gradient,) = torch.autograd.grad(chosen.sum(), x)
-    return (gradient * x).detach()
+    if not chosen.requires_grad:  # the output does not depend on x
+        return torch.zeros_like(x).detach()
+    (gradient,) = torch.autograd.grad(chosen.sum(), x, allow_unused=True)
+    return torch.zeros_like(x).detach() if gradient is None else (gradient * x).detach()
 
 
 def all_paths(src: Sequence[int], dst: Sequence[int], starts: set[int], goal: int) -> list[list[int]]:
