@@ -198,6 +198,9 @@ def dense_groups(rule: rules.Rule, A: np.ndarray, W: np.ndarray, b: np.ndarray, 
             return [(1.0, a * up, b + g * plus(b), every)]
         return [(1.0, plus(a) * up + minus(a) * down, b + g * plus(b), z > 0),
                 (1.0, plus(a) * down + minus(a) * up, b + g * minus(b), z < 0)]
+    if isinstance(rule, rules.ZBox):  # the bias terms b − b⁺ − b⁻ cancel
+        low, high = (np.broadcast_to(bound.numpy(), A.shape[1:])[None, :, None] for bound in (rule.low, rule.high))
+        return [(1.0, a * w - low * plus(w) - high * minus(w), np.zeros_like(b), every)]
     ones = np.ones_like(a)
     if isinstance(rule, rules.WSquare):
         return [(1.0, ones * w * w, b * b, every)]
