@@ -175,16 +175,35 @@ def test_explain_module_function_from_a_file(runs, workspace):
 
 
 # -- paths, circuit, plot -----------------------------------------------------------------------
-def test_paths_json_lists_k_paths_from_input_to_output(runs, workspace):
+def test_paths_json_lists_the_k_best_paths_with_their_relevance(runs, workspace):
+    """Each path's edge relevance and score recomputed from the library's edge relevance of sample 1,
+    and the 4 paths the best of all 48 input → target paths (enumerated here)."""
     paths = json.loads(succeeded(runs["paths"]).stdout)
-    outputs = graphlrp.lower(workspace.mlp, workspace.x_mlp).outputs.tolist()
+    graph = graphlrp.lower(workspace.mlp, workspace.x_mlp)
+    x = workspace.x_mlp[1:2]
+    explanation = graphlrp.explain(graph, x, target=graph(x).argmax(1))
+    relevance = explanation.node_relevance[0].double()
+    src, dst, _ = graph.edges()
+    message = {(s, d): m for s, d, m in zip(src.tolist(), dst.tolist(), explanation.edge_relevance(0).double().tolist())}
+    goal = int(graph.outputs[relevance[graph.outputs].abs().argmax()])
+
+    def score(nodes) -> float:
+        """``R_goal · Π m_uv / R_v``, a flow of 0 through a node without relevance."""
+        flows = [message[u, v] / float(relevance[v]) if relevance[v] != 0 else 0.0 for u, v in zip(nodes, nodes[1:])]
+        return float(relevance[goal]) * float(np.prod(flows))
+
     assert len(paths) == 4
     for path in paths:
-        assert set(path) == {"nodes", "labels", "score", "edge_relevance"}
-        assert path["labels"][0].startswith("input[") and path["nodes"][-1] in outputs
-        assert len(path["edge_relevance"]) == len(path["nodes"]) - 1
-    scores = [abs(path["score"]) for path in paths]
-    assert scores == sorted(scores, reverse=True)
+        nodes = path["nodes"]
+        assert nodes[-1] == goal and [graph.node_label(v) for v in nodes] == path["labels"]
+        assert path["labels"][0].startswith("input[")
+        assert path["edge_relevance"] == pytest.approx([message[u, v] for u, v in zip(nodes, nodes[1:])], rel=1e-6)
+        assert path["score"] == pytest.approx(score(nodes), rel=1e-6)
+    inputs, hidden = range(graph.levels[0].size), graph.levels[1].nodes
+    every = sorted((score((i, h, goal)) for i in inputs for h in hidden), key=abs, reverse=True)
+    assert len(every) == 48
+    assert [path["score"] for path in paths] == pytest.approx(every[:4], rel=1e-6)
+    assert abs(every[3]) > abs(every[4])  # the best 4 are well defined
 
 
 def test_circuit_reports_kept_edges_and_faithfulness(runs, workspace):
