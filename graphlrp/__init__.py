@@ -21,12 +21,15 @@ from .errors import (
     UnsupportedModuleError,
 )
 from .explanation import Explanation, LevelBalance, explain
+from .aggregation import Aggregate, aggregate
 from .graph import Graph, Level
 from .lower import from_neat, from_neat_network, from_networkx, graph_from_edges, graph_to_networkx, lower
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aggregate",
+    "aggregate",
     "analysis",
     "ArgumentTypeError",
     "errors",

@@ -8,7 +8,11 @@ does the two reductions an LRP rule needs with the kernel that suits that kind:
 * ``rmatvec``: ``(B, n_dst) -> (B, n_src)``, ``out_i = Σ_j f(w_ij) s_j`` — the redistribution
   (a sum over each source's outgoing edges);
 * ``edge_messages``: ``x_i f(w_ij) s_j`` for every edge, for the few samples asked;
-* ``edges``: the block's edges as local ``(src, dst, weight)``.
+* ``edges``: the block's edges as local ``(src, dst, weight)``;
+* ``add_message_sums``: ``Σ_b x_bi s_bj`` over a batch for every *slot* (an edge, or a weight
+  position shared by edges), the data-set sums of :mod:`graphlrp.aggregate`; a slot's summed
+  messages are these sums times its transformed weight (``slot_weights``), its edges are listed by
+  ``edge_slots`` and ``weight_sums`` shapes slot values like the layer's weight.
 
 A block whose edges depend on the sample (max pooling: only the window's winner is connected)
 computes a per-batch ``state`` in :meth:`Block.prepare` during the forward pass; the reductions
@@ -27,7 +31,10 @@ import torch
 from torch import Tensor
 
 from .. import kernels
-from ..transforms import Identity, Transform, check_maps_zero_to_zero
+from ..transforms import EdgeIndicator, Identity, Transform, check_maps_zero_to_zero
+
+#: elements of the largest ``(samples × edges)`` temporary of the default message sums
+SUM_CHUNK_ELEMENTS = 1 << 22
 
 
 def edge_products(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: Tensor, out: Tensor | None) -> Tensor:
@@ -141,6 +148,38 @@ class Block(ABC):
     def max_abs_weight(self) -> float:
         """The largest ``|w_ij|`` of the block's edges (0 without edges); one pass over the weights."""
         return _max_abs(self.edges()[2])
+
+    # -- sums over samples (data-set aggregation) ---------------------------------------------
+    @property
+    def sum_shape(self) -> tuple[int, ...]:
+        """Shape of the block's message sums: one slot per edge here, in :meth:`edges` order."""
+        return (self.num_edges,)
+
+    def add_message_sums(self, out: Tensor, x: Tensor, s: Tensor, alpha: float = 1.0, state: object = None) -> None:
+        """Add ``alpha · Σ_b x_bi s_bj`` of every slot to ``out`` (shaped :attr:`sum_shape`).
+
+        The message of an edge with unit weight, summed over the batch ``x (B, n_src)``,
+        ``s (B, n_dst)``; ``state`` is the block's state for these samples. Here: the messages of
+        :meth:`edge_messages` with every edge weighing one, a chunk of samples at a time.
+        """
+        chunk = max(1, SUM_CHUNK_ELEMENTS // max(1, self.num_edges))
+        for start in range(0, len(x), chunk):
+            rows = torch.arange(start, min(start + chunk, len(x)), device=x.device)
+            part = self.select_state(state, rows) if state is not None else None
+            messages = self.edge_messages(x[start : start + chunk], s[start : start + chunk], EdgeIndicator(), part)
+            out.add_(messages.sum(0), alpha=alpha)
+
+    def edge_slots(self) -> Tensor:
+        """The slot of every edge, in :meth:`edges` order (flat index into :attr:`sum_shape`)."""
+        return torch.arange(self.num_edges, device=self.device)
+
+    def slot_weights(self, transform: Transform) -> Tensor:
+        """``f(w)`` of every slot, broadcastable to :attr:`sum_shape`."""
+        return transform(self.edges()[2])
+
+    def weight_sums(self, values: Tensor) -> Tensor:
+        """Slot values ``(..., *sum_shape)`` shaped like the layer's weight: here one per edge."""
+        return values
 
     def clear_cache(self) -> None:
         """Drop cached transformed weights."""

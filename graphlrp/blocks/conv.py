@@ -17,7 +17,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..layout import in_layout_of
 from ..transforms import Transform
-from .base import StaticBlock
+from .base import SUM_CHUNK_ELEMENTS, StaticBlock
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
@@ -86,6 +86,7 @@ class ConvBlock(StaticBlock):
         self._num_edges = count_conv_edges(weight, self.in_shape, self.out_shape, self.stride, self.padding,
                                            self.dilation)
         self._edges: tuple[Tensor, Tensor, Tensor] | None = None
+        self._slots: Tensor | None = None
 
     @property
     def num_edges(self) -> int:
@@ -135,10 +136,12 @@ class ConvBlock(StaticBlock):
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._edges is None:
-            self._edges = self._enumerate_edges()
+            self._edges = self._enumerate_edges()[:3]
         return self._edges
 
-    def _enumerate_edges(self) -> tuple[Tensor, Tensor, Tensor]:
+    def _enumerate_edges(self, with_slots: bool = False) -> tuple[Tensor, ...]:
+        """``(src, dst, weight)`` of every edge, ordered by ``(dst, src)``, and with ``with_slots``
+        the slot of each edge in :attr:`sum_shape`."""
         device = self.weight.device
         c_out, c_in_group = self.weight.shape[:2]
         out_per_group = c_out // self.groups
@@ -162,7 +165,68 @@ class ConvBlock(StaticBlock):
         dst = dst_flat[valid]
         weight = weights[:, None].expand_as(valid)[valid]
         order = torch.argsort(dst * self.n_src + src)
-        return src[order], dst[order], weight[order]
+        if not with_slots:
+            return src[order], dst[order], weight[order]
+        entry = c
+        for axis in range(self.dims):  # the kernel entry within its output channel, row-major
+            entry = entry * self.weight.shape[2 + axis] + kernel[axis]
+        group, within = o // out_per_group, o % out_per_group
+        count = positions.shape[0]
+        position = torch.arange(count, device=device)[None, :]
+        slots = ((group[:, None] * count + position) * out_per_group + within[:, None]) * self._entries + entry[:, None]
+        return src[order], dst[order], weight[order], slots[valid][order]
+
+    # -- sums over samples: one slot per (position, kernel weight), a batched product ----------
+    @property
+    def _entries(self) -> int:
+        """Kernel weights per output channel: ``C_in / groups · Π kernel``."""
+        return math.prod(self.weight.shape[1:])
+
+    @property
+    def sum_shape(self) -> tuple[int, ...]:
+        """``(groups, positions, C_out / groups, C_in / groups · Π kernel)``: every output
+        position's edges from each kernel weight (padding positions hold zeros)."""
+        return (self.groups, self.n_dst // self.out_shape[0], self.out_shape[0] // self.groups, self._entries)
+
+    def add_message_sums(self, out: Tensor, x: Tensor, s: Tensor, alpha: float = 1.0, state: object = None) -> None:
+        """``out += alpha · Σ_b s_b,(o,p) x_b,(c, p·stride + k·dilation − padding)``: per output
+        position ``p``, the product of the quotients with the input patch it reads (one batched
+        matrix product over positions and groups, samples in chunks)."""
+        groups, count, out_group, entries = self.sum_shape
+        chunk = max(1, SUM_CHUNK_ELEMENTS // max(1, self.in_shape[0] * math.prod(self.weight.shape[2:]) * count))
+        flat = out.view(groups * count, out_group, entries)
+        for start in range(0, len(x), chunk):
+            patches = self._patches(x[start : start + chunk])  # (G·P, b, C_in/G · K)
+            quotients = s[start : start + chunk].reshape(-1, groups, out_group, count).permute(1, 3, 2, 0)
+            product = torch.bmm(quotients.reshape(groups * count, out_group, -1), patches)
+            flat.add_(product, alpha=alpha)
+
+    def _patches(self, x: Tensor) -> Tensor:
+        """The input patch every output position reads: ``(groups · positions, B, C_in/groups · K)``."""
+        batch, kernel = len(x), self.weight.shape[2:]
+        planes = x.reshape(batch, *self.in_shape)
+        if any(self.padding):
+            planes = F.pad(planes, [p for p in reversed(self.padding) for _ in range(2)])
+        for axis in range(self.dims):  # each spatial axis becomes (outputs, window span)
+            span = (kernel[axis] - 1) * self.dilation[axis] + 1
+            planes = planes.unfold(2 + axis, span, self.stride[axis])
+        windows = planes[(...,) + tuple(slice(None, None, d) for d in self.dilation)]  # (B, C, *out, *k)
+        groups, count = self.groups, self.n_dst // self.out_shape[0]
+        grouped = windows.reshape(batch, groups, self.in_shape[0] // groups, count, math.prod(kernel))
+        return grouped.permute(1, 3, 0, 2, 4).reshape(groups * count, batch, self._entries)
+
+    def edge_slots(self) -> Tensor:
+        if self._slots is None:
+            self._slots = self._enumerate_edges(with_slots=True)[3]
+        return self._slots
+
+    def slot_weights(self, transform: Transform) -> Tensor:
+        groups, _, out_group, entries = self.sum_shape
+        return transform(self.weight).reshape(groups, 1, out_group, entries)
+
+    def weight_sums(self, values: Tensor) -> Tensor:
+        """Slot values summed over output positions: ``(..., C_out, C_in / groups, *kernel)``."""
+        return values.sum(-3).reshape(*values.shape[:-4], *self.weight.shape)
 
     def _to(self, device, dtype) -> "ConvBlock":
         return ConvBlock(self.src, self.dst, self.weight.to(device=device, dtype=dtype), self.in_shape,

@@ -129,6 +129,28 @@ class DenseBlock(StaticBlock):
             return (operand.T @ s.T).T
         return in_layout_of(s @ operand, s)
 
+    # -- sums over samples: one slot per weight, ``Sᵀ X`` by one matrix product ----------------
+    @property
+    def sum_shape(self) -> tuple[int, ...]:
+        return (self.n_dst, self.n_src)
+
+    def add_message_sums(self, out: Tensor, x: Tensor, s: Tensor, alpha: float = 1.0, state: object = None) -> None:
+        """``out += alpha · Sᵀ X``: written by the product itself when ``out`` has the batch's dtype."""
+        if out.dtype == x.dtype and out.is_contiguous():
+            out.addmm_(s.T, x, alpha=alpha)
+        else:
+            out.add_(torch.mm(s.T, x), alpha=alpha)
+
+    def edge_slots(self) -> Tensor:
+        src, dst, _ = self.edges()
+        return dst * self.n_src + src
+
+    def slot_weights(self, transform: Transform) -> Tensor:
+        return transform(self.weight)
+
+    def weight_sums(self, values: Tensor) -> Tensor:
+        return values
+
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._edges is None:
             dst, src = torch.nonzero(self.weight, as_tuple=True)

@@ -57,6 +57,25 @@ class ElementwiseBlock(StaticBlock):
         reductions.scatter_add_(out, self.index, (s * operand).T)
         return in_layout_of(out.T, s)
 
+    # -- sums over samples: one slot per destination --------------------------------------------
+    @property
+    def sum_shape(self) -> tuple[int, ...]:
+        return (self.n_dst,)
+
+    def add_message_sums(self, out: Tensor, x: Tensor, s: Tensor, alpha: float = 1.0, state: object = None) -> None:
+        """``out_j += alpha · Σ_b x_b,index[j] s_bj``."""
+        sources = x.T.index_select(0, self.index) if is_node_major(x) else x.index_select(1, self.index).T
+        out.add_((sources * s.T).sum(1), alpha=alpha)
+
+    def edge_slots(self) -> Tensor:
+        return torch.nonzero(self.weight != 0).flatten()
+
+    def slot_weights(self, transform: Transform) -> Tensor:
+        return transform(self.weight)
+
+    def weight_sums(self, values: Tensor) -> Tensor:
+        return values
+
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         keep = self.weight != 0
         return self.index[keep], torch.nonzero(keep).flatten(), self.weight[keep]

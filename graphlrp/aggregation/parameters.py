@@ -1,0 +1,93 @@
+"""Which parameter of the user's model each block's weights and each level's biases are.
+
+A graph lowered from a torch model names every level after the module it came from
+(:attr:`graphlrp.Level.name`, the path of ``model.named_modules()``), so relevance is reported
+under the names of ``model.named_parameters()``:
+
+* ``nn.Linear``: ``"<path>.weight"`` ``(out, in)`` and ``"<path>.bias"`` ``(out,)``;
+* ``nn.Conv1d/2d/3d``: ``"<path>.weight"`` shaped like the kernel (every weight's edges summed
+  over the output positions) and ``"<path>.bias"`` ``(C_out,)``;
+* a batch norm that is its own level: ``"<path>.weight"`` and ``"<path>.bias"`` ``(C,)``, its
+  edges' and biases' relevance summed per channel;
+* a batch norm folded into the layer before it: its share is in that layer's values (the folded
+  weights ``W·scale`` carry the edges, the folded bias ``b·scale + shift`` the bias term), so
+  ``"<layer>.bias"`` is present even when that layer has no bias of its own;
+* a pruned layer: ``"<path>.weight"``, the effective weights (zero where pruned), not ``weight_orig``;
+* a module used twice: the sum over both uses; functional layers (``F.linear``, ``F.conv2d``
+  traced by ``torch.fx``): under the traced node's name.
+
+Pooling, activations, sums and copies have no parameters. Graphs not lowered from a model (edge
+lists, networkx, NEAT) report per block, ``"blocks.<k>.weight"`` (per edge, in the block's edge
+order), and per level, ``"levels.<i>.bias"`` ``(nodes,)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+from torch import Tensor
+
+from ..graph import Graph, Level
+
+#: string layer types of levels without parameters
+STRUCTURAL = ("input", "copy", "sum")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One named value: ``block`` (an index into ``graph.blocks``) or ``level`` (its biases)."""
+
+    name: str
+    block: int | None = None
+    level: int | None = None
+    per_channel: bool = False  # node values summed per channel (dimension 0 of the level's shape)
+
+
+def _learned(layer_type: object) -> bool:
+    return isinstance(layer_type, type) and issubclass(
+        layer_type, (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm))
+
+
+def entries(graph: Graph) -> list[Entry]:
+    """The named values of ``graph``'s parameters, in graph order."""
+    found: list[Entry] = []
+    for position, block in enumerate(graph.blocks):
+        level = graph.levels[block.dst]
+        if _learned(level.layer_type):
+            is_norm = issubclass(level.layer_type, nn.modules.batchnorm._BatchNorm)
+            found.append(Entry(f"{level.name}.weight", block=position, per_channel=is_norm))
+        elif isinstance(level.layer_type, str) and level.layer_type not in STRUCTURAL:
+            found.append(Entry(f"blocks.{position}.weight", block=position))
+    for level in graph.levels[1:]:
+        if level.bias is None:
+            continue
+        if _learned(level.layer_type):
+            conv_or_norm = not issubclass(level.layer_type, nn.Linear)
+            found.append(Entry(f"{level.name}.bias", level=level.index, per_channel=conv_or_norm))
+        elif isinstance(level.layer_type, str) and level.layer_type not in STRUCTURAL:
+            found.append(Entry(f"levels.{level.index}.bias", level=level.index))
+    return found
+
+
+def per_channel(values: Tensor, level: Level) -> Tensor:
+    """Node values ``(..., nodes)`` of ``level`` summed per channel: ``(..., C)``."""
+    return values.reshape(*values.shape[:-1], level.shape[0], -1).sum(-1)
+
+
+def collect(graph: Graph, block_values: Callable[[int], Tensor], level_values: Callable[[Level], Tensor]) -> dict[str, Tensor]:
+    """``{name: values}``: ``block_values(k)`` shaped like block ``k``'s weight, ``level_values(level)``
+    per node; values of one name (a module used twice) are added."""
+    named: dict[str, Tensor] = {}
+    for entry in entries(graph):
+        if entry.block is not None:
+            values = block_values(entry.block)
+            if entry.per_channel:  # an element-wise block: one weight per node
+                values = per_channel(values, graph.levels[graph.blocks[entry.block].dst])
+        else:
+            level = graph.levels[entry.level]
+            values = level_values(level)
+            if entry.per_channel:
+                values = per_channel(values, level)
+        named[entry.name] = named[entry.name] + values if entry.name in named else values
+    return named

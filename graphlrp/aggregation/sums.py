@@ -1,0 +1,201 @@
+"""Sums over samples of one graph's node, bias and edge relevance, built from explanations.
+
+Summed over samples, an edge's messages ``Σ_b Σ_t c_t f_t(a_bi) f_t(w_ij) s_bj`` are, per term,
+``c_t f_t(w_ij) · Σ_b f_t(a_bi) s_bj``: every block adds the sums ``Σ_b x_bi s_bj`` of its slots
+with its own kernel (:meth:`graphlrp.blocks.Block.add_message_sums`: one matrix product for a
+dense block, a sampled product for CSR and edge lists, a batched product over positions for a
+convolution). They are kept per weight transform and multiplied by the transformed weights once,
+when the sums are read.
+
+Sums of ``|message|`` separate the same way, ``|c_t| |f_t(w)| · Σ_b |f_t(a)| |s|``, when on
+every edge at most one term is nonzero per sample (:func:`separable`): the terms' input or weight
+transforms keep opposite signs (``a⁺`` against ``a⁻``, ``w⁺`` against ``w⁻``) or their groups
+serve destinations of opposite sign. ε, z⁺, αβ, γ, w², flat, and the structural levels' Pass and
+Norm qualify; z^B (its bound terms overlap the plain term) does not, and its levels sum
+``|message|`` of every sample, a chunk of samples at a time.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..blocks import Block
+from ..blocks.base import SUM_CHUNK_ELEMENTS
+from ..explanation import Explanation
+from ..graph import Graph
+from ..propagate import LevelRecord, _Inputs
+from ..rules import Group, Term
+from ..transforms import Negative, Positive, Transform, Zero
+
+_ALL = frozenset((-1, 0, 1))
+_SERVED = {"all": _ALL, "positive": frozenset((1,)), "negative": frozenset((-1,))}
+
+
+def _support(transform: Transform) -> frozenset[int]:
+    """Signs of the argument at which ``transform`` may be nonzero."""
+    if isinstance(transform, Positive):
+        return frozenset((1,))
+    if isinstance(transform, Negative):
+        return frozenset((-1,))
+    return _ALL
+
+
+def _exclusive(first: tuple[Group, Term], second: tuple[Group, Term]) -> bool:
+    """Whether two terms are never both nonzero on one edge in one sample."""
+    (group_a, a), (group_b, b) = first, second
+    return (not _support(a.inputs) & _support(b.inputs) or not _support(a.weights) & _support(b.weights)
+            or not _SERVED[group_a.served] & _SERVED[group_b.served])
+
+
+def separable(groups: Sequence[Group]) -> bool:
+    """Whether the sum of ``|message|`` of a rule's groups separates per term (at most one term
+    nonzero per edge and sample)."""
+    terms = [(group, term) for group in groups for term in group.terms]
+    return all(_exclusive(terms[i], terms[j]) for i in range(len(terms)) for j in range(i + 1, len(terms)))
+
+
+class Sums:
+    """Float64 sums over samples, per class (one class unless split by class).
+
+    ``nodes`` and ``biases`` are ``(classes, num_nodes)``: node relevance and the relevance each
+    node's bias term absorbed; per block, ``weighted[k]`` holds slot sums with the weights applied
+    and ``raw[k]`` slot sums per weight transform still to be multiplied by it.
+    """
+
+    def __init__(self, graph: Graph, classes: int, absolute: bool) -> None:
+        self.graph = graph
+        self.absolute = absolute
+        self.classes = classes
+        self.counts = torch.zeros(classes, dtype=torch.int64)
+        zeros = torch.zeros((classes, graph.num_nodes), dtype=torch.float64, device=graph.device)
+        self.nodes, self.biases = zeros, zeros.clone()
+        self.weighted: list[Tensor] = [self._zeros(block) for block in graph.blocks]
+        self.raw: list[dict[Transform, Tensor]] = [{} for _ in graph.blocks]
+        self._separable: dict[int, bool] = {}
+
+    def _zeros(self, block: Block) -> Tensor:
+        return torch.zeros((self.classes, *block.sum_shape), dtype=torch.float64, device=self.graph.device)
+
+    # -- adding an explanation --------------------------------------------------------------
+    def add(self, explanation: Explanation, classes: Tensor | None) -> None:
+        """Add every sample of ``explanation``; ``classes (B,)`` puts sample ``b`` into class
+        ``classes[b]`` (``None``: all into class 0)."""
+        if classes is None:
+            self._add_rows(explanation, 0, None, len(explanation.node_relevance))
+            return
+        for k in torch.unique(classes).tolist():
+            rows = torch.nonzero(classes == k).flatten().to(explanation.node_relevance.device)
+            self._add_rows(explanation, int(k), rows, len(rows))
+
+    def _add_rows(self, explanation: Explanation, k: int, rows: Tensor | None, count: int) -> None:
+        def chosen(t: Tensor) -> Tensor:
+            return t if rows is None else t.index_select(0, rows)
+
+        self.counts[k] += count
+        self.nodes[k] += self._magnitude(chosen(explanation.node_relevance)).sum(0, dtype=torch.float64)
+        records = explanation.records
+        self._add_biases(records, chosen, k)
+        activations = explanation.activations
+        inputs: dict[int, _Inputs] = {}
+        for position, block in enumerate(self.graph.blocks):
+            if block.src not in inputs:
+                inputs[block.src] = _Inputs(self.graph.levels[block.src], chosen(activations[block.src]))
+            state = explanation.block_state(block)
+            if state is not None and rows is not None:
+                state = block.select_state(state, rows)
+            record = records[block.dst]
+            quotients = [chosen(q) for q in record.quotients]
+            if self.absolute and not self._is_separable(record):
+                self._add_magnitudes(position, block, record, inputs[block.src], quotients, state, k)
+            else:
+                self._add_terms(position, block, record, inputs[block.src], quotients, state, k)
+
+    def _magnitude(self, values: Tensor) -> Tensor:
+        return values.abs() if self.absolute else values
+
+    def _is_separable(self, record: LevelRecord) -> bool:
+        key = id(record.groups)
+        if key not in self._separable:
+            self._separable[key] = separable(record.groups)
+        return self._separable[key]
+
+    def _add_biases(self, records: Sequence[LevelRecord | None], chosen, k: int) -> None:
+        for level in self.graph.levels[1:]:
+            if level.bias is None:
+                continue
+            record = records[level.index]
+            share = None
+            for group, quotient in zip(record.groups, record.quotients):
+                terms = [t.sign * t.bias(level.bias) for t in group.terms if not isinstance(t.bias, Zero)]
+                if terms:
+                    part = chosen(quotient) * sum(terms) * group.scale
+                    share = part if share is None else share + part
+            if share is not None:
+                self.biases[k, level.offset : level.offset + level.size] += self._magnitude(share).sum(
+                    0, dtype=torch.float64)
+
+    def _add_terms(self, position: int, block: Block, record: LevelRecord, inputs: _Inputs,
+                   quotients: list[Tensor], state: object, k: int) -> None:
+        """Each term's slot sums into the sums of its weight transform (of magnitudes if absolute)."""
+        magnitudes: dict[int, Tensor] = {}
+        for g, (group, quotient) in enumerate(zip(record.groups, quotients)):
+            for term in group.terms:
+                x = inputs(term.inputs)
+                if x is None:
+                    continue
+                factor = group.scale * term.sign
+                if self.absolute:
+                    x, factor = x.abs(), abs(factor)
+                    if g not in magnitudes:
+                        magnitudes[g] = quotient.abs()
+                    quotient_used = magnitudes[g]
+                else:
+                    quotient_used = quotient
+                sums = self.raw[position].get(term.weights)
+                if sums is None:
+                    sums = self.raw[position][term.weights] = self._zeros(block)
+                block.add_message_sums(sums[k], x, quotient_used, factor, state)
+
+    def _add_magnitudes(self, position: int, block: Block, record: LevelRecord, inputs: _Inputs,
+                        quotients: list[Tensor], state: object, k: int) -> None:
+        """``Σ_b |message|`` of every edge from each sample's messages, a chunk of samples at a time."""
+        batch = len(quotients[0]) if quotients else 0
+        chunk = max(1, SUM_CHUNK_ELEMENTS // max(1, block.num_edges))
+        slots = block.edge_slots()
+        target = self.weighted[position][k].view(-1)
+        for start in range(0, batch, chunk):
+            rows = torch.arange(start, min(start + chunk, batch), device=quotients[0].device)
+            part = None if state is None else block.select_state(state, rows)
+            messages = None
+            for group, quotient in zip(record.groups, quotients):
+                for term in group.terms:
+                    x = inputs(term.inputs)
+                    if x is None:
+                        continue
+                    m = block.edge_messages(x[start : start + chunk], quotient[start : start + chunk], term.weights,
+                                            part)
+                    factor = group.scale * term.sign
+                    messages = m.mul_(factor) if messages is None else messages.add_(m, alpha=factor)
+            if messages is not None:
+                target.index_add_(0, slots, messages.abs().sum(0, dtype=torch.float64))
+
+    # -- reading ----------------------------------------------------------------------------
+    def collapse(self) -> None:
+        """Multiply the sums kept per weight transform by their weights, into ``weighted``."""
+        for position, block in enumerate(self.graph.blocks):
+            for transform, sums in self.raw[position].items():
+                weights = block.slot_weights(transform).to(torch.float64)
+                self.weighted[position].add_(sums * (weights.abs() if self.absolute else weights))
+            self.raw[position].clear()
+
+    def edge_values(self, position: int) -> Tensor:
+        """``(classes, num_edges)`` of block ``position``, in its edges' order."""
+        self.collapse()
+        return self.weighted[position].reshape(self.classes, -1)[:, self.graph.blocks[position].edge_slots()]
+
+    def weight_values(self, position: int) -> Tensor:
+        """``(classes, *weight shape)`` of block ``position`` (:meth:`Block.weight_sums`)."""
+        self.collapse()
+        return self.graph.blocks[position].weight_sums(self.weighted[position])
