@@ -213,6 +213,8 @@ class Rule:
         ``'signed'`` (Zennit's): ``z + ε·s(z)`` with ``s(z) = +1`` for ``z >= 0`` else ``-1``;
         ``'plain'`` (the seed notebooks'): ``z + ε``.
 
+    Notes
+    -----
     A denominator that is exactly zero after stabilizing gives a zero quotient: the relevance of
     that node is reported as dropped by :meth:`graphlrp.Explanation.conservation`, never NaN.
 
