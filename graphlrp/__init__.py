@@ -4,7 +4,7 @@ A network is lowered to a graph whose nodes are neurons and whose edges are weig
 connections; every LRP rule is an edge-weight transform and relevance flows back over the edges,
 so that relevance is available for every node and every edge.
 """
-from . import analysis, composites, evaluation, export, kernels, plot, reductions, rules
+from . import analysis, composites, evaluation, export, frontends, kernels, plot, reductions, rules
 from .composites import Composite
 from . import errors
 from .errors import (
@@ -23,7 +23,7 @@ from .errors import (
 from .explanation import Explanation, LevelBalance, explain
 from .aggregation import Aggregate, aggregate
 from .graph import Graph, Level
-from .lower import from_neat, from_neat_network, from_networkx, graph_from_edges, graph_to_networkx, lower
+from .frontends import from_neat, from_neat_network, from_networkx, graph_from_edges, graph_to_networkx, lower
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "RuleParameterError",
     "evaluation",
     "export",
+    "frontends",
     "Composite",
     "CycleError",
     "Explanation",

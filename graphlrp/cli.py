@@ -88,8 +88,8 @@ from .errors import (
 )
 from .explanation import Explanation, explain
 from .graph import Graph
-from .lower import lower
-from .lower.modules import HANDLERS
+from .frontends import lower
+from .frontends.modules import HANDLERS
 from .rules import Rule
 
 EXIT_OK = 0

@@ -28,7 +28,7 @@ from .composites import Composite
 from .errors import InputError
 from .explanation import explain
 from .graph import Graph
-from .lower import lower
+from .frontends import lower
 from .rules import Rule
 
 #: rules by name: each builds the rule with its default parameters

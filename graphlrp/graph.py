@@ -138,8 +138,8 @@ class Graph:
 
     @classmethod
     def from_edges(cls, src, dst, weight, bias=None, activation="identity", **kwargs) -> "Graph":
-        """A graph of any DAG given as edge lists; see :func:`graphlrp.lower.edges.graph_from_edges`."""
-        from .lower.edges import graph_from_edges
+        """A graph of any DAG given as edge lists; see :func:`graphlrp.frontends.edges.graph_from_edges`."""
+        from .frontends.edges import graph_from_edges
 
         return graph_from_edges(src, dst, weight, bias, activation, **kwargs)
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import graphlrp
 from graphlrp import rules
 from graphlrp.activations import ACTIVATIONS
-from graphlrp.lower.edges import CycleError, graph_from_edges
+from graphlrp.frontends.edges import CycleError, graph_from_edges
 
 HIDDEN_ACTIVATIONS = ("identity", "relu", "tanh", "neat_sigmoid", "leaky_relu")
 #: activations of the layered DAGs: mixed signs (tanh, leaky ReLU, identity) and positive (sigmoid), none dead

@@ -12,7 +12,7 @@ import torch
 neat = pytest.importorskip("neat")
 
 import graphlrp  # noqa: E402
-from graphlrp.lower.neat import NEAT_ACTIVATIONS, from_neat, from_neat_network  # noqa: E402
+from graphlrp.frontends.neat import NEAT_ACTIVATIONS, from_neat, from_neat_network  # noqa: E402
 
 ALL_ACTIVATIONS = sorted(neat.activations.ActivationFunctionSet().functions)
 

@@ -10,8 +10,8 @@ import torch
 
 import graphlrp
 from graphlrp.activations import activation_by_name
-from graphlrp.lower.edges import CycleError, graph_from_edges
-from graphlrp.lower.networkx_graph import from_networkx, graph_to_networkx
+from graphlrp.frontends.edges import CycleError, graph_from_edges
+from graphlrp.frontends.networkx_graph import from_networkx, graph_to_networkx
 
 from conftest import make_mlp
 from test_from_edges import random_dag

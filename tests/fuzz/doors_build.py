@@ -48,7 +48,7 @@ class LowerDoor(Door):
     """``graphlrp.lower(model, example_input, ...)`` on Sequential and traced models in every written form."""
 
     name = "lower"
-    owner = "graphlrp/lower/torch_modules.py, graphlrp/lower/fx.py"
+    owner = "graphlrp/frontends/torch_modules.py, graphlrp/frontends/fx.py"
 
     def cases(self):
         options = st.lists(st.sampled_from(sorted(LOWER_OPTIONS)), unique=True, max_size=2).flatmap(
@@ -125,7 +125,7 @@ class EdgesDoor(Door):
     """``graphlrp.graph_from_edges`` and ``Graph.from_edges`` on valid networks and networks with one flaw."""
 
     name = "from_edges"
-    owner = "graphlrp/lower/edges.py"
+    owner = "graphlrp/frontends/edges.py"
 
     def cases(self):
         return st.builds(EdgesCase, dag=dag_specs(), flaw=st.sampled_from(EDGE_FLAWS),
@@ -264,7 +264,7 @@ class NetworkxDoor(Door):
     """``graphlrp.from_networkx(G, ...)`` on networkx graphs, valid and with one flaw."""
 
     name = "from_networkx"
-    owner = "graphlrp/lower/networkx_graph.py"
+    owner = "graphlrp/frontends/networkx_graph.py"
 
     def cases(self):
         return st.builds(NetworkxCase, dag=dag_specs(), flaw=st.sampled_from(NX_FLAWS), explicit=st.booleans(),
@@ -450,7 +450,7 @@ class NeatDoor(Door):
     """``graphlrp.from_neat(genome, config)``, then ``explain`` on the graph."""
 
     name = "from_neat"
-    owner = "graphlrp/lower/neat.py"
+    owner = "graphlrp/frontends/neat.py"
 
     def cases(self):
         return neat_cases()

@@ -31,7 +31,7 @@ def from_networkx(
     """Build a :class:`~graphlrp.Graph` from a directed acyclic ``networkx`` graph.
 
     Node ``j`` computes ``a_j = activation_j(Σ_i w_ij a_i + b_j)``; see
-    :func:`graphlrp.lower.edges.graph_from_edges`, which this calls. ``G`` is read, never modified.
+    :func:`graphlrp.frontends.edges.graph_from_edges`, which this calls. ``G`` is read, never modified.
 
     Parameters
     ----------
@@ -71,7 +71,7 @@ def from_networkx(
     InputError
         (a ``ValueError``) for an edge without a weight, a NaN or inf weight or bias, an unknown
         activation, inputs or outputs that are not nodes of ``G``, and everything
-        :func:`~graphlrp.lower.edges.graph_from_edges` refuses (a cycle, named by its labels, an
+        :func:`~graphlrp.frontends.edges.graph_from_edges` refuses (a cycle, named by its labels, an
         edge into an input, ...).
     NumericRangeError
         (an ``OverflowError``) for a weight or bias beyond the range of ``dtype`` (an integer too
