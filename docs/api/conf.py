@@ -2,9 +2,9 @@
 
 The reference pages are generated from the package itself when the build starts: one page per
 public module, listing every public name (the module's ``__all__``, or else every name it defines
-that does not start with an underscore). Each object is documented once, on the page of the module
-that defines it (or on the top-level page when that module is private); other pages that export it
-link there. When the build finishes, every public name must be in the reference, or the build warns
+that does not start with an underscore). Each object is documented once, on the page of the public module
+that defines it, or else of the innermost public package around its module; other pages that
+export it link there. When the build finishes, every public name must be in the reference, or the build warns
 (and ``scripts/docs`` treats warnings as errors).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ PUBLIC_MODULES = [
     "graphlrp.reductions",
     "graphlrp.kernels",
     "graphlrp.evaluation",
-    "graphlrp.aggregate",
+    "graphlrp.aggregation",
     "graphlrp.transforms",
     "graphlrp.frontends",
     "graphlrp.blocks",
@@ -75,6 +75,14 @@ def public_names(module_name: str) -> list[str]:
     return [name for name in names if not inspect.ismodule(getattr(module, name))]
 
 
+def _home_module(obj: object, modules: list[str]) -> str | None:
+    """The public module an object belongs to: the one that defines it, else the innermost public
+    package around the module that defines it."""
+    defined_in = getattr(obj, "__module__", None) or ""
+    around = [m for m in modules if defined_in == m or defined_in.startswith(m + ".")]
+    return max(around, key=len) if around else None
+
+
 def _homes(modules: list[str]) -> dict[int, tuple[str, str]]:
     """For each exported object, the page (module, name) that documents it."""
     homes: dict[int, tuple[str, str]] = {}
@@ -82,8 +90,7 @@ def _homes(modules: list[str]) -> dict[int, tuple[str, str]]:
         module = importlib.import_module(module_name)
         for name in public_names(module_name):
             obj = getattr(module, name)
-            defined_in = getattr(obj, "__module__", None)
-            owner = defined_in if defined_in in modules else None
+            owner = _home_module(obj, modules)
             if owner is not None and name in public_names(owner):
                 homes[id(obj)] = (owner, name)
             else:
