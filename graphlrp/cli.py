@@ -117,13 +117,24 @@ SCRIPTED_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for types in HANDLER
     "Sequential": nn.Sequential
 }
 
-#: the --rule / --composite choices that use each rule parameter (--epsilon applies to all)
+#: rule parameters with an option of their own (``--epsilon`` applies to every rule and composite)
+PARAMETER_OPTIONS = ("gamma", "alpha", "beta", "low", "high")
+#: the ``--rule`` choices: the registered rules (:func:`graphlrp.rules.register_rule`)
+RULES = rules.names()
+#: the ``--composite`` choices: the registered composites (:func:`graphlrp.composites.register_composite`)
+COMPOSITES = composites.names()
+
+
+def _accepts(method: type, parameter: str) -> bool:
+    """Whether the rule or composite class ``method`` takes ``parameter``."""
+    return parameter in inspect.signature(method).parameters
+
+
+#: the --rule / --composite choices that use each rule parameter, read from their constructors
 PARAMETER_USERS: dict[str, tuple[str, ...]] = {
-    "gamma": ("gamma", "epsilon-gamma-box"),
-    "alpha": ("alphabeta",),
-    "beta": ("alphabeta",),
-    "low": ("zbox", "epsilon-gamma-box"),
-    "high": ("zbox", "epsilon-gamma-box"),
+    parameter: tuple(name for name, method in chain(rules.RULES.items(), composites.COMPOSITES.items())
+                     if _accepts(method, parameter))
+    for parameter in PARAMETER_OPTIONS
 }
 
 #: the exit code of each error, found by the first of the error's classes (its ``__mro__``) listed.
@@ -554,23 +565,35 @@ def relevance_method(args: argparse.Namespace, inputs: Tensor) -> dict[str, Rule
         dtype (the model's).
     """
     if args.composite is not None:
-        option, method, makers = "--composite", args.composite, COMPOSITE_MAKERS
+        option, method, registered = "--composite", args.composite, composites.COMPOSITES
     else:
-        option, method, makers = "--rule", args.rule, RULE_MAKERS
-    if method not in makers:
-        raise CliError(f"unknown {option} {method!r}; accepted: {', '.join(makers)}", EXIT_USAGE)
+        option, method, registered = "--rule", args.rule, rules.RULES
+    if method not in registered:
+        raise CliError(f"unknown {option} {method!r}; accepted: {', '.join(registered)}", EXIT_USAGE)
     for name, users in PARAMETER_USERS.items():
         if getattr(args, name) is not None and method not in users:
             raise CliError(f"--{name} applies only to {' or '.join(users)}, not to {method}", EXIT_USAGE)
     _check_in_dtype(args, inputs.dtype)
     with _failing(f"bad parameters for {method}", (ValueError,), EXIT_USAGE):
-        return {option[2:]: makers[method](args, inputs)}
+        return {option[2:]: registered[method](**_parameters(registered[method], args, inputs))}
+
+
+def _parameters(method: type, args: argparse.Namespace, inputs: Tensor) -> dict[str, object]:
+    """The options for the constructor of ``method``: those it takes, with the command's defaults."""
+    parameters: dict[str, object] = {"epsilon": args.epsilon}
+    if _accepts(method, "gamma") and args.gamma is not None:
+        parameters["gamma"] = args.gamma
+    if _accepts(method, "alpha"):
+        parameters["alpha"], parameters["beta"] = _alpha_beta(args)
+    if _accepts(method, "low"):
+        parameters["low"], parameters["high"] = _bounds(args, inputs)
+    return parameters
 
 
 def _check_in_dtype(args: argparse.Namespace, dtype: torch.dtype) -> None:
     """Refuse (``EXIT_USAGE``) a rule parameter beyond the largest number of ``dtype``: it would be inf."""
     largest = torch.finfo(dtype).max
-    for name in ("epsilon", *PARAMETER_USERS):
+    for name in ("epsilon", *PARAMETER_OPTIONS):
         value = getattr(args, name)
         if value is not None and abs(value) > largest:
             raise CliError(f"--{name} {value:g} is beyond the range of the model's {dtype} (largest {largest:.4g})",
@@ -590,33 +613,6 @@ def _bounds(args: argparse.Namespace, inputs: Tensor) -> tuple[float, float]:
     low = args.low if args.low is not None else float(inputs.min())
     high = args.high if args.high is not None else float(inputs.max())
     return low, high
-
-
-def _gamma(args: argparse.Namespace) -> float:
-    """``--gamma``, by default 0.25."""
-    return args.gamma if args.gamma is not None else 0.25
-
-
-#: ``--rule`` names, each with the function building the rule from the options and the inputs
-RULE_MAKERS: dict[str, Callable[[argparse.Namespace, Tensor], Rule]] = {
-    "epsilon": lambda args, x: rules.Epsilon(args.epsilon),
-    "zplus": lambda args, x: rules.ZPlus(args.epsilon),
-    "alphabeta": lambda args, x: rules.AlphaBeta(*_alpha_beta(args), epsilon=args.epsilon),
-    "gamma": lambda args, x: rules.Gamma(_gamma(args), epsilon=args.epsilon),
-    "wsquare": lambda args, x: rules.WSquare(args.epsilon),
-    "flat": lambda args, x: rules.Flat(args.epsilon),
-    "zbox": lambda args, x: rules.ZBox(*_bounds(args, x), epsilon=args.epsilon),
-}
-#: ``--composite`` names, each with the function building the preset from the options and the inputs
-COMPOSITE_MAKERS: dict[str, Callable[[argparse.Namespace, Tensor], Composite]] = {
-    "epsilon-plus": lambda args, x: composites.EpsilonPlus(args.epsilon),
-    "epsilon-plus-flat": lambda args, x: composites.EpsilonPlusFlat(args.epsilon),
-    "epsilon-alpha2-beta1": lambda args, x: composites.EpsilonAlpha2Beta1(args.epsilon),
-    "epsilon-gamma-box": lambda args, x: composites.EpsilonGammaBox(*_bounds(args, x), epsilon=args.epsilon,
-                                                                    gamma=_gamma(args)),
-}
-RULES = tuple(RULE_MAKERS)
-COMPOSITES = tuple(COMPOSITE_MAKERS)
 
 
 # -- lowering and explaining --------------------------------------------------------------------
@@ -815,8 +811,8 @@ def run_plot(args: argparse.Namespace) -> None:
     """``plot``: heatmaps of the input relevance of the first ``--samples`` samples."""
     job = _prepare(args)
     if job.inputs.dim() not in (3, 4):
-        raise InputError(f"plot needs image-shaped inputs, (N, H, W) or (N, C, H, W); {args.inputs} holds "
-                         f"{tuple(job.inputs.shape)}")
+        raise CliError(f"plot needs image-shaped inputs, (N, H, W) or (N, C, H, W); {args.inputs} holds "
+                       f"{tuple(job.inputs.shape)}", EXIT_USAGE)
     x = job.inputs[: args.samples]
     explanation, targets = _explain(args, job, _lower(args, job.model, x), x, 0)
     with _plotting("plot"), _failing("cannot draw the heatmaps"), _writing(args.out):

@@ -1,12 +1,16 @@
-"""Which rule for which level: :class:`Composite` and Zennit's preset composites."""
+"""Which rule for which level: :class:`Composite` and Zennit's preset composites.
+
+The presets are registered by name (:func:`register_composite`), as in Zennit; :func:`get` builds
+one by its name, and the command line and :mod:`graphlrp.evaluation` offer the registered names.
+"""
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import torch.nn as nn
 
-from .errors import ArgumentTypeError
+from .errors import ArgumentTypeError, InputError
 from .graph import Graph, Level, LayerType
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
 
@@ -133,6 +137,68 @@ class Composite:
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
+#: the registered composites by name, in the order they were registered (see :func:`register_composite`)
+COMPOSITES: dict[str, type[Composite]] = {}
+
+CompositeClass = TypeVar("CompositeClass", bound=type[Composite])
+
+
+def register_composite(name: str) -> Callable[[CompositeClass], CompositeClass]:
+    """Class decorator: register a :class:`Composite` subclass under ``name`` (Zennit's ``register_composite``).
+
+    Parameters
+    ----------
+    name : str
+        The name :func:`get`, the command line (``--composite``) and :mod:`graphlrp.evaluation`
+        know the composite by: lower case, words joined by ``-``.
+
+    Raises
+    ------
+    InputError
+        For a name already registered to another class.
+    ArgumentTypeError
+        For a decorated object that is not a :class:`Composite` subclass.
+    """
+
+    def register(cls: CompositeClass) -> CompositeClass:
+        if not (isinstance(cls, type) and issubclass(cls, Composite)):
+            raise ArgumentTypeError(f"register_composite({name!r}) decorates Composite subclasses, got {cls!r}")
+        if COMPOSITES.get(name, cls) is not cls:
+            raise InputError(f"composite name {name!r} is already registered to {COMPOSITES[name].__name__}")
+        COMPOSITES[name] = cls
+        return cls
+
+    return register
+
+
+def names() -> tuple[str, ...]:
+    """The names of the registered composites, in the order they were registered."""
+    return tuple(COMPOSITES)
+
+
+def get(name: str, **params: Any) -> Composite:
+    """The registered composite ``name``, built with ``params``.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`names`.
+    **params
+        Passed to the composite's constructor.
+
+    Raises
+    ------
+    InputError
+        For an unknown name (the message lists the registered ones).
+    RuleParameterError
+        For parameters out of range.
+    """
+    if name not in COMPOSITES:
+        raise InputError(f"unknown composite {name!r}; registered: {', '.join(COMPOSITES)}")
+    return COMPOSITES[name](**params)
+
+
+@register_composite("epsilon-plus")
 class EpsilonPlus(Composite):
     """Zennit's ``EpsilonPlus``: z⁺ on convolutions, ε on dense (``nn.Linear``) layers.
 
@@ -147,6 +213,7 @@ class EpsilonPlus(Composite):
         )
 
 
+@register_composite("epsilon-plus-flat")
 class EpsilonPlusFlat(Composite):
     """Zennit's ``EpsilonPlusFlat``: flat on the first dense or convolution layer, z⁺ on other
     convolutions, ε on other dense layers."""
@@ -159,6 +226,7 @@ class EpsilonPlusFlat(Composite):
         )
 
 
+@register_composite("epsilon-alpha2-beta1")
 class EpsilonAlpha2Beta1(Composite):
     """Zennit's ``EpsilonAlpha2Beta1``: αβ (α=2, β=1) on convolutions, ε on dense layers.
 
@@ -175,6 +243,7 @@ class EpsilonAlpha2Beta1(Composite):
         )
 
 
+@register_composite("epsilon-gamma-box")
 class EpsilonGammaBox(Composite):
     """Zennit's ``EpsilonGammaBox``: z^B on the first convolution, γ on other convolutions, ε on
     dense layers.

@@ -15,8 +15,9 @@ Nothing here imports Quantus. The model is lowered once per input shape and kept
 """
 from __future__ import annotations
 
+import inspect
 import weakref
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Mapping
 
 import numpy as np
 import torch
@@ -31,22 +32,28 @@ from .graph import Graph
 from .frontends import lower
 from .rules import Rule
 
-#: rules by name: each builds the rule with its default parameters
-RULES: dict[str, Callable[[], Rule]] = {
-    "epsilon": rules.Epsilon,
-    "zplus": rules.ZPlus,
-    "alpha2beta1": lambda: rules.AlphaBeta(2.0, 1.0),
-    "gamma": rules.Gamma,
-    "wsquare": rules.WSquare,
-    "flat": rules.Flat,
+#: the names this adapter gives registered rules and composites whose names differ (its first
+#: spelling, which ``explain_func_kwargs`` written for it use); every other one keeps its registered name
+SPELLINGS: dict[str, str] = {
+    "alphabeta": "alpha2beta1",
+    "epsilon-plus": "EpsilonPlus",
+    "epsilon-plus-flat": "EpsilonPlusFlat",
+    "epsilon-alpha2-beta1": "EpsilonAlpha2Beta1",
 }
 
-#: preset composites by name (those without required parameters)
-COMPOSITES: dict[str, Callable[[], Composite]] = {
-    "EpsilonPlus": composites.EpsilonPlus,
-    "EpsilonPlusFlat": composites.EpsilonPlusFlat,
-    "EpsilonAlpha2Beta1": composites.EpsilonAlpha2Beta1,
-}
+
+def _without_parameters(registered: Mapping[str, type]) -> dict[str, Callable[[], object]]:
+    """The classes of ``registered`` that need no argument, by their name here (:data:`SPELLINGS`)."""
+    return {SPELLINGS.get(name, name): cls for name, cls in registered.items()
+            if all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                   for p in inspect.signature(cls).parameters.values())}
+
+
+#: registered rules that need no parameter (:func:`graphlrp.rules.register_rule`), by name
+RULES: dict[str, Callable[[], Rule]] = _without_parameters(rules.RULES)
+
+#: registered composites that need no parameter (:func:`graphlrp.composites.register_composite`), by name
+COMPOSITES: dict[str, Callable[[], Composite]] = _without_parameters(composites.COMPOSITES)
 
 #: per model: for each lowering key, the model's state when it was lowered and the graph
 _GRAPHS: "weakref.WeakKeyDictionary[nn.Module, dict[Hashable, tuple[Hashable, Graph]]]" = weakref.WeakKeyDictionary()

@@ -10,18 +10,20 @@ contribution on the edge ``i → j`` is ``c_ij = sign · f_in(a_i) · f_w(w_ij)`
 nodes whose forward pre-activation is positive (or negative), as the γ rule does.
 
 A new rule is a subclass of :class:`Rule` that returns its groups; see ``examples/custom_rule.py``.
+:func:`register_rule` gives it a name, by which :func:`get` builds it and the command line and
+:mod:`graphlrp.evaluation` offer it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 import torch
 from torch import Tensor
 
-from .errors import ArgumentTypeError, NumericRangeError, RuleParameterError
+from .errors import ArgumentTypeError, InputError, NumericRangeError, RuleParameterError
 from .transforms import (
     AddScaledPart,
     Constant,
@@ -306,6 +308,68 @@ class Rule:
         return f"{type(self).__name__}({args})"
 
 
+#: the registered rules by name, in the order they were registered (see :func:`register_rule`)
+RULES: dict[str, type[Rule]] = {}
+
+RuleClass = TypeVar("RuleClass", bound=type[Rule])
+
+
+def register_rule(name: str) -> Callable[[RuleClass], RuleClass]:
+    """Class decorator: register a :class:`Rule` subclass under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The name :func:`get`, the command line (``--rule``) and :mod:`graphlrp.evaluation` know
+        the rule by: lower case, words joined by ``-``.
+
+    Raises
+    ------
+    InputError
+        For a name already registered to another class.
+    ArgumentTypeError
+        For a decorated object that is not a :class:`Rule` subclass.
+    """
+
+    def register(cls: RuleClass) -> RuleClass:
+        if not (isinstance(cls, type) and issubclass(cls, Rule)):
+            raise ArgumentTypeError(f"register_rule({name!r}) decorates Rule subclasses, got {cls!r}")
+        if RULES.get(name, cls) is not cls:
+            raise InputError(f"rule name {name!r} is already registered to {RULES[name].__name__}")
+        RULES[name] = cls
+        return cls
+
+    return register
+
+
+def names() -> tuple[str, ...]:
+    """The names of the registered rules, in the order they were registered."""
+    return tuple(RULES)
+
+
+def get(name: str, **params: Any) -> Rule:
+    """The registered rule ``name``, built with ``params``.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`names`.
+    **params
+        Passed to the rule's constructor.
+
+    Raises
+    ------
+    InputError
+        For an unknown name (the message lists the registered ones).
+    RuleParameterError
+        For parameters out of range.
+    """
+    if name not in RULES:
+        raise InputError(f"unknown rule {name!r}; registered: {', '.join(RULES)}")
+    return RULES[name](**params)
+
+
+@register_rule("epsilon")
 class Epsilon(Rule):
     """LRP-ε: ``c_ij = a_i w_ij``, ``β_j = b_j``; ``epsilon=0`` is LRP-0 (the z rule).
 
@@ -327,6 +391,7 @@ class Epsilon(Rule):
         return (Group((Term(Identity(), Identity(), _bias(Identity(), self.zero_bias)),)),)
 
 
+@register_rule("zplus")
 class ZPlus(Rule):
     """LRP-z⁺: ``c_ij = a_i⁺ w_ij⁺ + a_i⁻ w_ij⁻``, ``β_j = b_j⁺`` (Zennit's; αβ with α=1, β=0).
 
@@ -357,6 +422,7 @@ class ZPlus(Rule):
         return (Group((Term(Positive(), Positive(), bias), Term(Negative(), Negative(), Zero()))),)
 
 
+@register_rule("alphabeta")
 class AlphaBeta(Rule):
     """LRP-αβ: ``α · (positive part) − β · (negative part)``, each part with its own denominator.
 
@@ -408,6 +474,7 @@ class AlphaBeta(Rule):
         return tuple(groups)
 
 
+@register_rule("gamma")
 class Gamma(Rule):
     """LRP-γ (generalized, Zennit's): favour contributions of the output's own sign.
 
@@ -451,6 +518,7 @@ class Gamma(Rule):
         return (Group(positive, served="positive"), Group(negative, served="negative"))
 
 
+@register_rule("wsquare")
 class WSquare(Rule):
     """LRP-w²: ``c_ij = w_ij²`` (inputs replaced by ones), ``β_j = b_j²``.
 
@@ -468,6 +536,7 @@ class WSquare(Rule):
         return (Group((Term(Ones(), Square(), _bias(Square(), self.zero_bias)),)),)
 
 
+@register_rule("flat")
 class Flat(Rule):
     """LRP-flat: ``c_ij = 1`` on every edge, no bias term.
 
@@ -484,6 +553,7 @@ class Flat(Rule):
         return (Group((Term(Ones(), EdgeIndicator(), Zero()),)),)
 
 
+@register_rule("zbox")
 class ZBox(Rule):
     """LRP-z^B for inputs bounded in ``[low, high]``: ``c_ij = a_i w_ij − l_i w_ij⁺ − h_i w_ij⁻``.
 
