@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("howto-*.md"))]
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def python_blocks(text: str) -> list[str]:
@@ -32,6 +33,16 @@ def test_python_blocks_are_found_in_order() -> None:
 def test_every_extension_point_has_a_howto() -> None:
     names = {page.name for page in PAGES}
     assert {"howto-rule.md", "howto-block-kind.md", "howto-lower-module.md", "howto-frontend.md"} <= names
+
+
+def test_relative_links_of_the_docs_point_to_files() -> None:
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in LINK.findall(page.read_text(encoding="utf-8")):
+            path = target.split("#")[0]
+            if path and "://" not in path and not (page.parent / path).exists():
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
