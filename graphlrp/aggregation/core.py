@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -133,7 +134,7 @@ class Aggregate:
         see :mod:`graphlrp.aggregation.parameters` for folded batch norms, pruned layers and
         graphs not lowered from a model. By class, values gain a leading class dimension.
         """
-        named = parameters.collect(self.graph, self._sums.weight_values,
+        named = parameters.collect(self.graph, self._sums.weight_values, self._sums.edge_values,
                                    lambda level: self._sums.biases[:, level.offset : level.offset + level.size])
         return {name: self._shaped(values) for name, values in named.items()}
 
@@ -196,7 +197,7 @@ class Aggregate:
         """
         try:
             state = torch.load(path, map_location=graph.device, weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError) as error:
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
             if isinstance(error, FileNotFoundError):
                 raise
             raise FileFormatError(f"{os.fspath(path)!r} is not a graphlrp aggregate file: {error}") from None

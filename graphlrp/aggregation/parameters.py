@@ -42,6 +42,7 @@ class Entry:
     block: int | None = None
     level: int | None = None
     per_channel: bool = False  # node values summed per channel (dimension 0 of the level's shape)
+    per_edge: bool = False  # the block's values per edge, in its edge order
 
 
 def _learned(layer_type: object) -> bool:
@@ -58,7 +59,7 @@ def entries(graph: Graph) -> list[Entry]:
             is_norm = issubclass(level.layer_type, nn.modules.batchnorm._BatchNorm)
             found.append(Entry(f"{level.name}.weight", block=position, per_channel=is_norm))
         elif isinstance(level.layer_type, str) and level.layer_type not in STRUCTURAL:
-            found.append(Entry(f"blocks.{position}.weight", block=position))
+            found.append(Entry(f"blocks.{position}.weight", block=position, per_edge=True))
     for level in graph.levels[1:]:
         if level.bias is None:
             continue
@@ -75,12 +76,16 @@ def per_channel(values: Tensor, level: Level) -> Tensor:
     return values.reshape(*values.shape[:-1], level.shape[0], -1).sum(-1)
 
 
-def collect(graph: Graph, block_values: Callable[[int], Tensor], level_values: Callable[[Level], Tensor]) -> dict[str, Tensor]:
-    """``{name: values}``: ``block_values(k)`` shaped like block ``k``'s weight, ``level_values(level)``
-    per node; values of one name (a module used twice) are added."""
+def collect(graph: Graph, block_values: Callable[[int], Tensor], edge_values: Callable[[int], Tensor],
+            level_values: Callable[[Level], Tensor]) -> dict[str, Tensor]:
+    """``{name: values}``: ``block_values(k)`` shaped like block ``k``'s weight, ``edge_values(k)``
+    per edge of block ``k``, ``level_values(level)`` per node; values of one name (a module used
+    twice) are added."""
     named: dict[str, Tensor] = {}
     for entry in entries(graph):
-        if entry.block is not None:
+        if entry.per_edge:
+            values = edge_values(entry.block)
+        elif entry.block is not None:
             values = block_values(entry.block)
             if entry.per_channel:  # an element-wise block: one weight per node
                 values = per_channel(values, graph.levels[graph.blocks[entry.block].dst])
