@@ -593,7 +593,7 @@ def mean_edge_relevance(
     absolute: bool = False,
     progress: bool = True,
 ) -> Tensor:
-    """Mean edge relevance over a data set, explained batch by batch.
+    """Mean edge relevance over a data set: :func:`graphlrp.aggregate`'s edge sums over the count.
 
     Parameters
     ----------
@@ -614,8 +614,8 @@ def mean_edge_relevance(
     Returns
     -------
     Tensor
-        ``(num_edges,)`` in :meth:`Graph.edges` order. Only one batch's node relevance and one
-        chunk of edge relevance are held at a time.
+        ``(num_edges,)`` in :meth:`Graph.edges` order, in the graph's dtype (summed in float64).
+        Memory does not grow with the number of samples: never ``samples × edges``.
 
     Raises
     ------
@@ -640,16 +640,11 @@ def mean_edge_relevance(
     per_sample = _targets(targets)
     if per_sample.numel() not in (1, count):
         raise InputError(f"targets has {per_sample.numel()} entries for {count} samples; give one, or one per sample")
-    total = torch.zeros(graph.num_edges, dtype=graph.dtype, device=graph.device)
-    with _progress(count, progress) as advance:
-        for start in range(0, count, batch_size):
-            batch = inputs[start : start + batch_size]
-            target = per_sample if per_sample.numel() == 1 else per_sample[start : start + batch_size]
-            explanation = explain(graph, batch, target=target, rule=rule, composite=composite)
-            for messages in edge_relevance_chunks(explanation):
-                total += (messages.abs() if absolute else messages).sum(0)
-            advance(len(batch))
-    return total / count
+    from .aggregation import aggregate
+
+    sums = aggregate(graph, inputs, per_sample, rule=rule, composite=composite, batch_size=batch_size,
+                     absolute=absolute, progress=progress)
+    return (sums.edge_relevance() / count).to(graph.dtype)
 
 
 def _targets(targets: object) -> Tensor:
