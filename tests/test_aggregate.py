@@ -382,3 +382,42 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_and_equals_an_uninterr
                                progress=False)
     assert_close(resumed["edges"], plain.edge_relevance(), 1e-14)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# -- command line ----------------------------------------------------------------------------------
+def test_aggregate_command_writes_parameter_node_and_edge_sums(tmp_path):
+    import argparse
+
+    from graphlrp.aggregation.cli import add_parser
+
+    (tmp_path / "factory.py").write_text(textwrap.dedent("""
+        import torch, torch.nn as nn
+        def make():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double().eval()
+    """))
+    torch.manual_seed(1)
+    x = torch.randn(9, 1, 6, 6, dtype=torch.float64)
+    torch.save(x, tmp_path / "x.pt")
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    for out in ("sums.pt", "sums.npz"):
+        args = parser.parse_args(["aggregate", f"{tmp_path / 'factory.py'}:make", str(tmp_path / "x.pt"), "--target", "1",
+                                  "--rule", "zplus", "--batch-size", "4", "--out", str(tmp_path / out), "-q",
+                                  "--edges", str(tmp_path / "top.graphml"), "--top-k", "5"])
+        args.run(args)
+    model = __import__("runpy").run_path(str(tmp_path / "factory.py"))["make"]()
+    graph = graphlrp.lower(model, x)
+    expected = graphlrp.aggregate(graph, x, 1, rule=rules.ZPlus(), progress=False)
+    written = torch.load(tmp_path / "sums.pt")
+    assert written["count"] == 9
+    assert_close(written["edges"], expected.edge_relevance())
+    assert set(written["parameters"]) == {name for name, _ in model.named_parameters()}
+    arrays = np.load(tmp_path / "sums.npz")
+    assert_close(torch.from_numpy(arrays["parameter:0.weight"]), expected.parameter_relevance()["0.weight"])
+    import networkx as nx
+
+    top = nx.read_graphml(tmp_path / "top.graphml")
+    assert top.number_of_edges() == 5
+    assert max(abs(r) for *_, r in top.edges(data="relevance")) == pytest.approx(
+        float(expected.edge_relevance().abs().max()))
