@@ -9,9 +9,11 @@ export it link there. When the build finishes, every public name must be in the 
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import inspect
+import os
 from pathlib import Path
 
 from sphinx.util import logging
@@ -134,6 +136,34 @@ def _write_if_changed(path: Path, text: str) -> None:
         path.write_text(text)
 
 
+def _help_block(parser: argparse.ArgumentParser) -> list[str]:
+    return [".. code-block:: text", ""] + [f"   {line}".rstrip() for line in parser.format_help().splitlines()] + [""]
+
+
+def _cli_page() -> str:
+    """The command line's reference: the help of ``graphlrp`` and of each of its commands."""
+    from graphlrp.cli import build_parser
+
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        parser = build_parser()
+        lines = ["Command line", "============", "",
+                 "The help of the ``graphlrp`` command and of each of its commands, as printed by ``--help``.", ""]
+        lines += _help_block(parser)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, command in action.choices.items():
+                    title = f"``graphlrp {name}``"
+                    lines += [title, "-" * len(title), ""] + _help_block(command)
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    return "\n".join(lines)
+
+
 def generate_pages(app) -> None:
     """Write one reference page per public module into ``generated/``."""
     GENERATED.mkdir(exist_ok=True)
@@ -142,10 +172,11 @@ def generate_pages(app) -> None:
     for module_name in modules:
         _write_if_changed(GENERATED / f"{module_name}.rst", _page(module_name, homes))
     toc = ["API reference", "=============", "", ".. toctree::", "   :maxdepth: 1", ""]
-    toc += [f"   {module_name}" for module_name in modules]
+    toc += [f"   {module_name}" for module_name in modules] + ["   cli"]
+    _write_if_changed(GENERATED / "cli.rst", _cli_page())
     _write_if_changed(GENERATED / "index.rst", "\n".join(toc) + "\n")
     for stale in GENERATED.glob("*.rst"):
-        if stale.stem != "index" and stale.stem not in modules:
+        if stale.stem not in ("index", "cli") and stale.stem not in modules:
             stale.unlink()
 
 
