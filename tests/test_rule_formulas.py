@@ -84,14 +84,15 @@ VARIANTS = [
     rules.ZPlus(), rules.ZPlus(weights_only=True), rules.ZPlus(0.01, stabilizer="plain", weights_only=True),
     rules.AlphaBeta(2, 1), rules.AlphaBeta(1, 0), rules.AlphaBeta(2, 1, weights_only=True),
     rules.AlphaBeta(3, 2, weights_only=True),
-    rules.Gamma(0.25), rules.Gamma(0.5, weights_only=True), rules.Gamma(0.1, stabilizer="plain", weights_only=True),
-    rules.WSquare(), rules.WSquare(0.01, stabilizer="plain"), rules.Flat(), rules.ZBox(-3.0, 3.0),
+    rules.Gamma(0.25), rules.Gamma(0.25, stabilizer="plain"), rules.Gamma(0.5, weights_only=True),
+    rules.Gamma(0.1, stabilizer="plain", weights_only=True),
+    rules.WSquare(), rules.WSquare(0.01, stabilizer="plain"), rules.Flat(), rules.ZBox(-3.0, 3.0), rules.Norm(),
 ]
 
 
 def with_zero_bias(rule: rules.Rule) -> rules.Rule:
     kwargs = {k: v for k, v in vars(rule).items() if not k.startswith("_")}
-    if isinstance(rule, rules.Flat):  # has no bias term
+    if isinstance(rule, (rules.Flat, rules.Norm)):  # have no bias term
         return rule
     return type(rule)(**{**kwargs, "zero_bias": True})
 
@@ -111,12 +112,23 @@ def test_every_level_equals_the_dense_formula(kernel, mlp, rule, zero_bias):
     expected_input, balances = mlp_lrp(model, x, 2, rule)
     graph = graphlrp.lower(model, x, block_kind=kernel)
     explanation = graphlrp.explain(graph, x, target=2, rule=rule)
-    tolerance = ZERO_BIAS_TOLERANCE if zero_bias else TOLERANCE
+    tolerance = ZERO_BIAS_TOLERANCE if getattr(rule, "zero_bias", False) else TOLERANCE
     tolerance = WEIGHTS_ONLY_TOLERANCE if getattr(rule, "weights_only", False) else tolerance
     assert_close(explanation.input_relevance, torch.from_numpy(expected_input), tolerance)
     for level, balance in zip(range(len(graph.levels) - 1, 0, -1), balances):
         assert_close(explanation.level_relevance(level), torch.from_numpy(balance.relevance), tolerance)
     assert np.abs(expected_input).min() > 0  # every input carries relevance
+
+
+@pytest.mark.parametrize("rule", [rules.ZPlus(), rules.AlphaBeta(2, 1), rules.Gamma(0.25)], ids=repr)
+def test_one_graph_explains_batches_of_either_sign(kernel, mlp, rule):
+    """The rules that split inputs by sign, on one graph: a non-negative batch, a mixed-sign one, and
+    the non-negative one again, each equal to its formula."""
+    model, x = mlp
+    graph = graphlrp.lower(model, x, block_kind=kernel)
+    for batch in (x.abs(), x, x.abs()):
+        explanation = graphlrp.explain(graph, batch, target=2, rule=rule)
+        assert_close(explanation.input_relevance, torch.from_numpy(mlp_lrp(model, batch, 2, rule)[0]), TOLERANCE)
 
 
 # -- the weights-only variants, one formula each ----------------------------------------------------
