@@ -159,8 +159,10 @@ class Aggregate:
             total._sums.counts += part._sums.counts
             total._sums.nodes += part._sums.nodes
             total._sums.biases += part._sums.biases
-            for mine, theirs in zip(total._sums.weighted, part._sums.weighted):
-                mine += theirs
+            for position in range(len(self.graph.blocks)):
+                theirs = part._sums.weighted[position]
+                if theirs is not None:
+                    total._sums._weighted(position).add_(theirs)
         total.batches = self.batches + other.batches
         return total
 
@@ -169,7 +171,8 @@ class Aggregate:
         self._sums.collapse()
         return {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, **self._settings(),
                 "batches": self.batches, "counts": self._sums.counts, "nodes": self._sums.nodes,
-                "biases": self._sums.biases, "blocks": list(self._sums.weighted)}
+                "biases": self._sums.biases,
+                "blocks": [self._sums._weighted(k) for k in range(len(self.graph.blocks))]}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the aggregate to ``path`` atomically (a temporary file in the same folder, then
@@ -210,7 +213,8 @@ class Aggregate:
             raise InputError(f"{os.fspath(path)!r} was aggregated with the rules {state['rules']}, not {made.rules}")
         sums = made._sums
         blocks = state["blocks"]
-        if len(blocks) != len(sums.weighted) or any(b.shape != w.shape for b, w in zip(blocks, sums.weighted)):
+        shapes = [(sums.classes, *block.sum_shape) for block in graph.blocks]
+        if not isinstance(blocks, list) or [tuple(b.shape) for b in blocks] != shapes:
             raise FileFormatError(f"{os.fspath(path)!r}: the sums do not fit the graph's blocks")
         sums.counts, sums.nodes, sums.biases, sums.weighted = state["counts"], state["nodes"], state["biases"], blocks
         made.batches = int(state["batches"])

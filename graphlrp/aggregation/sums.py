@@ -29,6 +29,10 @@ from ..propagate import LevelRecord, _Inputs
 from ..rules import Group, Term
 from ..transforms import Negative, Positive, Transform, Zero
 
+#: samples a graph of another dtype than float64 sums in its own dtype before they are added to
+#: the float64 sums (a product written straight into a running sum costs no extra pass)
+FLUSH_SAMPLES = 1024
+
 _ALL = frozenset((-1, 0, 1))
 _SERVED = {"all": _ALL, "positive": frozenset((1,)), "negative": frozenset((-1,))}
 
@@ -71,19 +75,51 @@ class Sums:
         self.counts = torch.zeros(classes, dtype=torch.int64)
         zeros = torch.zeros((classes, graph.num_nodes), dtype=torch.float64, device=graph.device)
         self.nodes, self.biases = zeros, zeros.clone()
-        self.weighted: list[Tensor] = [self._zeros(block) for block in graph.blocks]
+        self.weighted: list[Tensor | None] = [None for _ in graph.blocks]
         self.raw: list[dict[Transform, Tensor]] = [{} for _ in graph.blocks]
+        self.partial: list[dict[Transform, Tensor]] = [{} for _ in graph.blocks]
+        self._partial_samples = 0
         self._separable: dict[int, bool] = {}
 
-    def _zeros(self, block: Block) -> Tensor:
-        return torch.zeros((self.classes, *block.sum_shape), dtype=torch.float64, device=self.graph.device)
+    def _zeros(self, block: Block, dtype: torch.dtype = torch.float64) -> Tensor:
+        return torch.zeros((self.classes, *block.sum_shape), dtype=dtype, device=self.graph.device)
+
+    def _weighted(self, position: int) -> Tensor:
+        if self.weighted[position] is None:
+            self.weighted[position] = self._zeros(self.graph.blocks[position])
+        return self.weighted[position]
+
+    def _running(self, position: int, transform: Transform) -> Tensor:
+        """The running slot sums of a block and weight transform: in the graph's dtype, or float64."""
+        sums = self.partial if self.graph.dtype != torch.float64 else self.raw
+        found = sums[position].get(transform)
+        if found is None:
+            found = sums[position][transform] = self._zeros(self.graph.blocks[position], self.graph.dtype
+                                                            if sums is self.partial else torch.float64)
+        return found
+
+    def flush(self) -> None:
+        """Add the sums kept in the graph's dtype to the float64 sums."""
+        for position, partial in enumerate(self.partial):
+            for transform, sums in partial.items():
+                raw = self.raw[position].get(transform)
+                if raw is None:
+                    self.raw[position][transform] = sums.to(torch.float64)
+                else:
+                    raw.add_(sums)
+            partial.clear()
+        self._partial_samples = 0
 
     # -- adding an explanation --------------------------------------------------------------
     def add(self, explanation: Explanation, classes: Tensor | None) -> None:
         """Add every sample of ``explanation``; ``classes (B,)`` puts sample ``b`` into class
         ``classes[b]`` (``None``: all into class 0)."""
+        batch = len(explanation.node_relevance)
+        if self._partial_samples + batch > FLUSH_SAMPLES:
+            self.flush()
+        self._partial_samples += batch
         if classes is None:
-            self._add_rows(explanation, 0, None, len(explanation.node_relevance))
+            self._add_rows(explanation, 0, None, batch)
             return
         for k in torch.unique(classes).tolist():
             rows = torch.nonzero(classes == k).flatten().to(explanation.node_relevance.device)
@@ -122,19 +158,26 @@ class Sums:
         return self._separable[key]
 
     def _add_biases(self, records: Sequence[LevelRecord | None], chosen, k: int) -> None:
+        """Per node ``Σ_b Σ_g scale_g s_gbj β_gj``: summed over samples first, unless of magnitudes."""
         for level in self.graph.levels[1:]:
             if level.bias is None:
                 continue
             record = records[level.index]
-            share = None
+            total = None
             for group, quotient in zip(record.groups, record.quotients):
                 terms = [t.sign * t.bias(level.bias) for t in group.terms if not isinstance(t.bias, Zero)]
-                if terms:
-                    part = chosen(quotient) * sum(terms) * group.scale
-                    share = part if share is None else share + part
-            if share is not None:
-                self.biases[k, level.offset : level.offset + level.size] += self._magnitude(share).sum(
-                    0, dtype=torch.float64)
+                if not terms:
+                    continue
+                beta = sum(terms) * group.scale
+                if self.absolute:
+                    part = chosen(quotient) * beta
+                else:
+                    part = chosen(quotient).sum(0, dtype=torch.float64) * beta.to(torch.float64)
+                total = part if total is None else total + part
+            if total is not None:
+                if self.absolute:
+                    total = total.abs().sum(0, dtype=torch.float64)
+                self.biases[k, level.offset : level.offset + level.size] += total
 
     def _add_terms(self, position: int, block: Block, record: LevelRecord, inputs: _Inputs,
                    quotients: list[Tensor], state: object, k: int) -> None:
@@ -153,10 +196,7 @@ class Sums:
                     quotient_used = magnitudes[g]
                 else:
                     quotient_used = quotient
-                sums = self.raw[position].get(term.weights)
-                if sums is None:
-                    sums = self.raw[position][term.weights] = self._zeros(block)
-                block.add_message_sums(sums[k], x, quotient_used, factor, state)
+                block.add_message_sums(self._running(position, term.weights)[k], x, quotient_used, factor, state)
 
     def _add_magnitudes(self, position: int, block: Block, record: LevelRecord, inputs: _Inputs,
                         quotients: list[Tensor], state: object, k: int) -> None:
@@ -164,7 +204,7 @@ class Sums:
         batch = len(quotients[0]) if quotients else 0
         chunk = max(1, SUM_CHUNK_ELEMENTS // max(1, block.num_edges))
         slots = block.edge_slots()
-        target = self.weighted[position][k].view(-1)
+        target = self._weighted(position)[k].view(-1)
         for start in range(0, batch, chunk):
             rows = torch.arange(start, min(start + chunk, batch), device=quotients[0].device)
             part = None if state is None else block.select_state(state, rows)
@@ -184,18 +224,23 @@ class Sums:
     # -- reading ----------------------------------------------------------------------------
     def collapse(self) -> None:
         """Multiply the sums kept per weight transform by their weights, into ``weighted``."""
+        self.flush()
         for position, block in enumerate(self.graph.blocks):
             for transform, sums in self.raw[position].items():
                 weights = block.slot_weights(transform).to(torch.float64)
-                self.weighted[position].add_(sums * (weights.abs() if self.absolute else weights))
+                product = sums.mul_(weights.abs() if self.absolute else weights)
+                if self.weighted[position] is None:
+                    self.weighted[position] = product
+                else:
+                    self.weighted[position].add_(product)
             self.raw[position].clear()
 
     def edge_values(self, position: int) -> Tensor:
         """``(classes, num_edges)`` of block ``position``, in its edges' order."""
         self.collapse()
-        return self.weighted[position].reshape(self.classes, -1)[:, self.graph.blocks[position].edge_slots()]
+        return self._weighted(position).reshape(self.classes, -1)[:, self.graph.blocks[position].edge_slots()]
 
     def weight_values(self, position: int) -> Tensor:
         """``(classes, *weight shape)`` of block ``position`` (:meth:`Block.weight_sums`)."""
         self.collapse()
-        return self.graph.blocks[position].weight_sums(self.weighted[position])
+        return self.graph.blocks[position].weight_sums(self._weighted(position))
