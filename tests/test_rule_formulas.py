@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from zennit.canonizers import SequentialMergeBatchNorm
 
 import graphlrp
 from graphlrp import rules
+from graphlrp.blocks import edgelist
+from graphlrp.transforms import Identity, Negative, Positive, Zero
 
 from conftest import make_mlp
 from test_cnn import build
@@ -181,6 +184,94 @@ def test_weights_only_gamma(kernel, zero_bias):
     expected = x * ((R / signed(x @ up + b + 0.4 * b.clamp(min=0), 1e-6)) @ up.T)
     actual = explain_layer(model, x, R, rules.Gamma(0.4, zero_bias=zero_bias, weights_only=True), kernel)
     assert_close(actual, expected, ONE_LAYER_TOLERANCE)
+
+
+class ScaledPositiveWeights(rules.Rule):
+    """A custom rule of one term with a sign other than 1: ``c_ij = sign · a_i w_ij⁺``, ``β_j = sign · b_j⁺``."""
+
+    def __init__(self, sign: float) -> None:
+        super().__init__(epsilon=1e-6)
+        self.sign = sign
+
+    def groups(self) -> tuple[rules.Group, ...]:
+        return (rules.Group((rules.Term(Identity(), Positive(), Positive(), sign=self.sign),)),)
+
+
+@pytest.mark.parametrize("sign", [2.0, 0.5, -1.0])
+def test_a_terms_sign_scales_its_contributions_and_bias(kernel, sign):
+    """``R_i = s a_i Σ_j w_ij⁺ R_j / stab(s (Σ_i a_i w_ij⁺ + b_j⁺))``: s cancels but for the stabilizer."""
+    model, x, W, R = one_layer(5)
+    b = model[0].bias.detach()
+    expected = sign * x * ((R / signed(sign * (x @ W.clamp(min=0) + b.clamp(min=0)), 1e-6)) @ W.clamp(min=0).T)
+    assert_close(explain_layer(model, x, R, ScaledPositiveWeights(sign), kernel), expected, ONE_LAYER_TOLERANCE)
+
+
+class OverlappingParts(rules.Rule):
+    """Three groups ``a⁺·w``, ``a·w⁺`` and ``a⁻·w⁻`` (a third each): their products overlap in
+    ``a⁺w⁺`` and do not add up to the layer's ``W a``."""
+
+    def groups(self) -> tuple[rules.Group, ...]:
+        terms = [rules.Term(Positive(), Identity(), Zero()), rules.Term(Identity(), Positive(), Zero()),
+                 rules.Term(Negative(), Negative(), Zero())]
+        return tuple(rules.Group((term,), scale=1 / 3) for term in terms)
+
+
+def test_products_that_overlap_leave_the_forward_pass_to_the_weights(kernel):
+    """``R = ⅓ Σ_g f_g(a) ⊙ (W_g (R / stab(f_g(a) W_g)))``, and the output is still the layer's own."""
+    model, x, W, R = one_layer(6)
+    graph = graphlrp.lower(model, x, block_kind=kernel)
+    explanation = graphlrp.explain(graph, x, output_relevance=R, rule=OverlappingParts())
+    with torch.no_grad():
+        torch.testing.assert_close(explanation.output, model(x), rtol=0, atol=1e-15)
+    expected = sum(a * ((R / signed(a @ w, 1e-6)) @ w.T) / 3
+                   for a, w in [(x.clamp(min=0), W), (x, W.clamp(min=0)), (x.clamp(max=0), W.clamp(max=0))])
+    assert_close(explanation.input_relevance, expected, ONE_LAYER_TOLERANCE)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_edge_lists_reduced_in_chunks_of_a_few_edges(monkeypatch, mlp, batch):
+    """The edge-list kind splits its edges into chunks of ``CHUNK_ELEMENTS // batch``: with chunks of
+    a few edges (9 × 8 = 72 edges in the middle layer) every rule still equals its formula."""
+    monkeypatch.setattr(edgelist, "CHUNK_ELEMENTS", 10 * batch)
+    model, x = mlp
+    x = x[:batch]
+    graph = graphlrp.lower(model, x, block_kind="edges")
+    for rule in (rules.Epsilon(0.3), rules.AlphaBeta(2, 1), rules.Gamma(0.25), rules.WSquare()):
+        explanation = graphlrp.explain(graph, x, target=2, rule=rule)
+        assert_close(explanation.input_relevance, torch.from_numpy(mlp_lrp(model, x, 2, rule)[0]), TOLERANCE)
+        with torch.no_grad():
+            torch.testing.assert_close(explanation.output, model(x), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("rule", [rules.Epsilon(0.1), rules.ZPlus(), rules.AlphaBeta(2, 1), rules.Gamma(0.5),
+                                  rules.WSquare(), rules.Flat()], ids=repr)
+def test_max_pooling_level_under_a_rule_is_one_edge_from_the_winner(rule):
+    """A max-pooling output ``j`` has one edge, of weight 1, from its window's winner ``i``: under any
+    rule, ``R_i = Σ_g scale_g c_g / stab(c_g) R_j`` with ``c_g`` the group's contribution of
+    ``a_i · 1`` (mixed-sign inputs: the pooling follows a convolution directly)."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 3)).double().eval()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    graph = graphlrp.lower(model, x)
+    pool = next(level for level in graph.levels if level.layer_type is nn.MaxPool2d)
+    explanation = graphlrp.explain(graph, x, target=1, composite=graphlrp.Composite(by_type={nn.MaxPool2d: rule}))
+    with torch.no_grad():
+        conv = model[0](x)
+        winners_value, winners = F.max_pool2d(conv, 2, return_indices=True)
+    a = winners_value.reshape(3, -1).numpy()
+    relevance = explanation.level_relevance(pool.index).reshape(3, -1).numpy()
+    m = a.shape[1]
+    shared = np.zeros((3, m))
+    for scale, C, beta, served in dense_groups(rule, a, np.eye(m), np.zeros(m), a):
+        diagonal = np.einsum("bii->bi", C)
+        stabilized = stabilize(rule, diagonal + beta)
+        shared += np.where(served, scale * diagonal / stabilized * relevance, 0.0)
+    expected = np.zeros((3, 2, 64))
+    np.add.at(expected, (np.arange(3)[:, None, None], np.arange(2)[None, :, None], winners.reshape(3, 2, -1).numpy()),
+              shared.reshape(3, 2, -1))
+    assert_close(explanation.level_relevance(pool.index - 1).reshape(3, -1), torch.from_numpy(expected.reshape(3, -1)),
+                 TOLERANCE)
+    assert (a < 0).mean() > 0.1 and (np.abs(shared) > 0).mean() > 0.5  # winners of both signs, relevance at most
 
 
 def test_weights_only_variants_differ_from_the_full_rules_on_mixed_sign_inputs():
