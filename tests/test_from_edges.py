@@ -182,6 +182,8 @@ def dense_groups(rule: rules.Rule, A: np.ndarray, W: np.ndarray, b: np.ndarray, 
     b = np.zeros_like(b) if getattr(rule, "zero_bias", False) else b
     every = np.ones(z.shape, dtype=bool)
     weights_only = getattr(rule, "weights_only", False)
+    if isinstance(rule, rules.Norm):  # Zennit's Norm: no bias term, whatever the rule's flags
+        return [(1.0, a * w, np.zeros_like(b), every)]
     if isinstance(rule, rules.Epsilon):
         return [(1.0, a * w, b, every)]
     if isinstance(rule, rules.ZPlus):
