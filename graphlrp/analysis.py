@@ -22,20 +22,11 @@ from . import reductions
 from .composites import Composite
 from .explanation import Explanation, explain
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
-from .export import (
-    Samples,
-    _is_int,
-    check_bool,
-    check_explanation,
-    check_fraction,
-    check_int,
-    edge_relevance_chunks,
-    edges_holding_mass,
-    sample_rows,
-)
+from .export import check_bool, check_fraction, check_int, edge_relevance_chunks, edges_holding_mass
 from .graph import Graph, Level
 from .memory import check_budget
 from .rules import Rule
+from .samples import Samples, check_explanation, is_index
 
 PathScore = Literal["product", "sum"]
 PATH_SCORES = ("product", "sum")
@@ -48,9 +39,9 @@ PATH_BYTES = 8
 def _one_sample(explanation: Explanation, sample: int) -> int:
     """``sample`` as a non-negative row, which must be a single int."""
     check_explanation(explanation)
-    if not _is_int(sample):
+    if not is_index(sample):
         raise ArgumentTypeError(f"sample must be one int, got {sample!r} ({type(sample).__name__})")
-    return sample_rows(explanation, sample)[0]
+    return explanation.sample_rows(sample)[0]
 
 
 def _block_ranges(graph: Graph) -> list[tuple[int, int]]:
@@ -178,7 +169,7 @@ def _target_node(graph: Graph, relevance: Tensor, target: int | None) -> int:
     outputs = graph.outputs
     if target is None:
         return int(outputs[relevance[outputs].abs().argmax()])
-    if not _is_int(target):
+    if not is_index(target):
         raise ArgumentTypeError(f"target must be an int index into the graph's outputs or None, got {target!r}")
     if not -len(outputs) <= target < len(outputs):
         raise IndexOutOfRangeError(f"target {target!r} is not an index into the graph's {len(outputs)} outputs "
@@ -321,7 +312,7 @@ class Circuit:
         """
         graph = self.explanation.graph
         pruned = prune(graph, self.edges)
-        inputs = self.explanation._trace.activations[0][self.sample : self.sample + 1]
+        inputs = self.explanation.activations[0][self.sample : self.sample + 1]
         circuit_output = pruned(inputs).reshape(graph.output_shape)
         return Faithfulness(self.explanation.output[self.sample], circuit_output)
 
@@ -372,7 +363,7 @@ def prune(graph: Graph, keep: Tensor) -> Graph:
     The result is a :meth:`Graph.from_edges` graph whose ``original_ids`` are ``graph``'s global
     node ids, with the same biases, activations and outputs (flattened to one dimension). Its
     inputs are level 0's nodes in order; feed them the values after the input level's activation
-    (``explanation._trace.activations[0]``).
+    (``explanation.activations[0]``).
 
     ``keep`` may also be a boolean mask with one entry per edge.
 
@@ -421,7 +412,8 @@ def level_flow(explanation: Explanation, sample: Samples = None) -> list[dict[st
         (sums of the positive and negative messages) and ``total``. The totals of the rows into
         a level equal that level's ``relevance_out`` in :meth:`Explanation.conservation`.
     """
-    rows = sample_rows(explanation, sample)
+    check_explanation(explanation)
+    rows = explanation.sample_rows(sample)
     graph = explanation.graph
     ranges = _block_ranges(graph)
     pairs = sorted({(b.src, b.dst) for b in graph.blocks})
@@ -477,7 +469,8 @@ def rank_neurons(
     IndexOutOfRangeError
         For a level index or sample out of range (negative ones count from the end).
     """
-    rows = sample_rows(explanation, sample)
+    check_explanation(explanation)
+    rows = explanation.sample_rows(sample)
     graph = explanation.graph
     chosen = _level(graph, level)
     check_int("k", k, 1)
@@ -496,7 +489,7 @@ def _level(graph: Graph, level: int | str) -> Level:
                 return candidate
         raise InputError(f"no level is named {level!r}; levels: {[l.name for l in graph.levels]}")
     count = len(graph.levels)
-    if not _is_int(level):
+    if not is_index(level):
         raise ArgumentTypeError(f"level must be a level index (int) or name (str), got {level!r}")
     if not -count <= level < count:
         raise IndexOutOfRangeError(f"level {level!r} is not one of the graph's {count} levels (-{count} .. {count - 1})")

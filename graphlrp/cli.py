@@ -12,11 +12,13 @@ Models
 ``MODEL`` is one of
 
 - a TorchScript file (``torch.jit.save``) of an ``nn.Sequential`` (nested ones too) of the modules
-  graphlrp lowers (:data:`SCRIPTED_TYPES`: ``Linear``, ``Conv1d/2d/3d``, max, average and adaptive
-  average pooling, batch norm, element-wise activations such as ``ReLU``, ``Flatten``/``Unflatten``,
-  ``Identity``, dropout). A TorchScript module can neither be traced by ``torch.fx`` nor lowered
-  directly, so it is rebuilt as an eager ``nn.Sequential`` of the same modules sharing its
-  parameters, and the rebuild is checked to compute what the TorchScript model computes. Any other
+  graphlrp lowers (:data:`graphlrp.frontends.torchscript.SCRIPTED_TYPES`: ``Linear``,
+  ``Conv1d/2d/3d``, max, average and adaptive average pooling, batch norm, element-wise
+  activations such as ``ReLU``, ``Flatten``/``Unflatten``, ``Identity``, dropout). A TorchScript
+  module can neither be traced by ``torch.fx`` nor lowered directly, so it is rebuilt as an eager
+  ``nn.Sequential`` of the same modules sharing its parameters
+  (:func:`graphlrp.frontends.from_torchscript`), and the rebuild is checked to compute what the
+  TorchScript model computes (:func:`graphlrp.frontends.torchscript.check_rebuild`). Any other
   scripted module (a custom ``forward``, a pruned layer's ``weight_orig``/``weight_mask``) is
   refused with exit code 4: give such models as ``module:function``.
 - ``module:function`` or ``path/to/file.py:function``: the function is called without arguments
@@ -56,7 +58,6 @@ import sys
 import traceback
 import warnings
 import zipfile
-from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -89,7 +90,7 @@ from .errors import (
 from .explanation import Explanation, explain
 from .graph import Graph
 from .frontends import lower
-from .frontends.modules import HANDLERS
+from .frontends.torchscript import check_rebuild, from_torchscript
 from .rules import Rule
 
 EXIT_OK = 0
@@ -111,11 +112,6 @@ exit codes (every failure prints one line; --debug adds the traceback):
   4  the model cannot be lowered or explained (unsupported, too large, wrong input shape, NaN or inf
      inputs, bad target, relevance that would not be finite)
 """
-
-#: module types a TorchScript model may be made of, by their ``original_name``: those graphlrp lowers
-SCRIPTED_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for types in HANDLERS for t in types} | {
-    "Sequential": nn.Sequential
-}
 
 #: rule parameters with an option of their own (``--epsilon`` applies to every rule and composite)
 PARAMETER_OPTIONS = ("gamma", "alpha", "beta", "low", "high")
@@ -281,13 +277,15 @@ def load_model(spec: str) -> LoadedModel:
     Returns
     -------
     LoadedModel
-        The eager model in eval mode (rebuilt from TorchScript, see :func:`from_torchscript`).
+        The eager model in eval mode (rebuilt from TorchScript, see
+        :func:`~graphlrp.frontends.from_torchscript`).
 
     Raises
     ------
     CliError
         ``EXIT_FILE`` for a missing or unreadable file, a failing import or function;
-        ``EXIT_MODEL`` for a TorchScript model that cannot be rebuilt (see :func:`from_torchscript`).
+        ``EXIT_MODEL`` for a TorchScript model that cannot be rebuilt (see
+        :func:`~graphlrp.frontends.from_torchscript`).
     FileFormatError
         For a file that is not a TorchScript model (a state_dict, a pickled module, an array),
         saying what it is; nothing in it is unpickled.
@@ -365,59 +363,6 @@ def _saved_object(path: Path) -> str:
         return ("a state_dict saved by torch.save: parameters without the architecture (a module:function can "
                 "build the model and load them with model.load_state_dict(torch.load(path)))")
     return f"a {type(saved).__name__} saved by torch.save"
-
-
-def from_torchscript(scripted: torch.jit.ScriptModule) -> nn.Module:
-    """An eager copy, in eval mode, of a TorchScript ``nn.Sequential`` of :data:`SCRIPTED_TYPES`.
-
-    Each scripted module is rebuilt from its ``original_name``, the constructor arguments it keeps
-    as attributes, and its parameters and buffers (shared, not copied). Nested ``nn.Sequential`` s
-    keep their structure and child names, so levels are named as in the original model.
-
-    Raises
-    ------
-    UnsupportedModuleError
-        For a module of another type (naming its path), or one whose state does not fit its type.
-    """
-    return _rebuild(scripted, "").eval()
-
-
-def _rebuild(scripted: torch.jit.ScriptModule, path: str) -> nn.Module:
-    """The eager twin of ``scripted``, found at ``path`` (child names joined by dots) in the model."""
-    name = getattr(scripted, "original_name", type(scripted).__name__)
-    kind = SCRIPTED_TYPES.get(name)
-    where = f"TorchScript module {repr(path) if path else '(the model)'} ({name})"
-    if kind is None:
-        raise UnsupportedModuleError(
-            f"{where} cannot be lowered: a TorchScript model must be an nn.Sequential of the modules graphlrp "
-            "lowers (Linear, Conv, pooling, batch norm, element-wise activations, Flatten, Identity, dropout); "
-            "give other models as module:function"
-        )
-    if kind is nn.Sequential:
-        children = scripted.named_children()
-        return nn.Sequential(OrderedDict((n, _rebuild(c, f"{path}.{n}" if path else n)) for n, c in children))
-    module = kind(**_constructor_arguments(kind, scripted, where))
-    try:
-        module.load_state_dict(scripted.state_dict(), assign=True)
-    except RuntimeError as error:  # e.g. a pruned layer's weight_orig and weight_mask
-        detail = " ".join(str(error).split())
-        raise UnsupportedModuleError(f"{where}: its state does not fit a {name}: {detail}") from None
-    return module
-
-
-def _constructor_arguments(kind: type[nn.Module], scripted: torch.jit.ScriptModule, where: str) -> dict[str, object]:
-    """The arguments of ``kind(...)``, read from the attributes of the scripted module."""
-    arguments: dict[str, object] = {}
-    for name, parameter in inspect.signature(kind).parameters.items():
-        if name in ("device", "dtype") or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        if name == "bias":  # a flag for the constructor, a tensor or None on the module
-            arguments[name] = getattr(scripted, "bias", None) is not None
-        elif hasattr(scripted, name):
-            arguments[name] = getattr(scripted, name)
-        elif parameter.default is parameter.empty:
-            raise UnsupportedModuleError(f"{where}: does not record its constructor argument {name!r}")
-    return arguments
 
 
 def _call_factory(spec: str) -> nn.Module:
@@ -647,21 +592,8 @@ def _lower(args: argparse.Namespace, model: LoadedModel, example: Tensor) -> Gra
         graph = lower(model.module, example, block_kind=args.block_kind, max_pool=args.max_pool,
                       max_edges=args.max_edges)
         if model.scripted is not None:
-            _check_rebuild(model, example)
+            check_rebuild(model.scripted, model.module, example)
     return graph
-
-
-def _check_rebuild(model: LoadedModel, example: Tensor) -> None:
-    """Raise ``UnsupportedModuleError`` unless the eager rebuild computes what the TorchScript model does."""
-    with torch.no_grad():
-        expected = model.scripted(example)
-        actual = model.module(example)
-    scale = float(expected.abs().max().clamp(min=1.0)) if expected.numel() else 1.0
-    if actual.shape != expected.shape or not torch.allclose(actual, expected, rtol=1e-4, atol=1e-4 * scale):
-        raise UnsupportedModuleError(
-            "the eager rebuild of the TorchScript model computes something else than the model "
-            "(a module with a custom forward?); give the model as module:function"
-        )
 
 
 def _targets(args: argparse.Namespace, graph: Graph, batch: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
+from . import export
 from .composites import Composite
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError, NumericRangeError
 from .graph import Graph
@@ -16,6 +17,8 @@ from .layout import is_node_major
 from .memory import check_budget
 from .propagate import LevelRecord, Trace, _Inputs, level_balance, redistribute_level, run_forward
 from .rules import Rule
+from .samples import Samples, is_index, rows
+from .transforms import Identity, Zero
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -98,8 +101,18 @@ class Explanation:
         """The rule used at each level (``None`` for the input level)."""
         return [None if r is None else r.rule for r in self._records]
 
+    def sample_rows(self, sample: Samples, allow_empty: bool = False) -> list[int]:
+        """The rows of the explained batch that ``sample`` names, as non-negative ints.
+
+        ``sample`` is one index (an int, a 0-d integer tensor or array), a sequence of indices (a
+        1-D tensor or array included, also of one element), or ``None`` for all; see
+        :func:`graphlrp.samples.rows`, which raises for entries that are not ints, out of range,
+        or (unless ``allow_empty``) an empty selection.
+        """
+        return rows(sample, len(self.node_relevance), allow_empty)
+
     def edge_relevance(
-        self, sample: int | Sequence[int] | None = None, max_bytes: int | None = None, out: Tensor | None = None
+        self, sample: Samples = None, max_bytes: int | None = None, out: Tensor | None = None
     ) -> Tensor:
         """The relevance message each edge carries, in :meth:`Graph.edges` order.
 
@@ -112,20 +125,18 @@ class Explanation:
         device, receives the result instead of a new tensor: reusing one buffer for many samples
         saves allocating (and the operating system zeroing) the memory of every result.
         """
-        from .export import sample_rows
-
-        rows = sample_rows(self, sample)
+        chosen = self.sample_rows(sample)
         element = self.node_relevance.element_size()
-        check_budget(f"edge relevance of {len(rows)} sample(s) × {self.graph.num_edges:,} edges",
-                     self.graph.num_edges * (len(rows) * element * 3 + 16 + element), max_bytes)
-        index = torch.tensor(rows, dtype=torch.long, device=self.node_relevance.device)
-        single = sample is not None and _is_index(sample)
-        shape = (self.graph.num_edges,) if single else (len(rows), self.graph.num_edges)
+        check_budget(f"edge relevance of {len(chosen)} sample(s) × {self.graph.num_edges:,} edges",
+                     self.graph.num_edges * (len(chosen) * element * 3 + 16 + element), max_bytes)
+        index = torch.tensor(chosen, dtype=torch.long, device=self.node_relevance.device)
+        single = is_index(sample)
+        shape = (self.graph.num_edges,) if single else (len(chosen), self.graph.num_edges)
         if out is None:
-            messages = self.node_relevance.new_empty((len(rows), self.graph.num_edges))
+            messages = self.node_relevance.new_empty((len(chosen), self.graph.num_edges))
         else:
             _check_out(out, shape, self.node_relevance)
-            messages = out.view(len(rows), self.graph.num_edges)
+            messages = out.view(len(chosen), self.graph.num_edges)
         start = 0
         inputs: dict[int, _Inputs] = {}  # per source level, for the chosen samples
         quotients: dict[int, list[Tensor]] = {}  # per destination level
@@ -165,23 +176,47 @@ class Explanation:
         if not written:
             out.zero_()
 
-    def to_networkx(self, sample: int | Sequence[int] | None = 0, **options) -> "nx.DiGraph":
+    def to_networkx(self, sample: Samples = 0, **options) -> "nx.DiGraph":
         """This explanation as a networkx graph; see :func:`graphlrp.export.explanation_to_networkx`."""
-        from .export import explanation_to_networkx
+        return export.explanation_to_networkx(self, sample, **options)
 
-        return explanation_to_networkx(self, sample, **options)
+    def bias_relevance(self, sample: Samples = None) -> Tensor:
+        """The relevance each node's bias term absorbed, ``(samples, num_nodes)`` (``(num_nodes,)`` for one index).
 
-    def bias_relevance(self, sample: int | Sequence[int] | None = None) -> Tensor:
-        """Relevance absorbed by each node's bias term; see :func:`graphlrp.export.bias_relevance`."""
-        from .export import bias_relevance
+        For node ``j`` of a level whose rule has groups ``g``: ``Σ_g scale_g · s_gj · β_gj`` with
+        ``s_gj`` the group's quotient and ``β_gj`` its bias term. Summed over a level's nodes it is
+        that level's :attr:`LevelBalance.bias`. Input nodes and nodes without a bias absorb nothing.
+        """
+        chosen = self.sample_rows(sample, allow_empty=True)
+        index = torch.tensor(chosen, dtype=torch.long, device=self.node_relevance.device)
+        shares = self.node_relevance.new_zeros((len(chosen), self.graph.num_nodes))
+        for level in self.graph.levels[1:]:
+            if level.bias is None:
+                continue
+            record = self._records[level.index]
+            view = shares[:, level.offset : level.offset + level.size]
+            for group, quotient in zip(record.groups, record.quotients):
+                terms = [t.sign * t.bias(level.bias) for t in group.terms if not isinstance(t.bias, Zero)]
+                if terms:
+                    view += group.scale * quotient.index_select(0, index) * sum(terms)
+        return shares[0] if is_index(sample) else shares
 
-        return bias_relevance(self, sample)
+    def edge_contributions(self, sample: Samples = None) -> Tensor:
+        """The forward contribution ``a_i · w_ij`` of every edge, in :meth:`Graph.edges` order.
 
-    def edge_contributions(self, sample: int | Sequence[int] | None = None) -> Tensor:
-        """Forward contribution ``a_i·w_ij`` of every edge; see :func:`graphlrp.export.edge_contributions`."""
-        from .export import edge_contributions
-
-        return edge_contributions(self, sample)
+        ``(samples, num_edges)``, or ``(num_edges,)`` for one index. A max-pooling block in
+        ``'winner'`` mode contributes only through each window's winner.
+        """
+        chosen = self.sample_rows(sample, allow_empty=True)
+        index = torch.tensor(chosen, dtype=torch.long, device=self.node_relevance.device)
+        parts = []
+        for block in self.graph.blocks:
+            inputs = self._trace.activations[block.src].index_select(0, index)
+            ones = inputs.new_ones((len(chosen), block.n_dst))
+            state = block.select_state(self._trace.state(block), index)
+            parts.append(block.edge_messages(inputs, ones, Identity(), state))
+        contributions = torch.cat(parts, dim=1) if parts else self.node_relevance.new_zeros((len(chosen), 0))
+        return contributions[0] if is_index(sample) else contributions
 
     def conservation(self) -> list[LevelBalance]:
         """Per level (last first), relevance in and out, and what biases and the stabilizer absorbed."""
@@ -217,20 +252,12 @@ class Explanation:
         )
 
 
-def _is_index(value: object) -> bool:
-    """Whether ``value`` is one integer index (a Python or numpy int, a 0-d integer tensor; not a bool)."""
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
+_is_index = is_index
 
 
 def _index(name: str, value: object, size: int, of: str) -> int:
     """``value`` as an index into ``size`` items, negative counting from the end, as in Python."""
-    if not _is_index(value):
+    if not is_index(value):
         raise ArgumentTypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     index = operator.index(value)
     if not -size <= index < size:

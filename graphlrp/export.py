@@ -19,22 +19,18 @@ import operator
 import os
 import xml.parsers.expat
 from xml.etree import ElementTree
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal
 
 import networkx as nx
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ArgumentTypeError, FileFormatError, IndexOutOfRangeError, InputError
-from .transforms import Identity, Zero
-
-if TYPE_CHECKING:  # pragma: no cover - import for annotations only
-    from .explanation import Explanation
+from .errors import ArgumentTypeError, FileFormatError, InputError
+from .samples import ExplanationLike, Samples, check_explanation, is_index
 
 Aggregate = Literal["sum", "mean", "mean_abs"]
 AGGREGATES = ("sum", "mean", "mean_abs")
-Samples = int | Sequence[int] | None
 
 #: most edge values per ``(samples, edges)`` chunk when several samples are reduced
 CHUNK_ELEMENTS = 1 << 22
@@ -44,69 +40,16 @@ _POSITION = "position"
 _SAMPLES = "samples"
 
 
-# -- samples ------------------------------------------------------------------------------------
-def sample_rows(explanation: "Explanation", sample: Samples, allow_empty: bool = False) -> list[int]:
-    """The batch rows ``sample`` names (``None``: all), as non-negative ints.
-
-    ``sample`` is an int, a sequence (or 1-D integer tensor or array) of ints, or ``None``;
-    negative indices count from the end of the batch, as in Python.
-
-    Raises
-    ------
-    ArgumentTypeError
-        If ``sample`` or one of its entries is not an int.
-    IndexOutOfRangeError
-        If a sample is out of range for the explained batch.
-    InputError
-        If ``sample`` selects no sample and ``allow_empty`` is false (a value over no samples
-        is undefined).
-    """
+# -- samples and argument checks ------------------------------------------------------------------
+def sample_rows(explanation: ExplanationLike, sample: Samples, allow_empty: bool = False) -> list[int]:
+    """:meth:`graphlrp.Explanation.sample_rows`, after checking that ``explanation`` is one."""
     check_explanation(explanation)
-    batch = len(explanation.node_relevance)
-    rows = list(range(batch)) if sample is None else [sample] if _is_int(sample) else _listed(sample)
-    for row in rows:
-        if not _is_int(row):
-            raise ArgumentTypeError(f"samples must be ints, got {row!r} ({type(row).__name__})")
-        if not -batch <= row < batch:
-            raise IndexOutOfRangeError(f"sample {row} is out of range for a batch of {batch} "
-                                       f"(-{batch} .. {batch - 1})")
-    if not rows and not allow_empty:
-        raise InputError("sample selects no samples; give an int, a non-empty sequence of ints, or None for all")
-    return [operator.index(row) % batch for row in rows]
-
-
-def _listed(sample: object) -> list[object]:
-    if isinstance(sample, (Tensor, np.ndarray)):
-        return sample.tolist() if sample.ndim == 1 else [sample]
-    if isinstance(sample, (str, bytes, dict, set)) or not hasattr(sample, "__iter__"):
-        raise ArgumentTypeError(f"sample must be an int, a sequence of ints or None, got {sample!r} "
-                                f"({type(sample).__name__})")
-    return list(sample)
-
-
-def _is_int(value: object) -> bool:
-    """Whether ``value`` is one integer (a Python or numpy int, a 0-d integer tensor; not a bool)."""
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, Tensor) and value.dim() != 0):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
-
-
-def check_explanation(explanation: object, name: str = "explanation") -> None:
-    """Raise :class:`ArgumentTypeError` unless ``explanation`` is an :class:`~graphlrp.Explanation`."""
-    from .explanation import Explanation
-
-    if not isinstance(explanation, Explanation):
-        raise ArgumentTypeError(f"{name} must be a graphlrp.Explanation (from graphlrp.explain), "
-                                f"got {type(explanation).__name__}")
+    return explanation.sample_rows(sample, allow_empty)
 
 
 def check_int(name: str, value: object, minimum: int) -> int:
     """``value`` as an int; :class:`ArgumentTypeError` if it is none, :class:`InputError` below ``minimum``."""
-    if not _is_int(value):
+    if not is_index(value):
         raise ArgumentTypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
     if operator.index(value) < minimum:
         raise InputError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -125,53 +68,23 @@ def _chunks(rows: list[int], num_edges: int) -> Iterator[list[int]]:
         yield rows[start : start + size]
 
 
-def edge_relevance_chunks(explanation: "Explanation", sample: Samples = None) -> Iterator[Tensor]:
+def edge_relevance_chunks(explanation: ExplanationLike, sample: Samples = None) -> Iterator[Tensor]:
     """Edge relevance of the samples asked, ``(chunk, num_edges)`` at a time (see :data:`CHUNK_ELEMENTS`)."""
     for chunk in _chunks(sample_rows(explanation, sample), explanation.graph.num_edges):
         yield explanation.edge_relevance(chunk)
 
 
 # -- per-node and per-edge values ---------------------------------------------------------------
-def bias_relevance(explanation: "Explanation", sample: Samples = None) -> Tensor:
-    """The relevance each node's bias term absorbed, ``(samples, num_nodes)`` (``(num_nodes,)`` for an int).
-
-    For node ``j`` of a level whose rule has groups ``g``: ``Σ_g scale_g · s_gj · β_gj`` with
-    ``s_gj`` the group's quotient and ``β_gj`` its bias term. Summed over a level's nodes it is
-    that level's :attr:`LevelBalance.bias`. Input nodes and nodes without a bias absorb nothing.
-    """
-    rows = sample_rows(explanation, sample, allow_empty=True)
-    graph = explanation.graph
-    index = torch.tensor(rows, dtype=torch.long, device=explanation.node_relevance.device)
-    shares = explanation.node_relevance.new_zeros((len(rows), graph.num_nodes))
-    for level in graph.levels[1:]:
-        if level.bias is None:
-            continue
-        record = explanation._records[level.index]
-        view = shares[:, level.offset : level.offset + level.size]
-        for group, quotient in zip(record.groups, record.quotients):
-            terms = [t.sign * t.bias(level.bias) for t in group.terms if not isinstance(t.bias, Zero)]
-            if terms:
-                view += group.scale * quotient.index_select(0, index) * sum(terms)
-    return shares[0] if _is_int(sample) else shares
+def bias_relevance(explanation: ExplanationLike, sample: Samples = None) -> Tensor:
+    """:meth:`graphlrp.Explanation.bias_relevance`, after checking that ``explanation`` is one."""
+    check_explanation(explanation)
+    return explanation.bias_relevance(sample)
 
 
-def edge_contributions(explanation: "Explanation", sample: Samples = None) -> Tensor:
-    """The forward contribution ``a_i · w_ij`` of every edge, in :meth:`Graph.edges` order.
-
-    ``(samples, num_edges)``, or ``(num_edges,)`` for an int sample. A max-pooling block in
-    ``'winner'`` mode contributes only through each window's winner.
-    """
-    rows = sample_rows(explanation, sample, allow_empty=True)
-    trace = explanation._trace
-    index = torch.tensor(rows, dtype=torch.long, device=explanation.node_relevance.device)
-    parts = []
-    for block in explanation.graph.blocks:
-        inputs = trace.activations[block.src].index_select(0, index)
-        ones = inputs.new_ones((len(rows), block.n_dst))
-        state = block.select_state(trace.state(block), index)
-        parts.append(block.edge_messages(inputs, ones, Identity(), state))
-    contributions = torch.cat(parts, dim=1) if parts else explanation.node_relevance.new_zeros((len(rows), 0))
-    return contributions[0] if _is_int(sample) else contributions
+def edge_contributions(explanation: ExplanationLike, sample: Samples = None) -> Tensor:
+    """:meth:`graphlrp.Explanation.edge_contributions`, after checking that ``explanation`` is one."""
+    check_explanation(explanation)
+    return explanation.edge_contributions(sample)
 
 
 def _fold(values: Tensor, aggregate: Aggregate) -> Tensor:
@@ -184,25 +97,25 @@ def _reduce(values: Tensor, aggregate: Aggregate, count: int) -> Tensor:
     return values if aggregate == "sum" else values / count
 
 
-def _edge_values(explanation: "Explanation", rows: list[int], aggregate: Aggregate) -> tuple[Tensor, Tensor]:
+def _edge_values(explanation: ExplanationLike, rows: list[int], aggregate: Aggregate) -> tuple[Tensor, Tensor]:
     """Aggregated edge relevance and contribution, computed over chunks of samples."""
     num_edges = explanation.graph.num_edges
     relevance = explanation.node_relevance.new_zeros(num_edges)
     contribution = explanation.node_relevance.new_zeros(num_edges)
     for chunk in _chunks(rows, num_edges):
         relevance += _fold(explanation.edge_relevance(chunk), aggregate)
-        contribution += _fold(edge_contributions(explanation, chunk), aggregate)
+        contribution += _fold(explanation.edge_contributions(chunk), aggregate)
     return _reduce(relevance, aggregate, len(rows)), _reduce(contribution, aggregate, len(rows))
 
 
-def _node_values(explanation: "Explanation", rows: list[int], aggregate: Aggregate) -> dict[str, Tensor]:
+def _node_values(explanation: ExplanationLike, rows: list[int], aggregate: Aggregate) -> dict[str, Tensor]:
     """Aggregated relevance, output and bias share of every node."""
     index = torch.tensor(rows, dtype=torch.long, device=explanation.node_relevance.device)
-    activations = torch.cat([a.index_select(0, index) for a in explanation._trace.activations], dim=1)
+    activations = torch.cat([a.index_select(0, index) for a in explanation.activations], dim=1)
     values = {
         "relevance": explanation.node_relevance.index_select(0, index),
         "activation_value": activations,
-        "bias_share": bias_relevance(explanation, rows),
+        "bias_share": explanation.bias_relevance(rows),
     }
     return {name: _reduce(_fold(v, aggregate), aggregate, len(rows)) for name, v in values.items()}
 
@@ -300,7 +213,7 @@ def _mask(n: int, indices: np.ndarray) -> np.ndarray:
 
 # -- building the networkx graph ----------------------------------------------------------------
 def explanation_to_networkx(
-    explanation: "Explanation",
+    explanation: ExplanationLike,
     sample: Samples = 0,
     aggregate: Aggregate = "sum",
     top_k: int | None = None,
@@ -357,7 +270,7 @@ def explanation_to_networkx(
     check_bool("keep_all_nodes", keep_all_nodes)
     check_selection(top_k, threshold, mass)
     rows = sample_rows(explanation, sample)
-    mode: Aggregate = "sum" if _is_int(sample) else aggregate
+    mode: Aggregate = "sum" if is_index(sample) else aggregate
     graph = explanation.graph
     relevance, contribution = (_numpy(t) for t in _edge_values(explanation, rows, mode))
     magnitude = np.abs(relevance)
@@ -394,7 +307,7 @@ def _merge_parallel_edges(
     return unique // num_nodes, unique % num_nodes, merged
 
 
-def _node_records(explanation: "Explanation", nodes: np.ndarray, values: dict[str, Tensor]) -> Iterator[tuple]:
+def _node_records(explanation: ExplanationLike, nodes: np.ndarray, values: dict[str, Tensor]) -> Iterator[tuple]:
     levels = explanation.graph.levels
     level_of = np.searchsorted(np.array([level.offset for level in levels]), nodes, side="right") - 1
     positions: list[tuple[int, ...]] = [()] * len(nodes)

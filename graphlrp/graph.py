@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ from torch import Tensor
 from .activations import IDENTITY, Activation
 from .blocks import Block
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError, NumericRangeError
-from .layout import graph_is_node_major
+from .layout import NODE_MAJOR_KINDS, as_node_major
 from .memory import check_budget, format_bytes
 
 if TYPE_CHECKING:
@@ -136,12 +136,9 @@ class Graph:
         self._in_range: dict = {}
         self._cache_weights = True
 
-    @classmethod
-    def from_edges(cls, src, dst, weight, bias=None, activation="identity", **kwargs) -> "Graph":
-        """A graph of any DAG given as edge lists; see :func:`graphlrp.frontends.edges.graph_from_edges`."""
-        from .frontends.edges import graph_from_edges
-
-        return graph_from_edges(src, dst, weight, bias, activation, **kwargs)
+    #: a graph of any DAG given as edge lists: :func:`graphlrp.frontends.edges.graph_from_edges`,
+    #: which the front-end sets here when it is defined (the data type does not import its front-ends)
+    from_edges: ClassVar[Callable[..., "Graph"]]
 
     def _validate_structure(self) -> None:
         if not self.levels:
@@ -211,7 +208,8 @@ class Graph:
         in both, up to rounding.
         """
         if self._node_major is None:
-            self._node_major = graph_is_node_major(self)
+            node_major = sum(block.num_edges for block in self.blocks if block.kind in NODE_MAJOR_KINDS)
+            self._node_major = 2 * node_major > self.num_edges
         return self._node_major
 
     @node_major.setter
@@ -341,11 +339,76 @@ class Graph:
             self._in_range[key] = groups
 
     # -- computing ----------------------------------------------------------------------------
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error if ``x`` is not a finite, non-empty batch of the graph's input shape,
+        dtype and device: :class:`~graphlrp.errors.ArgumentTypeError` for a type or dtype,
+        :class:`~graphlrp.errors.InputError` for a shape, an empty batch, a device, NaN or inf."""
+        if not isinstance(x, Tensor):
+            raise ArgumentTypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        expected = self.input_shape
+        if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+            raise InputError(
+                f"input has shape {tuple(x.shape)}, expected (batch, {', '.join(map(str, expected))})"
+                + (" — add a batch dimension with x.unsqueeze(0)" if tuple(x.shape) == expected else "")
+            )
+        if len(x) == 0:
+            raise InputError(f"input has an empty batch (shape {tuple(x.shape)}); give at least one sample")
+        if not x.is_floating_point():
+            raise ArgumentTypeError(f"input must be a floating point tensor, got {x.dtype}")
+        if x.dtype != self.dtype:
+            raise ArgumentTypeError(f"input dtype {x.dtype} does not match the graph's {self.dtype}; use graph.to(dtype=...)")
+        if x.device != self.device:
+            raise InputError(f"input is on {x.device} but the graph is on {self.device}; use graph.to({str(x.device)!r})")
+        if math.isfinite(x.sum().item()):  # fast path: a finite sum has only finite terms
+            return
+        finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()[:5].tolist()
+            raise InputError(f"input contains NaN or inf (samples {bad})")
+
+    def input_activations(self, x: Tensor) -> Tensor:
+        """Level 0's activations ``(B, n)`` for the batch ``x``, in the graph's layout."""
+        first = self.levels[0]
+        flat = x.reshape(len(x), first.size)
+        return first.activation(as_node_major(flat) if self.node_major else flat)
+
+    def preactivation(self, level: Level, activations: Sequence[Tensor], states: dict[int, object],
+                      like: Tensor) -> Tensor:
+        """``level``'s pre-activation: its incoming blocks applied to their sources' ``activations``, plus its bias.
+
+        The states of sample-dependent blocks (``block.prepare``) are stored in ``states`` by
+        ``id(block)``; ``like`` gives the dtype and device of a level without incoming blocks.
+        """
+        z = None
+        for block in self.incoming[level.index]:
+            state = block.prepare(activations[block.src])
+            if state is not None:
+                states[id(block)] = state
+            part = block.forward(activations[block.src], state)
+            z = part if z is None else z.add_(part)  # block results are new tensors: summed in place
+        if z is None:
+            z = like.new_zeros((len(activations[0]), level.size))
+        if level.bias is not None:
+            z.add_(level.bias)
+        return z
+
+    def gather_outputs(self, activations: Sequence[Tensor]) -> Tensor:
+        """The network's output ``(B, *output_shape)`` from every level's ``activations``."""
+        batch = len(activations[0])
+        if self.outputs_are_last_level:
+            return activations[-1].reshape(batch, *self.output_shape)
+        nodes = torch.cat(list(activations), dim=1)
+        return nodes.index_select(1, self.outputs).reshape(batch, *self.output_shape)
+
     def __call__(self, x: Tensor) -> Tensor:
         """The network's output for the batch ``x`` of shape ``(B, *input_shape)``."""
-        from .propagate import run_forward
-
-        return run_forward(self, x).output
+        self.check_input(x)
+        x = x.detach()
+        activations = [self.input_activations(x)]
+        states: dict[int, object] = {}
+        for level in self.levels[1:]:
+            activations.append(level.activation(self.preactivation(level, activations, states, x)))
+        return self.gather_outputs(activations)
 
     def __repr__(self) -> str:
         header = (

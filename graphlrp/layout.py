@@ -8,18 +8,13 @@ operand is ``W @ X`` with ``X (n_src, B)`` row-major, which runs faster than ``x
 0.66 against 0.74 ms at 64 × 1024 × 1024), and each level's slice of the relevance storage is
 then one contiguous chunk; convolutions want batch-major. An element-wise operation on operands of
 one layout keeps that layout and runs at full speed; mixing layouts makes it several times slower.
-So a graph picks one layout for all its per-level tensors (:func:`graph_is_node_major`, or forced
-with :attr:`graphlrp.Graph.node_major`) and every block returns its results in the layout of its
-input.
+So a graph picks one layout for all its per-level tensors (:attr:`graphlrp.Graph.node_major`: the
+layout of the kinds holding most edges, or forced) and every block returns its results in the
+layout of its input.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from .graph import Graph
 
 #: block kinds whose kernels take node-major operands
 NODE_MAJOR_KINDS = frozenset({"dense", "sparse", "edges"})
@@ -46,9 +41,3 @@ def in_layout_of(result: Tensor, operand: Tensor) -> Tensor:
     if is_node_major(operand):
         return as_node_major(result)
     return result if result.is_contiguous() else result.contiguous()
-
-
-def graph_is_node_major(graph: "Graph") -> bool:
-    """Whether most of the graph's edges are in blocks whose kernels want node-major operands."""
-    node_major = sum(block.num_edges for block in graph.blocks if block.kind in NODE_MAJOR_KINDS)
-    return 2 * node_major > graph.num_edges

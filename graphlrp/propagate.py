@@ -1,7 +1,6 @@
 """The forward pass over the levels and LRP backwards over them."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Sequence
@@ -11,9 +10,9 @@ from torch import Tensor
 
 from . import kernels
 from .blocks import StaticBlock
-from .errors import ArgumentTypeError, InputError
+from .errors import InputError
 from .graph import Graph, Level
-from .layout import as_node_major, is_node_major
+from .layout import is_node_major
 from .plan import LevelPlan, effective_input, group_bias, level_plan, splits_inputs_by_sign, uses_input_sign
 from .rules import Group, Rule
 from .transforms import Identity, Ones, Transform
@@ -67,34 +66,6 @@ class LevelRecord:
     denominators: list[Tensor] = field(default_factory=list)
 
 
-def check_input(graph: Graph, x: Tensor) -> None:
-    """Raise a clear error if ``x`` is not a finite, non-empty batch of the graph's input shape,
-    dtype and device: :class:`~graphlrp.errors.ArgumentTypeError` for a type or dtype,
-    :class:`~graphlrp.errors.InputError` for a shape, an empty batch, a device, NaN or inf."""
-    if not isinstance(x, Tensor):
-        raise ArgumentTypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    expected = graph.input_shape
-    if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-        raise InputError(
-            f"input has shape {tuple(x.shape)}, expected (batch, {', '.join(map(str, expected))})"
-            + (" — add a batch dimension with x.unsqueeze(0)" if tuple(x.shape) == expected else "")
-        )
-    if len(x) == 0:
-        raise InputError(f"input has an empty batch (shape {tuple(x.shape)}); give at least one sample")
-    if not x.is_floating_point():
-        raise ArgumentTypeError(f"input must be a floating point tensor, got {x.dtype}")
-    if x.dtype != graph.dtype:
-        raise ArgumentTypeError(f"input dtype {x.dtype} does not match the graph's {graph.dtype}; use graph.to(dtype=...)")
-    if x.device != graph.device:
-        raise InputError(f"input is on {x.device} but the graph is on {graph.device}; use graph.to({str(x.device)!r})")
-    if math.isfinite(x.sum().item()):  # fast path: a finite sum has only finite terms
-        return
-    finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten()[:5].tolist()
-        raise InputError(f"input contains NaN or inf (samples {bad})")
-
-
 def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = None) -> Trace:
     """Compute every level's pre-activation and output for the batch ``x``.
 
@@ -105,49 +76,24 @@ def run_forward(graph: Graph, x: Tensor, rules: Sequence[Rule | None] | None = N
     (:attr:`Block.transient_transforms`) are: otherwise the transformed weights of every level
     would be alive at once, where that setting builds them one level at a time.
     """
-    check_input(graph, x)
+    graph.check_input(x)
     x = x.detach()  # the caller's tensor, without its autograd history (its values are only read)
-    batch = len(x)
-    first = graph.levels[0]
-    flat = x.reshape(batch, first.size)
     # the output is set once the last level is computed
-    trace = Trace([first.activation(as_node_major(flat) if graph.node_major else flat)], [None], output=flat)
+    trace = Trace([graph.input_activations(x)], [None], output=x)
     for level in graph.levels[1:]:
         rule = None if rules is None or not _may_keep_products(graph, level) else rules[level.index]
         z = None if rule is None else _sum_of_rule_products(graph, level, rule, trace)
         if z is None:
-            z = _sum_incoming(graph, level, trace, batch, x)
+            z = graph.preactivation(level, trace.activations, trace.states, x)
         trace.preactivations.append(z)
         trace.activations.append(level.activation(z))
-    trace.output = _outputs(graph, trace.activations, batch)
+    trace.output = graph.gather_outputs(trace.activations)
     return trace
 
 
 def _may_keep_products(graph: Graph, level: Level) -> bool:
     """Whether the forward pass may compute ``level`` from its rule's products and keep them."""
     return graph.cache_weights or all(block.transient_transforms for block in graph.incoming[level.index])
-
-
-def _outputs(graph: Graph, activations: list[Tensor], batch: int) -> Tensor:
-    if graph.outputs_are_last_level:
-        return activations[-1].reshape(batch, *graph.output_shape)
-    nodes = torch.cat(activations, dim=1)
-    return nodes.index_select(1, graph.outputs).reshape(batch, *graph.output_shape)
-
-
-def _sum_incoming(graph: Graph, level: Level, trace: Trace, batch: int, like: Tensor) -> Tensor:
-    z = None
-    for block in graph.incoming[level.index]:
-        state = block.prepare(trace.activations[block.src])
-        if state is not None:
-            trace.states[id(block)] = state
-        part = block.forward(trace.activations[block.src], state)
-        z = part if z is None else z.add_(part)  # block results are new tensors: summed in place
-    if z is None:
-        z = like.new_zeros((batch, level.size))
-    if level.bias is not None:
-        z.add_(level.bias)
-    return z
 
 
 def _plan_for(graph: Graph, level: Level, rule: Rule, trace: Trace) -> LevelPlan:

@@ -163,6 +163,9 @@ def graph_from_edges(
     return graph
 
 
+Graph.from_edges = staticmethod(graph_from_edges)
+
+
 # -- checking and converting the arguments --------------------------------------------------------
 def _checked_network(
     src: ArrayLike,

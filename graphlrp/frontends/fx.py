@@ -24,8 +24,7 @@ from torch import Tensor
 from ..activations import Activation
 from ..errors import InputError, UnsupportedModuleError
 from .builder import GraphBuilder, Value
-from .modules import PASSTHROUGH_TYPES, RESHAPE_TYPES, handler_for
-from .torch_modules import unsupported
+from .modules import PASSTHROUGH_TYPES, RESHAPE_TYPES, handler_for, unsupported
 
 _ACTIVATION_FUNCTIONS: dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.elu: "elu",

@@ -183,3 +183,11 @@ def supported_modules() -> str:
     """Names of the supported module types, for error messages."""
     names = {t.__name__ for types in HANDLERS for t in types} | {"Sequential"}
     return ", ".join(sorted(names))
+
+
+def unsupported(path: str, module: nn.Module) -> UnsupportedModuleError:
+    """The error for a module that cannot be lowered."""
+    kind = type(module)
+    return UnsupportedModuleError(
+        f"cannot lower module {path!r} of type {kind.__module__}.{kind.__name__}; supported: {supported_modules()}"
+    )

@@ -21,7 +21,8 @@ from ..errors import (
 from ..graph import Graph
 from ..memory import check_budget
 from .builder import GraphBuilder, Value
-from .modules import check_per_sample, handler_for, supported_modules
+from .fx import lower_traced
+from .modules import check_per_sample, handler_for, unsupported
 
 #: seed of the random input the lowering check compares the graph and the model on
 CHECK_SEED = 0
@@ -34,14 +35,6 @@ def _leaves(module: nn.Module, path: str) -> Iterator[tuple[str, nn.Module]]:
             yield from _leaves(child, f"{path}.{name}" if path else name)
     else:
         yield path or type(module).__name__, module
-
-
-def unsupported(path: str, module: nn.Module) -> UnsupportedModuleError:
-    """The error for a module that cannot be lowered."""
-    kind = type(module)
-    return UnsupportedModuleError(
-        f"cannot lower module {path!r} of type {kind.__module__}.{kind.__name__}; supported: {supported_modules()}"
-    )
 
 
 def _output_shape(path: str, module: nn.Module, shape: tuple[int, ...], like: Tensor) -> tuple[int, ...]:
@@ -139,8 +132,6 @@ def lower(
         if _is_sequential(model):
             output = _lower_sequential(model, example_input, builder)
         else:
-            from .fx import lower_traced
-
             output = lower_traced(model, example_input, builder)
         _check_size(builder, max_edges, max_bytes)
         graph = builder.finish(output).to(device=example_input.device)
