@@ -743,8 +743,8 @@ def run_plot(args: argparse.Namespace) -> None:
     """``plot``: heatmaps of the input relevance of the first ``--samples`` samples."""
     job = _prepare(args)
     if job.inputs.dim() not in (3, 4):
-        raise CliError(f"plot needs image-shaped inputs, (N, H, W) or (N, C, H, W); {args.inputs} holds "
-                       f"{tuple(job.inputs.shape)}", EXIT_USAGE)
+        raise InputError(f"plot needs image-shaped inputs, (N, H, W) or (N, C, H, W); {args.inputs} holds "
+                         f"{tuple(job.inputs.shape)}")
     x = job.inputs[: args.samples]
     explanation, targets = _explain(args, job, _lower(args, job.model, x), x, 0)
     with _plotting("plot"), _failing("cannot draw the heatmaps"), _writing(args.out):
