@@ -238,7 +238,10 @@ class Sums:
     def edge_values(self, position: int) -> Tensor:
         """``(classes, num_edges)`` of block ``position``, in its edges' order."""
         self.collapse()
-        return self._weighted(position).reshape(self.classes, -1)[:, self.graph.blocks[position].edge_slots()]
+        block, values = self.graph.blocks[position], self._weighted(position).reshape(self.classes, -1)
+        if block.kind == "dense" and block.num_edges == values.shape[1]:  # every weight an edge, row-major
+            return values
+        return values[:, block.edge_slots()]
 
     def weight_values(self, position: int) -> Tensor:
         """``(classes, *weight shape)`` of block ``position`` (:meth:`Block.weight_sums`)."""
