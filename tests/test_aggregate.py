@@ -390,6 +390,7 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_and_equals_an_uninterr
 def test_aggregate_command_writes_parameter_node_and_edge_sums(tmp_path):
     import argparse
 
+    import graphlrp.cli
     from graphlrp.aggregation.cli import add_parser
 
     (tmp_path / "factory.py").write_text(textwrap.dedent("""
@@ -402,7 +403,7 @@ def test_aggregate_command_writes_parameter_node_and_edge_sums(tmp_path):
     x = torch.randn(9, 1, 6, 6, dtype=torch.float64)
     torch.save(x, tmp_path / "x.pt")
     parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
+    add_parser(parser.add_subparsers(), graphlrp.cli)
     for out in ("sums.pt", "sums.npz"):
         args = parser.parse_args(["aggregate", f"{tmp_path / 'factory.py'}:make", str(tmp_path / "x.pt"), "--target", "1",
                                   "--rule", "zplus", "--batch-size", "4", "--out", str(tmp_path / out), "-q",

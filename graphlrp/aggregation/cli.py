@@ -1,13 +1,15 @@
 """The ``graphlrp aggregate`` command: parameter, node and edge sums over a data set to a file.
 
-Registered by :mod:`graphlrp.cli` with :func:`add_parser`; uses its loading, rule and lowering
-options, so the model, inputs and rules mean what they mean for ``graphlrp explain``.
+Registered by :mod:`graphlrp.cli` with :func:`add_parser`, which it hands itself: the command uses
+its loading, rule and lowering options and helpers, so the model, inputs and rules mean what they
+mean for ``graphlrp explain``, and this module imports nothing of the command line.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from types import ModuleType
 
 import networkx as nx
 import numpy as np
@@ -18,10 +20,8 @@ from ..graph import Graph
 from .core import Aggregate, aggregate
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``aggregate`` subcommand to ``subparsers``."""
-    from .. import cli
-
+def add_parser(subparsers: argparse._SubParsersAction, cli: ModuleType) -> argparse.ArgumentParser:
+    """Add the ``aggregate`` subcommand to ``subparsers``; ``cli`` is :mod:`graphlrp.cli`."""
     parser = cli._subcommand(
         subparsers, "aggregate", run, "relevance per parameter, node and edge summed over every sample",
         "Explain every sample of INPUTS and write the relevance summed over them to --out: per parameter of "
@@ -40,13 +40,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="also write the most relevant edges as GraphML or node-link JSON")
     parser.add_argument("--top-k", type=cli._int_at_least(1), default=1000, metavar="N",
                         help="edges written with --edges (default: %(default)s)")
+    parser.set_defaults(cli=cli)
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
     """``aggregate``: lower the model, sum relevance over every sample, write the sums."""
-    from .. import cli
-
+    cli = args.cli
     if args.edges is not None and args.by_class:
         raise InputError("--edges writes one value per edge; leave out --by-class")
     job = cli._prepare(args)
