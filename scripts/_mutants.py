@@ -19,6 +19,7 @@ class Mutant:
 
 RULES = "graphlrp/rules.py"
 PROPAGATE = "graphlrp/propagate.py"
+GRAPH = "graphlrp/graph.py"  # the plain forward pass (Graph.preactivation)
 PLAN = "graphlrp/plan.py"
 BASE = "graphlrp/blocks/base.py"
 DENSE = "graphlrp/blocks/dense.py"
@@ -79,8 +80,8 @@ MUTANTS = [
     Mutant(RULES, "super().__init__(epsilon, zero_bias=True)", "super().__init__(epsilon, zero_bias=False)",
            "Norm keeps the bias"),
     # -- propagation: forward, denominators, quotients, redistribution, balance -------------------
-    Mutant(PROPAGATE, "    if level.bias is not None:\n        z.add_(level.bias)\n    return z",
-           "    return z", "forward pass drops the bias"),
+    Mutant(GRAPH, "        if level.bias is not None:\n            z.add_(level.bias)\n        return z",
+           "        return z", "forward pass drops the bias"),
     Mutant(PROPAGATE, "    if level.bias is not None:\n        z.add_(level.bias)\n    trace.products",
            "    trace.products", "forward from the rule's products drops the bias"),
     Mutant(PROPAGATE, "torch.add(t0, t1, alpha=c1, out=total)", "torch.add(t0, t1, alpha=-c1, out=total)",
