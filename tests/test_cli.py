@@ -253,7 +253,7 @@ def test_exit_codes_and_one_line_errors(runs, name, code, message):
     (["paths", "mlp.pt", "x_mlp.npy", "--gamma", "1"], EXIT_USAGE, "--gamma applies only to"),
     (["paths", "mlp.pt", "x_mlp.npy", "--rule", "alphabeta", "--alpha", "3", "--beta", "1"], EXIT_USAGE,
      "alpha - beta must equal 1"),
-    (["plot", "mlp.pt", "x_mlp.npy", "--out", "p.png"], EXIT_USAGE, "plot needs image-shaped inputs"),
+    (["plot", "mlp.pt", "x_mlp.npy", "--out", "p.png"], EXIT_MODEL, "plot needs image-shaped inputs"),
 ])
 def test_errors_in_process(workspace, monkeypatch, capsys, argv, code, message):
     monkeypatch.chdir(workspace.root)
