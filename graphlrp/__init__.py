@@ -20,7 +20,8 @@ from .errors import (
     RuleParameterError,
     UnsupportedModuleError,
 )
-from .explanation import Explanation, LevelBalance, explain
+from .explainer import Explainer, explain
+from .explanation import Explanation, LevelBalance
 from .aggregation import Aggregate, aggregate
 from .graph import Graph, Level
 from .frontends import from_neat, from_neat_network, from_networkx, graph_from_edges, graph_to_networkx, lower
@@ -44,6 +45,7 @@ __all__ = [
     "frontends",
     "Composite",
     "CycleError",
+    "Explainer",
     "Explanation",
     "Graph",
     "GraphTooLargeError",

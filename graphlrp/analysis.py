@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import reductions
 from .composites import Composite
-from .explanation import Explanation, explain
+from .explanation import Explanation
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
 from .export import check_bool, check_fraction, check_int, edge_relevance_chunks, edges_holding_mass
 from .graph import Graph, Level

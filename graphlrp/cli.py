@@ -87,7 +87,8 @@ from .errors import (
     RuleParameterError,
     UnsupportedModuleError,
 )
-from .explanation import Explanation, explain
+from .explainer import explain
+from .explanation import Explanation
 from .graph import Graph
 from .frontends import lower
 from .frontends.torchscript import check_rebuild, from_torchscript

@@ -101,21 +101,14 @@ class Composite:
         return next((l for l in graph.levels[1:] if _matches_type(l.layer_type, self.first_types)), None)
 
     def rules(self, graph: Graph) -> list[Rule | None]:
-        """The rule of every level (``None`` for the input level).
+        """The rule of every level (``None`` for the input level)."""
+        first = self.first_level(graph) if self.first is not None else None
+        return [None] + [self._rule_for(level, first) for level in graph.levels[1:]]
 
-        Worked out once per graph and composite setting, then looked up (a changed entry of the
-        composite is a new setting).
-        """
-        setting = (tuple(self.by_name.items()), tuple(self.by_type.items()), self.first, self.default,
-                   self.first_types)
-        chosen = graph._level_rules.get(setting)
-        if chosen is None:
-            first = self.first_level(graph) if self.first is not None else None
-            chosen = [None] + [self._rule_for(level, first) for level in graph.levels[1:]]
-            if len(graph._level_rules) >= 64:  # composites made anew for every call
-                graph._level_rules.clear()
-            graph._level_rules[setting] = chosen
-        return list(chosen)
+    def setting(self) -> tuple:
+        """The composite's entries as one hashable value: equal settings choose the same rules
+        (rules compare by identity); a changed entry is a new setting."""
+        return (tuple(self.by_name.items()), tuple(self.by_type.items()), self.first, self.default, self.first_types)
 
     def _rule_for(self, level: Level, first: Level | None) -> Rule:
         if level.name in self.by_name:

@@ -27,7 +27,7 @@ from torch import Tensor
 from . import composites, rules
 from .composites import Composite
 from .errors import InputError
-from .explanation import explain
+from .explainer import explain
 from .graph import Graph
 from .frontends import lower
 from .rules import Rule

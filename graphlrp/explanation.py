@@ -1,21 +1,18 @@
-"""``explain``: LRP over a graph, and the :class:`Explanation` it returns."""
+"""The :class:`Explanation` that :func:`graphlrp.explain` and :class:`graphlrp.Explainer` return."""
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from . import export
-from .composites import Composite
-from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError, NumericRangeError
+from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
 from .graph import Graph
-from .layout import is_node_major
 from .memory import check_budget
-from .propagate import LevelRecord, Trace, _Inputs, level_balance, redistribute_level, run_forward
+from .propagate import LevelRecord, Trace, _Inputs, level_balance
 from .rules import Rule
 from .samples import Samples, is_index, rows
 from .transforms import Identity, Zero
@@ -252,8 +249,6 @@ class Explanation:
         )
 
 
-_is_index = is_index
-
 
 def _index(name: str, value: object, size: int, of: str) -> int:
     """``value`` as an index into ``size`` items, negative counting from the end, as in Python."""
@@ -273,208 +268,3 @@ def _check_out(out: Tensor, shape: tuple[int, ...], like: Tensor) -> None:
             f"out must be a contiguous {like.dtype} tensor of shape {shape} on {like.device}, got "
             f"{'a non-contiguous ' if not out.is_contiguous() else ''}{out.dtype} tensor of shape {tuple(out.shape)} on {out.device}"
         )
-
-
-def _check_request(output: Tensor, target, output_relevance: Tensor | None) -> Tensor | None:
-    """The target class of every sample as a ``(B, 1)`` index (``None`` with ``output_relevance``),
-    after checking what was asked for."""
-    batch = len(output)
-    if (target is None) == (output_relevance is None):
-        raise InputError("give exactly one of target= (class index per sample) and output_relevance=")
-    if output_relevance is not None:
-        if not isinstance(output_relevance, Tensor):
-            raise ArgumentTypeError(f"output_relevance must be a torch.Tensor, got {type(output_relevance).__name__}")
-        if tuple(output_relevance.shape) != tuple(output.shape):
-            raise InputError(f"output_relevance has shape {tuple(output_relevance.shape)}, expected the "
-                             f"output's {tuple(output.shape)}")
-        if not bool(torch.isfinite(output_relevance).all()):
-            raise InputError("output_relevance contains NaN or inf")
-        return None
-    try:
-        targets = torch.as_tensor(target, device=output.device)
-    except (TypeError, ValueError, RuntimeError):
-        raise ArgumentTypeError(f"target must be an int, a sequence of ints or an integer tensor, got {target!r}") from None
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise ArgumentTypeError(f"target must be integer class indices, got dtype {targets.dtype}")
-    targets = targets.long().reshape(-1)
-    if targets.numel() == 1:
-        targets = targets.expand(batch)
-    if targets.numel() != batch:
-        raise InputError(f"target has {targets.numel()} entries for a batch of {batch}; give one, or one per sample")
-    classes = output[0].numel()
-    if batch <= 1024:  # one transfer for a small batch ...
-        values = targets.tolist()
-        low, high = (min(values), max(values)) if values else (0, 0)
-    else:  # ... two reductions for a large one
-        low, high = int(targets.min()), int(targets.max())
-    if batch and not 0 <= low <= high < classes:
-        bad = targets[(targets < 0) | (targets >= classes)][:5].tolist()
-        raise IndexOutOfRangeError(f"target {bad} out of range: the output has {classes} classes (0..{classes - 1})")
-    return targets[:, None]
-
-
-def _seed_relevance(graph: Graph, output: Tensor, targets: Tensor | None, output_relevance: Tensor | None,
-                    node_relevance: Tensor) -> None:
-    """Put the initial relevance on the output nodes: the target logit of each sample, or
-    ``output_relevance``."""
-    flat = output.reshape(len(output), -1)
-    if targets is not None:
-        values = flat.gather(1, targets)
-    if graph.outputs_are_last_level:  # written straight into the last level's nodes
-        last = graph.levels[-1]
-        nodes = node_relevance[:, last.offset : last.offset + last.size]
-        if targets is not None:
-            nodes.scatter_(1, targets, values)
-        else:
-            nodes.copy_(output_relevance.reshape(flat.shape))
-        return
-    initial = torch.zeros_like(flat).scatter_(1, targets, values) if targets is not None else output_relevance.to(
-        device=flat.device, dtype=flat.dtype).reshape(flat.shape)
-    node_relevance.index_add_(1, graph.outputs, initial)
-
-
-def _relevance_storage(graph: Graph, like: Tensor, batch: int) -> Tensor:
-    """Zeros ``(B, num_nodes)`` in the graph's layout (:mod:`graphlrp.layout`)."""
-    if graph.node_major:
-        return like.new_zeros((graph.num_nodes, batch)).T
-    return like.new_zeros((batch, graph.num_nodes))
-
-
-def explain(
-    graph: Graph,
-    x: Tensor,
-    target: int | Sequence[int] | Tensor | None = None,
-    rule: Rule | None = None,
-    composite: Composite | None = None,
-    output_relevance: Tensor | None = None,
-) -> Explanation:
-    """Explain the graph's output for the batch ``x`` with Layer-wise Relevance Propagation.
-
-    Parameters
-    ----------
-    graph : Graph
-        The network, e.g. from :func:`graphlrp.lower`.
-    x : Tensor
-        Input batch ``(B, *graph.input_shape)``, ``B >= 1``, on the graph's device and dtype,
-        finite. Only read: a tensor that requires grad is used without its autograd history.
-    target : int or sequence of int or Tensor
-        Class to explain, one for all samples or one per sample; relevance starts as that class's
-        output value (the logit), zero elsewhere.
-    rule : Rule, optional
-        One rule for every level (default ``Epsilon()`` when no composite is given).
-    composite : Composite, optional
-        A rule per level; give ``rule`` or ``composite``, not both.
-    output_relevance : Tensor, optional
-        Initial relevance of the output's shape, instead of ``target``.
-
-    Returns
-    -------
-    Explanation
-        Its relevance is finite: what would leave the range of the graph's dtype is refused.
-
-    Raises
-    ------
-    ArgumentTypeError
-        ``graph``, ``rule``, ``composite``, ``x`` or ``target`` of the wrong type (a composite
-        given as ``rule=``, a model instead of its graph).
-    InputError
-        ``x`` of the wrong shape or device, empty, or holding NaN or inf; a bad ``target`` or
-        ``output_relevance``.
-    IndexOutOfRangeError
-        A target class outside the output (the message lists the offending targets).
-    NumericRangeError
-        Before anything is computed: a rule whose parameters, applied to the graph's weights and
-        biases, overflow its dtype (``Epsilon(1e39)`` or ``WSquare`` on a weight of ``1e30`` in
-        float32). After the forward pass: an output that is inf or NaN. At the end: relevance
-        that left the dtype's range (it names the level and rule).
-    """
-    _check_arguments(graph, rule, composite)
-    composite = composite if composite is not None else Composite(default=rule)
-    level_rules = composite.rules(graph)
-    graph.check_range(level_rules)
-    trace = run_forward(graph, x, level_rules)
-    _check_finite_output(trace.output)
-    targets = _check_request(trace.output, target, output_relevance)
-    if output_relevance is not None:
-        output_relevance = output_relevance.detach()
-    batch = len(x)
-    node_relevance = _relevance_storage(graph, trace.output, batch)
-    _seed_relevance(graph, trace.output, targets, output_relevance, node_relevance)
-    views = [node_relevance[:, l.offset : l.offset + l.size] for l in graph.levels]
-    records: list[LevelRecord | None] = [None] * len(graph.levels)
-    for level in reversed(graph.levels[1:]):
-        records[level.index] = redistribute_level(graph, level, level_rules[level.index], trace, views)
-    trace.release()
-    _check_finite_relevance(graph, node_relevance, level_rules)
-    _own_copy_of_input(trace, x)
-    return Explanation(graph, trace, node_relevance, records)
-
-
-def _own_copy_of_input(trace: Trace, x: Tensor) -> None:
-    """Replace what the trace shares with the caller's ``x`` (the input level's activation is a view
-    of it) by a copy: the explanation's later results (edge relevance) then do not follow changes
-    the caller makes to ``x``."""
-    storage = x.untyped_storage().data_ptr()
-    for position, activation in enumerate(trace.activations):
-        if activation.untyped_storage().data_ptr() == storage:
-            trace.activations[position] = activation.clone()
-    if trace.output.untyped_storage().data_ptr() == storage:
-        trace.output = trace.output.clone()
-
-
-def _check_arguments(graph: object, rule: object, composite: object) -> None:
-    """Raise :class:`~graphlrp.errors.ArgumentTypeError` for a graph, rule or composite of the wrong kind."""
-    if not isinstance(graph, Graph):
-        hint = "; lower the model first: graph = graphlrp.lower(model, x)" if isinstance(graph, torch.nn.Module) else ""
-        raise ArgumentTypeError(f"graph must be a graphlrp.Graph (from graphlrp.lower or Graph.from_edges), "
-                                f"got {type(graph).__name__}{hint}")
-    if isinstance(rule, Composite):
-        raise ArgumentTypeError(f"rule= takes one rule for every level, got the composite {rule!r}; "
-                                "pass a composite as composite=, e.g. explain(graph, x, target, composite=graphlrp.composites.EpsilonPlus())")
-    if rule is not None and not isinstance(rule, Rule):
-        raise ArgumentTypeError(f"rule must be a graphlrp rule (graphlrp.rules), got {rule!r}")
-    if isinstance(composite, Rule):
-        raise ArgumentTypeError(f"composite= takes a Composite, got the rule {composite!r}; pass one rule as rule=")
-    if composite is not None and not isinstance(composite, Composite):
-        raise ArgumentTypeError(f"composite must be a graphlrp Composite (graphlrp.composites), got {composite!r}")
-    if rule is not None and composite is not None:
-        raise InputError("give rule= or composite=, not both")
-
-
-def _nonfinite_samples(values: Tensor) -> list[int] | None:
-    """The first samples (rows) of ``values (B, …)`` holding NaN or inf, ``None`` if all are finite.
-
-    One sum decides in the common case: a finite sum has only finite terms. It runs over the
-    tensor in its stored order (a node-major tensor's transpose), many times faster than across it.
-    """
-    stored = values.T if is_node_major(values) else values
-    if math.isfinite(stored.sum().item()):
-        return None
-    finite = torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
-    return None if bool(finite.all()) else torch.nonzero(~finite).flatten()[:5].tolist()
-
-
-def _check_finite_output(output: Tensor) -> None:
-    """Raise :class:`~graphlrp.errors.NumericRangeError` if the forward pass overflowed."""
-    bad = _nonfinite_samples(output)
-    if bad is not None:
-        raise NumericRangeError(
-            f"the network's output is inf or NaN for samples {bad}: the forward pass leaves the range of "
-            f"{output.dtype} on this input; scale the input down or use graph.to(dtype=torch.float64)"
-        )
-
-
-def _check_finite_relevance(graph: Graph, node_relevance: Tensor, level_rules: list[Rule | None]) -> None:
-    """Raise :class:`~graphlrp.errors.NumericRangeError` naming the highest level whose relevance
-    left the range of the graph's dtype, and the rule of the level above it."""
-    if _nonfinite_samples(node_relevance) is None:
-        return
-    for level in reversed(graph.levels):
-        bad = _nonfinite_samples(node_relevance[:, level.offset : level.offset + level.size])
-        if bad is not None:
-            rules = sorted({level_rules[b.dst].label() for b in graph.blocks if b.src == level.index})
-            raise NumericRangeError(
-                f"relevance of level {level.index} ({level.name!r}) is inf or NaN for samples {bad}: it leaves "
-                f"the range of {graph.dtype} under {', '.join(rules) or 'the initial relevance'}; "
-                "use a larger epsilon or parameters of smaller magnitude, or graph.to(dtype=torch.float64)"
-            )

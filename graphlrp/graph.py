@@ -3,19 +3,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor
 
 from .activations import IDENTITY, Activation
 from .blocks import Block
-from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError, NumericRangeError
+from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
 from .layout import NODE_MAJOR_KINDS, as_node_major
 from .memory import check_budget, format_bytes
-
-if TYPE_CHECKING:
-    from .rules import Rule
 
 LayerType = Any  # a module class (e.g. ``torch.nn.Linear``) or a string such as ``'input'``
 
@@ -125,16 +122,6 @@ class Graph:
         #: the caller's name of every node, when names were given (``from_edges(names=...)``, ``from_networkx``)
         self.node_names: list | None = None
         self._node_major: bool | None = None
-        #: per-level plans of the rules used so far (:mod:`graphlrp.plan`)
-        self._plans: dict = {}
-        #: the rule of every level, by composite setting (:meth:`Composite.rules`)
-        self._level_rules: dict = {}
-        #: per level, the largest |weight| of its incoming edges and |bias| (:meth:`weight_magnitudes`)
-        self._magnitudes: tuple[tuple[float, float], ...] | None = None
-        #: rule groups that passed :meth:`check_range`, by (level, id of the groups, epsilon); the
-        #: groups are kept so that their id is not reused while the entry exists
-        self._in_range: dict = {}
-        self._cache_weights = True
 
     #: a graph of any DAG given as edge lists: :func:`graphlrp.frontends.edges.graph_from_edges`,
     #: which the front-end sets here when it is defined (the data type does not import its front-ends)
@@ -251,7 +238,7 @@ class Graph:
                 return level
         raise IndexOutOfRangeError(f"node {node} is not in the graph (it has {self.num_nodes} nodes)")
 
-    # -- devices and caches -------------------------------------------------------------------
+    # -- devices ------------------------------------------------------------------------------
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Graph":
         """A copy of the graph on ``device`` with floating tensors of ``dtype``."""
         levels = [
@@ -261,82 +248,8 @@ class Graph:
         graph = Graph(levels, blocks, self.outputs.to(device), self.output_shape)
         graph.original_ids = None if self.original_ids is None else self.original_ids.to(device)
         graph.node_names = self.node_names
-        graph.cache_weights = self.cache_weights
         graph._node_major = self._node_major
         return graph
-
-    @property
-    def cache_weights(self) -> bool:
-        """Whether blocks may keep transformed weights (``W⁺``, ``W + γW⁺``, …) between calls.
-
-        ``True`` (the default): blocks keep them where that is faster. CSR and convolution blocks
-        always do. Dense blocks compute products with node-major operands of ``PANELS_FROM_BATCH``
-        (32) samples or more panel by panel inside each product (1–4% slower, nothing kept,
-        :mod:`graphlrp.blocks.dense`) and keep the transformed matrix for smaller or batch-major
-        operands, where the extra pass would cost much more.
-        ``False``: nothing is kept; dense blocks always use panels, other blocks build their
-        transformed weights per level and call and drop them when the level is done. Setting
-        ``False`` drops what is kept.
-        """
-        return self._cache_weights
-
-    @cache_weights.setter
-    def cache_weights(self, value: bool) -> None:
-        self._cache_weights = bool(value)
-        for block in self.blocks:
-            block.keeps_transformed = self._cache_weights
-            if not self._cache_weights:
-                block.clear_cache()
-
-    def clear_cache(self) -> None:
-        """Drop the transformed weights that blocks cache per rule, the rules' level plans and the
-        weight magnitudes (:meth:`weight_magnitudes`)."""
-        self._plans.clear()
-        self._level_rules.clear()
-        self._magnitudes = None
-        self._in_range.clear()
-        for block in self.blocks:
-            block.clear_cache()
-
-    # -- numeric range ------------------------------------------------------------------------
-    def weight_magnitudes(self) -> tuple[tuple[float, float], ...]:
-        """Per level, the largest ``|w|`` of its incoming edges and the largest ``|b|`` of its biases.
-
-        ``0.0`` where there are none. Found once (one pass over the weights) and kept until
-        :meth:`clear_cache`. Raises :class:`~graphlrp.errors.NumericRangeError` if a weight or bias
-        is NaN or inf.
-        """
-        if self._magnitudes is None:
-            magnitudes = []
-            for level in self.levels:
-                found = [block.max_abs_weight() for block in self.incoming[level.index]]
-                bias = 0.0 if level.bias is None or level.bias.numel() == 0 else float(level.bias.abs().max())
-                if not all(math.isfinite(value) for value in (*found, bias)):
-                    raise NumericRangeError(f"level {level.index} ({level.name!r}) has weights or biases that are "
-                                            "NaN or inf; a graph's parameters must be finite")
-                magnitudes.append((max(found, default=0.0), bias))
-            self._magnitudes = tuple(magnitudes)
-        return self._magnitudes
-
-    def check_range(self, rules: Sequence[Rule | None]) -> None:
-        """Raise :class:`~graphlrp.errors.NumericRangeError` if a level's rule would leave the range
-        of the graph's dtype on that level's weights and biases (:meth:`Rule.check_range`).
-
-        ``rules`` has one entry per level, as :meth:`Composite.rules` gives them. A level and rule
-        that passed are remembered, so a repeated call costs a lookup per level.
-        """
-        magnitudes = self.weight_magnitudes()
-        for index in range(1, len(self.levels)):
-            rule = rules[index]
-            groups = rule.cached_groups()
-            key = (index, id(groups), rule.epsilon)
-            if self._in_range.get(key) is groups:
-                continue
-            max_weight, max_bias = magnitudes[index]
-            rule.check_range(self.dtype, max_weight, max_bias, f"level {index} ({self.levels[index].name!r})")
-            if len(self._in_range) >= 1024:  # rules made anew for every call
-                self._in_range.clear()
-            self._in_range[key] = groups
 
     # -- computing ----------------------------------------------------------------------------
     def check_input(self, x: Tensor) -> None:

@@ -12,7 +12,8 @@ to ``W a``, the forward pass computes the level from them. Inputs that are ident
 dropped, and ``a⁺`` of a non-negative level is ``a`` itself.
 
 The plan depends only on the rule's groups, the level's blocks and bias, and which source levels
-are non-negative in this batch; it holds no sample data. :func:`level_plan` caches it on the graph.
+are non-negative in this batch; it holds no sample data. :class:`graphlrp.workspace.Workspace`
+keeps the plans of one way of explaining.
 """
 from __future__ import annotations
 
@@ -22,14 +23,12 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .graph import Graph, Level
-from .rules import Group, RuleGroups, Term
+from .rules import Group, Term
 from .transforms import Identity, InputCombination, Negative, Positive, Transform, Zero
 
 #: a rule's terms rewritten for one block: (effective input transform, weight basis) -> coefficient
 Combination = dict[tuple[Transform, Transform], float]
 LINEAR = (Identity(), Identity())
-#: plans kept per graph; beyond this many (rules created anew for every call) the cache restarts
-MAX_CACHED_PLANS = 256
 
 
 @dataclass(frozen=True)
@@ -267,21 +266,3 @@ def _proportional(items: list[tuple[int, float]], reference: tuple[tuple[int, fl
         return None
     factor = items[0][1] / reference[0][1]
     return factor if all(c == factor * r for (_, c), (_, r) in zip(items, reference)) else None
-
-
-def level_plan(
-    graph: Graph, level: Level, groups: tuple[Group, ...] | RuleGroups, nonnegative: dict[int, bool]
-) -> LevelPlan:
-    """:func:`plan_level`, cached on the graph (dropped by :meth:`Graph.clear_cache`).
-
-    ``groups`` as :meth:`Rule.cached_groups` gives them saves hashing them on every lookup.
-    """
-    rule_groups = groups if isinstance(groups, RuleGroups) else RuleGroups(groups)
-    key = (level.index, rule_groups, tuple(sorted(nonnegative.items())))
-    plans = graph._plans
-    plan = plans.get(key)
-    if plan is None:
-        if len(plans) >= MAX_CACHED_PLANS:
-            plans.clear()
-        plan = plans[key] = plan_level(graph, level, rule_groups.groups, nonnegative)
-    return plan

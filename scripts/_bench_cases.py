@@ -260,7 +260,7 @@ def _time_rule(spec: RuleSpec, setup: _Setup, timing: Timing, baselines: bool) -
     fns: dict[str, Callable[[], object]] = {}
     if setup.graph is not None:
         kwargs = spec.graphlrp()
-        setup.graph.clear_cache()
+        graphlrp.explainer.explainer_for(setup.graph, **kwargs).clear()  # what earlier rules kept
         fns["graphlrp"] = lambda: graphlrp.explain(setup.graph, setup.x, target=setup.target, **kwargs)
     if baselines:
         fns["forward"] = lambda: torch_forward(setup.plain, setup.x)

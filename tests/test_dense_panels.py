@@ -12,7 +12,7 @@ from zennit.types import Activation
 
 import graphlrp
 from graphlrp import rules
-from graphlrp.blocks import dense
+from graphlrp.blocks import OperandCache, dense
 from graphlrp.blocks.dense import DenseBlock
 from graphlrp.layout import as_node_major
 from graphlrp.scratch import scratch
@@ -51,35 +51,38 @@ def test_panel_products_match_the_dense_formula(monkeypatch, transform, batch, n
     torch.manual_seed(1)
     weight = torch.randn(13, 11, dtype=torch.float64)
     weight[weight.abs() < 0.4] = 0.0
-    block = DenseBlock(0, 1, weight)
-    block.keeps_transformed = False
+    block, cache = DenseBlock(0, 1, weight), OperandCache(keep=False)
     monkeypatch.setattr(dense, "PANEL_ELEMENTS", 4 * 11)  # panels of 4 rows or 3 columns, and a remainder
     x, s = torch.randn(batch, 11, dtype=torch.float64), torch.randn(batch, 13, dtype=torch.float64)
     if node_major:
         x, s = as_node_major(x), as_node_major(s)
     transformed = transform(weight)
-    forward, backward = block.matvec(x, transform), block.rmatvec(s, transform)
+    forward, backward = block.matvec(x, transform, cache=cache), block.rmatvec(s, transform, cache=cache)
     torch.testing.assert_close(forward, x @ transformed.T, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(backward, s @ transformed, rtol=1e-12, atol=1e-12)
     for result in (forward, backward):  # the results keep the operand's layout
         assert result.is_contiguous() if not node_major or batch == 1 else result.T.is_contiguous()
-    assert not block._cache
+    assert not cache.operands
+    without_cache = block.matvec(x, transform), block.rmatvec(s, transform)  # no cache: panels too
+    assert torch.equal(without_cache[0], forward) and torch.equal(without_cache[1], backward)
 
 
 def test_small_or_batch_major_operands_keep_transformed_weights_and_large_node_major_ones_use_panels():
-    block = DenseBlock(0, 1, torch.randn(5, 4, dtype=torch.float64))
+    block, cache = DenseBlock(0, 1, torch.randn(5, 4, dtype=torch.float64)), OperandCache()
     large = as_node_major(torch.randn(dense.PANELS_FROM_BATCH, 4, dtype=torch.float64))
     expected = large @ Positive()(block.weight).T
-    torch.testing.assert_close(block.matvec(large, Positive()), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(block.matvec(large, Positive(), cache=cache), expected, rtol=1e-12, atol=1e-12)
     s = as_node_major(torch.randn(dense.PANELS_FROM_BATCH, 5, dtype=torch.float64))
-    torch.testing.assert_close(block.rmatvec(s, Positive()), s @ Positive()(block.weight), rtol=1e-12, atol=1e-12)
-    assert not block._cache
-    block.matvec(large.contiguous(), Positive())  # batch-major: the kept matrix
-    assert Positive() in block._cache
-    block.clear_cache()
-    block.matvec(as_node_major(torch.randn(dense.PANELS_FROM_BATCH - 1, 4, dtype=torch.float64)), Positive())
-    assert Positive() in block._cache  # kept from now on, and used for large batches too
-    torch.testing.assert_close(block.matvec(large, Positive()), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(block.rmatvec(s, Positive(), cache=cache), s @ Positive()(block.weight),
+                               rtol=1e-12, atol=1e-12)
+    assert not cache.operands
+    block.matvec(large.contiguous(), Positive(), cache=cache)  # batch-major: the kept matrix
+    assert Positive() in cache.operands
+    cache.clear()
+    block.matvec(as_node_major(torch.randn(dense.PANELS_FROM_BATCH - 1, 4, dtype=torch.float64)), Positive(),
+                 cache=cache)
+    assert Positive() in cache.operands  # kept from now on, and used for large batches too
+    torch.testing.assert_close(block.matvec(large, Positive(), cache=cache), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_a_panel_transform_that_creates_edges_is_refused():
@@ -88,7 +91,6 @@ def test_a_panel_transform_that_creates_edges_is_refused():
             return values + 1.0
 
     block = DenseBlock(0, 1, torch.randn(5, 4))
-    block.keeps_transformed = False
     with pytest.raises(ValueError, match="maps 0 to 1"):
         block.matvec(torch.randn(2, 4), PlusOne())
 
@@ -101,6 +103,7 @@ def test_rules_match_zennit_at_batches_that_use_panels(zero_bias):
     x = torch.randn(batch, 6, dtype=torch.float64)
     target = torch.randint(0, 4, (batch,))
     graph = graphlrp.lower(model, x)
+    kept = []
     zp = ["bias"] if zero_bias else None
     pairs = [(rules.ZPlus(zero_bias=zero_bias), zrules.ZPlus(zero_params=zp)),
              (rules.AlphaBeta(2, 1, zero_bias=zero_bias), zrules.AlphaBeta(2, 1, zero_params=zp)),
@@ -109,8 +112,10 @@ def test_rules_match_zennit_at_batches_that_use_panels(zero_bias):
              (rules.Flat(), zrules.Flat(zero_params=zp))]
     for ours, theirs in pairs:
         expected = zennit_relevance(model, x, target, LayerMapComposite([(Activation, zrules.Pass()), (nn.Linear, theirs)]))
-        assert_close(graphlrp.explain(graph, x, target=target, rule=ours).input_relevance, expected)
-    assert all(not block._cache for block in graph.blocks)  # no transformed matrix kept between calls
+        explainer = graphlrp.Explainer(graph, ours)
+        assert_close(explainer(x, target=target).input_relevance, expected)
+        kept += [explainer._workspace.operands(block).operands for block in graph.blocks]
+    assert not any(kept)  # no transformed matrix kept between calls
 
 
 def test_scratch_is_reused_grown_and_kept_apart_by_dtype_and_thread():

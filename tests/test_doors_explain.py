@@ -12,7 +12,7 @@ import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 
 import graphlrp
-from graphlrp import explanation as explanation_module
+from graphlrp import explainer as explainer_module
 from graphlrp import composites, rules
 from graphlrp.errors import (
     ArgumentTypeError,
@@ -119,7 +119,7 @@ def test_rule_that_overflows_the_dtype_is_refused_before_computing(monkeypatch, 
         raise AssertionError("the forward pass ran")
 
     with monkeypatch.context() as patched:
-        patched.setattr(explanation_module, "run_forward", computed)
+        patched.setattr(explainer_module, "run_forward", computed)
         with pytest.raises(NumericRangeError, match=message):
             graphlrp.explain(graph, x, target=0, rule=rule)
     # the same rule and weights in float64 are in range: the refusal is the dtype's

@@ -11,9 +11,11 @@ import torch.nn as nn
 
 import graphlrp
 from graphlrp import rules
-from graphlrp.blocks import DenseBlock, EdgeListBlock, ElementwiseBlock, SparseBlock
+from graphlrp.blocks import DenseBlock, EdgeListBlock, ElementwiseBlock, OperandCache, SparseBlock
 from graphlrp.layout import is_node_major
 from graphlrp.propagate import run_forward
+from graphlrp.transforms import Positive
+from graphlrp.workspace import Workspace
 
 from conftest import make_mlp
 
@@ -86,7 +88,7 @@ def test_per_level_tensors_follow_the_graph_layout(kinds, skip, node_major):
     assert graph.node_major  # matrix, CSR and edge-list kernels all prefer node-major operands
     graph.node_major = node_major
     x = torch.randn(5, SIZES[0], dtype=torch.float64)
-    trace = run_forward(graph, x)
+    trace = run_forward(Workspace(graph), x)
     for tensor in trace.activations + trace.preactivations[1:]:
         assert is_node_major(tensor) == node_major
     explanation = graphlrp.explain(graph, x, target=0, rule=rules.Gamma(0.25))
@@ -124,8 +126,12 @@ def test_sparse_block_holds_twelve_bytes_per_edge_and_derives_the_transpose():
     x = torch.randn(4, 200, generator=generator)
     torch.testing.assert_close(block.rmatvec(s), s @ weight, rtol=1e-5, atol=1e-5)  # Wᵀ built on demand
     torch.testing.assert_close(block.matvec(x), x @ weight.T, rtol=1e-5, atol=1e-5)
-    block.clear_cache()
     torch.testing.assert_close(block.rmatvec(s[:1]), s[:1] @ weight, rtol=1e-5, atol=1e-5)
+    positive = Positive()(weight)
+    cache = OperandCache()
+    torch.testing.assert_close(block.rmatvec(s, Positive(), cache=cache), s @ positive, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(block.matvec(x, Positive()), x @ positive.T, rtol=1e-5, atol=1e-5)  # not kept
+    assert list(cache.operands) == [Positive()]
 
 
 def test_layout_checks_read_the_strides_as_torch_does():

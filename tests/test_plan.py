@@ -7,7 +7,9 @@ import torch.nn as nn
 
 import graphlrp
 from graphlrp import rules
-from graphlrp.plan import is_sign_definite, level_plan, plan_level
+from graphlrp.plan import is_sign_definite, plan_level
+from graphlrp.rules import RuleGroups
+from graphlrp.workspace import Workspace
 from graphlrp.transforms import Identity, Positive
 
 from conftest import make_mlp
@@ -54,44 +56,52 @@ def test_epsilon_denominator_is_the_forward_pre_activation(graph):
     assert all(r.inputs == Identity() for r in gamma.redistributions)
 
 
-def test_plans_are_cached_per_graph_and_dropped_with_its_cache(graph):
-    level = graph.levels[1]
-    first = level_plan(graph, level, rules.Gamma(0.25).groups(), {0: False})
-    assert level_plan(graph, level, rules.Gamma(0.25).groups(), {0: False}) is first  # equal rules share it
-    assert level_plan(graph, level, rules.Gamma(0.25).groups(), {0: True}) is not first
-    assert level_plan(graph, level, rules.Gamma(0.5).groups(), {0: False}) is not first
-    graph.clear_cache()
-    assert level_plan(graph, level, rules.Gamma(0.25).groups(), {0: False}) is not first
+def test_plans_are_kept_per_workspace_and_dropped_by_clear(graph):
+    level, workspace = graph.levels[1], Workspace(graph)
+
+    def plan(rule, nonnegative):
+        return workspace.plan(level, RuleGroups(rule.groups()), {0: nonnegative})
+
+    first = plan(rules.Gamma(0.25), False)
+    assert plan(rules.Gamma(0.25), False) is first  # equal rules share it
+    assert plan(rules.Gamma(0.25), True) is not first
+    assert plan(rules.Gamma(0.5), False) is not first
+    assert Workspace(graph).plan(level, RuleGroups(rules.Gamma(0.25).groups()), {0: False}) is not first
+    workspace.clear()
+    assert plan(rules.Gamma(0.25), False) is not first
 
 
 def test_cached_plans_give_the_same_relevance_as_fresh_ones(graph):
     x = torch.randn(4, 5, dtype=torch.float64)
     composite = graphlrp.Composite(first=rules.ZBox(-3.0, 3.0), default=rules.AlphaBeta(2, 1))
-    first = graphlrp.explain(graph, x, target=1, composite=composite).node_relevance
-    again = graphlrp.explain(graph, x, target=1, composite=composite).node_relevance
-    graph.clear_cache()
-    fresh = graphlrp.explain(graph, x, target=1, composite=composite).node_relevance
+    explainer = graphlrp.Explainer(graph, composite=composite)
+    first = explainer(x, target=1).node_relevance
+    again = explainer(x, target=1).node_relevance
+    assert len(explainer._workspace._plans) == 2
+    explainer.clear()
+    assert not explainer._workspace._plans
+    fresh = explainer(x, target=1).node_relevance
     assert torch.equal(first, again) and torch.equal(first, fresh)
-    assert len(graph._plans) == 2
+    assert torch.equal(first, graphlrp.explain(graph, x, target=1, composite=composite).node_relevance)
 
 
 @pytest.mark.parametrize("kind", ["dense", "sparse", "edges"])
 def test_weights_are_not_kept_when_caching_is_off(kind):
     model = make_mlp([6, 9, 8, 3], nn.ReLU, seed=4)
     x = torch.randn(5, 6, dtype=torch.float64)
-    cached = graphlrp.lower(model, x, block_kind=kind)
-    uncached = graphlrp.lower(model, x, block_kind=kind)
-    uncached.cache_weights = False
+    graph = graphlrp.lower(model, x, block_kind=kind)
     for rule in (rules.Gamma(0.25), rules.AlphaBeta(2, 1), rules.ZPlus()):
-        expected = graphlrp.explain(cached, x, target=2, rule=rule)
-        got = graphlrp.explain(uncached, x, target=2, rule=rule)
+        cached = graphlrp.Explainer(graph, rule)
+        uncached = graphlrp.Explainer(graph, rule, cache_weights=False)
+        expected, got = cached(x, target=2), uncached(x, target=2)
         # where a rule's products add up to W a (αβ; γ on the mixed-sign input), the cached forward
         # is their sum and the uncached one W a itself: equal up to rounding
         torch.testing.assert_close(got.node_relevance, expected.node_relevance, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(got.edge_relevance(1), expected.edge_relevance(1), rtol=1e-12, atol=1e-14)
-        assert all(not block._cache for block in uncached.blocks)
-    assert any(block._cache for block in cached.blocks)
-    assert not uncached.to(dtype=torch.float32).cache_weights
+        assert all(not uncached._workspace.operands(block).operands for block in graph.blocks)
+        assert any(cached._workspace.operands(block).operands for block in graph.blocks)
+    cached.cache_weights = False  # drops what was kept
+    assert all(not cached._workspace.operands(block).operands for block in graph.blocks)
 
 
 @pytest.mark.parametrize("rule, nonnegative, definite", [
@@ -133,13 +143,12 @@ def test_forward_from_rule_products_equals_the_network(rule, kind):
     assert not explanation._trace.products and not explanation._trace.inputs  # work state released
     rules_per_level = [None] + [rule] * (len(graph.levels) - 1)
     from_products = rule.beta > 0  # without a β group the products do not add up to W a
-    assert bool(graphlrp.propagate.run_forward(graph, x, rules_per_level).products) == from_products
-    graph.cache_weights = False
+    assert bool(graphlrp.propagate.run_forward(Workspace(graph), x, rules_per_level).products) == from_products
     # dense products build their transformed weights panel by panel and keep nothing, so the
     # forward may still use them; CSR blocks would keep every level's transformed weights alive
-    uncached = graphlrp.propagate.run_forward(graph, x, rules_per_level)
+    uncached = graphlrp.propagate.run_forward(Workspace(graph, cache_weights=False), x, rules_per_level)
     assert bool(uncached.products) == (from_products and kind == "dense")
-    torch.testing.assert_close(graphlrp.explain(graph, x, target=1, rule=rule).node_relevance,
+    torch.testing.assert_close(graphlrp.Explainer(graph, rule, cache_weights=False)(x, target=1).node_relevance,
                                explanation.node_relevance, rtol=1e-12, atol=1e-14)
 
 

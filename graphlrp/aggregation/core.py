@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..composites import Composite
 from ..errors import ArgumentTypeError, FileFormatError, InputError
-from ..explanation import _check_arguments, explain
+from ..explainer import check_arguments, explainer_for
 from ..export import check_bool, check_int
 from ..graph import Graph
 from ..memory import check_budget
@@ -39,9 +39,6 @@ def _same_graph(a: dict[str, object], b: dict[str, object]) -> bool:
     return same_structure and math.isclose(a["checksum"], b["checksum"], rel_tol=1e-9, abs_tol=1e-300)
 
 
-def _rule_names(graph: Graph, rule: Rule | None, composite: Composite | None) -> list[str]:
-    chosen = composite if composite is not None else Composite(default=rule)
-    return [repr(r) for r in chosen.rules(graph)[1:]]
 
 
 class Aggregate:
@@ -61,13 +58,15 @@ class Aggregate:
 
     def __init__(self, graph: Graph, rule: Rule | None = None, composite: Composite | None = None,
                  by_class: bool = False, absolute: bool = False) -> None:
-        _check_arguments(graph, rule, composite)
+        check_arguments(graph, rule, composite)
         check_bool("by_class", by_class)
         check_bool("absolute", absolute)
         self.graph = graph
         self.rule, self.composite = rule, composite
         self.by_class, self.absolute = by_class, absolute
-        self.rules = _rule_names(graph, rule, composite)
+        #: explains every batch (the one :func:`graphlrp.explain` keeps for this graph and rule)
+        self.explainer = explainer_for(graph, rule, composite)
+        self.rules = [repr(r) for r in self.explainer.rules[1:]]
         self.fingerprint = _fingerprint(graph)
         self._sums = Sums(graph, len(graph.outputs) if by_class else 1, absolute)
         #: batches added (kept with a checkpoint, to save at the same points when resumed)
@@ -85,7 +84,7 @@ class Aggregate:
         if isinstance(target, Tensor) and target.numel() == 1:
             target = int(target.reshape(()))
         classes = classes_of(self.graph, x, target) if isinstance(x, Tensor) else target
-        explanation = explain(self.graph, x, target=classes, rule=self.rule, composite=self.composite)
+        explanation = self.explainer(x, target=classes)
         self._sums.add(explanation, classes if self.by_class else None)
         self.batches += 1
         return self
@@ -274,7 +273,7 @@ def aggregate(
         For arguments of the wrong type or value (checked before any explanation), and whatever
         :func:`graphlrp.explain` refuses.
     """
-    _check_arguments(graph, rule, composite)
+    check_arguments(graph, rule, composite)
     target = check_target(target)
     check_int("batch_size", batch_size, 1)
     check_int("checkpoint_every", checkpoint_every, 1)

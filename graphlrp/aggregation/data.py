@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ArgumentTypeError, InputError
-from ..explanation import _is_index
+from ..samples import is_index as _is_index
 from ..graph import Graph
 
 #: target values that are not class indices

@@ -1,6 +1,6 @@
 """Edge blocks: the edges between two levels, held in one kind each."""
 from ..errors import InputError
-from .base import Block, StaticBlock
+from .base import Block, OperandCache, StaticBlock
 from .conv import ConvBlock
 from .dense import DenseBlock
 from .edgelist import EdgeListBlock
@@ -24,6 +24,6 @@ def block_from_matrix(kind: str, src: int, dst: int, weight) -> Block:
 
 
 __all__ = [
-    "Block", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
+    "Block", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
     "BLOCK_KINDS", "block_from_matrix",
 ]

@@ -18,10 +18,13 @@ A block whose edges depend on the sample (max pooling: only the window's winner 
 computes a per-batch ``state`` in :meth:`Block.prepare` during the forward pass; the reductions
 then receive it. Such a block's forward is not its ``matvec`` (``linear_forward`` is False).
 
-``f`` is a rule's weight transform (:mod:`graphlrp.transforms`). Transformed weights are cached
-per transform (dense blocks build them panel by panel inside each product instead, see
-:mod:`graphlrp.blocks.dense`); the cache is dropped by :meth:`Block.clear_cache` and on
-:meth:`Block.to`.
+``f`` is a rule's weight transform (:mod:`graphlrp.transforms`). A block holds its weights and
+what it derives from them alone (a CSR's transpose, an edge list's sort order), built on first use
+and read-only after; what a rule derives from them (transformed weights ``f(W)`` in the kernel's
+form, their sums over sources) belongs to whoever explains: the products take an
+:class:`OperandCache` that keeps them between calls (:class:`graphlrp.Explainer` holds one per
+block), or ``None`` to build them for the one call (dense blocks then work panel by panel, see
+:mod:`graphlrp.blocks.dense`).
 """
 from __future__ import annotations
 
@@ -59,6 +62,31 @@ def edge_products(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: Tensor
     return messages
 
 
+class OperandCache:
+    """A block's operands for the weight transforms of one way of explaining, kept between calls.
+
+    Parameters
+    ----------
+    keep : bool
+        Whether a dense block may keep whole transformed matrices (else it computes products with
+        transformed weights panel by panel); other kinds keep theirs until :meth:`clear`.
+    """
+
+    __slots__ = ("keep", "operands", "row_sums")
+
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
+        #: the kind's operand for each transform (:meth:`StaticBlock.operand`)
+        self.operands: dict[Transform, object] = {}
+        #: ``Σ_i f(w_ij)`` for each transform (:meth:`StaticBlock.sums_over_sources`)
+        self.row_sums: dict[Transform, Tensor] = {}
+
+    def clear(self) -> None:
+        """Drop every kept operand."""
+        self.operands.clear()
+        self.row_sums.clear()
+
+
 def _max_abs(weight: Tensor) -> float:
     return float(weight.abs().max()) if weight.numel() else 0.0
 
@@ -69,8 +97,8 @@ class Block(ABC):
     kind: str = "abstract"
     #: whether the forward pass is ``matvec`` with untransformed weights
     linear_forward: bool = True
-    #: whether a product with transformed weights keeps nothing once it returns when
-    #: :attr:`keeps_transformed` is off (else the transformed weights stay until :meth:`clear_cache`)
+    #: whether a product with transformed weights keeps nothing in an :class:`OperandCache` whose
+    #: ``keep`` is off (else the transformed weights stay in it until it is cleared)
     transient_transforms: bool = False
 
     def __init__(self, src: int, dst: int, n_src: int, n_dst: int) -> None:
@@ -78,9 +106,6 @@ class Block(ABC):
         self.dst = dst
         self.n_src = n_src
         self.n_dst = n_dst
-        self._cache: dict[Transform, object] = {}
-        #: whether transformed weights may be kept between calls (set by ``Graph.cache_weights``)
-        self.keeps_transformed = True
 
     # -- what a kind implements -------------------------------------------------------------
     @property
@@ -104,12 +129,14 @@ class Block(ABC):
         """Floating dtype of the block's weights."""
 
     @abstractmethod
-    def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
-        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``."""
+    def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None,
+               cache: OperandCache | None = None) -> Tensor:
+        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``; ``cache`` keeps ``f``'s operand."""
 
     @abstractmethod
-    def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
-        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``."""
+    def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None,
+                cache: OperandCache | None = None) -> Tensor:
+        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``; ``cache`` keeps ``f``'s operand."""
 
     @abstractmethod
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -181,10 +208,6 @@ class Block(ABC):
         """Slot values ``(..., *sum_shape)`` shaped like the layer's weight: here one per edge."""
         return values
 
-    def clear_cache(self) -> None:
-        """Drop cached transformed weights."""
-        self._cache.clear()
-
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Block":
         """A copy of the block on ``device`` with weights of ``dtype`` (self if nothing changes)."""
         if (device is None or torch.device(device) == self.device) and (dtype is None or dtype == self.dtype):
@@ -200,18 +223,21 @@ class StaticBlock(Block):
 
     def __init__(self, src: int, dst: int, n_src: int, n_dst: int) -> None:
         super().__init__(src, dst, n_src, n_dst)
-        self._sums: dict[Transform, Tensor] = {}
+        #: the kind's operand of the untransformed weights (built on first use)
+        self._own_operand: object = None
 
-    def sums_over_sources(self, transform: Transform) -> Tensor:
+    def sums_over_sources(self, transform: Transform, cache: OperandCache | None = None) -> Tensor:
         """``Σ_i f(w_ij)`` for every destination, as one ``(1, n_dst)`` row.
 
         The product with an input of ones (the w² and flat rules' denominators), the same for
-        every sample: computed once per transform and kept until :meth:`clear_cache`.
+        every sample: kept in ``cache`` once computed.
         """
-        sums = self._sums.get(transform)
+        sums = None if cache is None else cache.row_sums.get(transform)
         if sums is None:
             ones = torch.ones((1, self.n_src), dtype=self.dtype, device=self.device)
-            sums = self._sums[transform] = self._product_with_ones(ones, transform)
+            sums = self._product_with_ones(ones, transform)
+            if cache is not None:
+                cache.row_sums[transform] = sums
         return sums
 
     def max_abs_weight(self) -> float:
@@ -219,10 +245,6 @@ class StaticBlock(Block):
 
     def _product_with_ones(self, ones: Tensor, transform: Transform) -> Tensor:
         return self.matvec(ones, transform)
-
-    def clear_cache(self) -> None:
-        super().clear_cache()
-        self._sums.clear()
 
     @abstractmethod
     def held(self) -> tuple[Tensor, ...]:
@@ -240,23 +262,30 @@ class StaticBlock(Block):
     def dtype(self) -> torch.dtype:
         return self.held()[-1].dtype
 
-    def operand(self, transform: Transform = Identity()) -> object:
-        """The kind's operand for ``transform`` (cached)."""
-        cached = self._cache.get(transform)
-        if cached is None:
-            if not isinstance(transform, Identity):
-                check_maps_zero_to_zero(transform)
-            cached = self._transformed(transform)
-            self._cache[transform] = cached
-        return cached
+    def operand(self, transform: Transform = Identity(), cache: OperandCache | None = None) -> object:
+        """The kind's operand for ``transform``: the block's own for the identity, else kept in
+        ``cache`` (built anew without one)."""
+        if isinstance(transform, Identity):
+            if self._own_operand is None:
+                self._own_operand = self._transformed(transform)
+            return self._own_operand
+        operand = None if cache is None else cache.operands.get(transform)
+        if operand is None:
+            check_maps_zero_to_zero(transform)
+            operand = self._transformed(transform)
+            if cache is not None:
+                cache.operands[transform] = operand
+        return operand
 
-    def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
-        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``."""
-        return self._matvec(x, self.operand(transform))
+    def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None,
+               cache: OperandCache | None = None) -> Tensor:
+        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``; ``cache`` keeps ``f``'s operand."""
+        return self._matvec(x, self.operand(transform, cache))
 
-    def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
-        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``."""
-        return self._rmatvec(s, self.operand(transform))
+    def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None,
+                cache: OperandCache | None = None) -> Tensor:
+        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``; ``cache`` keeps ``f``'s operand."""
+        return self._rmatvec(s, self.operand(transform, cache))
 
     @abstractmethod
     def _transformed(self, transform: Transform) -> object:

@@ -5,16 +5,14 @@ where an edge list moves 36 + 36·B bytes per edge. Products keep the layout of 
 (:mod:`graphlrp.layout`); ``W`` times a node-major operand is the faster of the two.
 
 Products with transformed weights (``W⁺``, ``W + γW⁺``) with a node-major operand of
-``PANELS_FROM_BATCH`` samples or more, or with :attr:`~graphlrp.blocks.base.Block.keeps_transformed`
-off, are computed in panels: a panel of ``PANEL_ELEMENTS`` transformed weights is written into a
-reused buffer (:mod:`graphlrp.scratch`) and multiplied, so no transformed copy of the matrix is
-made or kept (it would add the model's whole size to the memory of an explanation). Measured on a
-2-core CPU with the dense 1024-wide MLP at batch 64, explanations with z⁺, αβ and γ take 1–4%
-longer than with kept transformed weights, and peak at 1.4–1.6× the forward pass's memory instead
-of 2.4–3.2×. Other products keep the transformed matrix: there the transform's extra pass is not
-hidden behind a product bound by arithmetic (at batch 1 a panel product takes 0.15 against
-0.05 ms), and a batch-major product reading a panel that other threads have just written runs
-several times slower than one reading a kept matrix.
+``PANELS_FROM_BATCH`` samples or more, or without an :class:`~graphlrp.blocks.base.OperandCache`
+that may keep them, are computed in panels: a panel of ``PANEL_ELEMENTS`` transformed weights is
+written into a reused buffer (:mod:`graphlrp.scratch`) and multiplied, so no transformed copy of
+the matrix is made or kept (it would add the model's whole size to the memory of an explanation;
+the benchmark's ``dense-mlp`` cases under z⁺, αβ and γ and its peak-memory section measure the
+trade). Other products keep the transformed matrix in the cache: there the transform's extra pass
+is not hidden behind a product bound by arithmetic (batch 1), and a batch-major product reading a
+panel that other threads have just written runs several times slower than one reading a kept matrix.
 """
 from __future__ import annotations
 
@@ -25,17 +23,15 @@ from ..errors import InputError
 from ..layout import in_layout_of, is_node_major
 from ..scratch import scratch
 from ..transforms import Identity, Transform, check_maps_zero_to_zero
-from .base import StaticBlock
+from .base import OperandCache, StaticBlock
 
 #: transformed weights per panel: 1 MB of float32, which stays in a core's cache
 PANEL_ELEMENTS = 2**18
 #: batches from which node-major products with transformed weights use panels even when keeping is allowed
 PANELS_FROM_BATCH = 32
 #: batches from which a node-major operand is multiplied in its own layout (``W @ X``, ``Wᵀ @ S``);
-#: smaller ones are multiplied as ``x @ Wᵀ`` and ``s @ W`` and the small result copied back.
-#: Measured at 1024 × 1024: at batch 8, ``W @ X`` 0.41 ms against ``x @ Wᵀ`` 0.21 ms, and ``Wᵀ @ S``
-#: 1.7 ms against ``s @ W`` 0.35 ms; at batch 16 ``W @ X`` is the faster (0.20 against 0.29 ms),
-#: at batch 32 the two backward forms are even.
+#: smaller ones are multiplied as ``x @ Wᵀ`` and ``s @ W`` and the small result copied back, which
+#: is the faster form below these batches at 1024 × 1024 (``scripts/bench``'s dense MLP cases).
 NODE_MAJOR_FROM_BATCH = {True: 16, False: 32}
 
 
@@ -71,29 +67,25 @@ class DenseBlock(StaticBlock):
     def _transformed(self, transform: Transform) -> Tensor:
         return transform(self.weight)
 
-    def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
-        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``."""
-        return self._product(x, transform, forward=True)
+    def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None,
+               cache: OperandCache | None = None) -> Tensor:
+        """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``; ``cache`` may keep ``f(W)``."""
+        return self._product(x, transform, forward=True, cache=cache)
 
-    def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None) -> Tensor:
-        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``."""
-        return self._product(s, transform, forward=False)
+    def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None,
+                cache: OperandCache | None = None) -> Tensor:
+        """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``; ``cache`` may keep ``f(W)``."""
+        return self._product(s, transform, forward=False, cache=cache)
 
-    def _product(self, v: Tensor, transform: Transform, forward: bool) -> Tensor:
+    def _product(self, v: Tensor, transform: Transform, forward: bool, cache: OperandCache | None) -> Tensor:
         """``v @ f(W)ᵀ`` (``forward``) or ``v @ f(W)``: with ``W`` itself, the kept ``f(W)``, or panels."""
         if isinstance(transform, Identity):
             operand = self.weight
-        elif self._keeps(transform, v):
-            operand = self.operand(transform)
+        elif _keeps(cache, transform, v):
+            operand = self.operand(transform, cache)
         else:
             return self._panel_product(v, transform, forward)
         return self._matvec(v, operand) if forward else self._rmatvec(v, operand)
-
-    def _keeps(self, transform: Transform, v: Tensor) -> bool:
-        """Whether the product with ``f(W)`` uses the whole transformed matrix, kept between calls."""
-        if not self.keeps_transformed:
-            return False
-        return transform in self._cache or not (is_node_major(v) and v.shape[0] >= PANELS_FROM_BATCH)
 
     def _product_with_ones(self, ones: Tensor, transform: Transform) -> Tensor:
         # computed once per transform: panels, so that no transformed matrix is kept for it
@@ -159,6 +151,13 @@ class DenseBlock(StaticBlock):
 
     def _to(self, device, dtype) -> "DenseBlock":
         return DenseBlock(self.src, self.dst, self.weight.to(device=device, dtype=dtype))
+
+
+def _keeps(cache: OperandCache | None, transform: Transform, v: Tensor) -> bool:
+    """Whether the product with ``f(W)`` uses the whole transformed matrix, kept in ``cache``."""
+    if cache is None or not cache.keep:
+        return False
+    return transform in cache.operands or not (is_node_major(v) and v.shape[0] >= PANELS_FROM_BATCH)
 
 
 def _multiplies_node_major(v: Tensor, forward: bool) -> bool:

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..layout import in_layout_of
 from ..transforms import Transform
-from .base import Block
+from .base import Block, OperandCache
 from .conv import ConvBlock
 
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -151,14 +151,14 @@ class MaxPoolBlock(Block):
     def _unit_weight(self, transform: Transform) -> float:
         return float(transform(torch.ones(1, dtype=torch.float64)))
 
-    def matvec(self, x: Tensor, transform: Transform, state: Tensor = None) -> Tensor:
+    def matvec(self, x: Tensor, transform: Transform, state: Tensor = None, cache: OperandCache | None = None) -> Tensor:
         if self.mode == "proportional":
-            return self.windows.matvec(x, transform)
+            return self.windows.matvec(x, transform, cache=cache)
         return self.forward(x, state) * self._unit_weight(transform)
 
-    def rmatvec(self, s: Tensor, transform: Transform, state: Tensor = None) -> Tensor:
+    def rmatvec(self, s: Tensor, transform: Transform, state: Tensor = None, cache: OperandCache | None = None) -> Tensor:
         if self.mode == "proportional":
-            return self.windows.rmatvec(s, transform)
+            return self.windows.rmatvec(s, transform, cache=cache)
         planes = s.new_zeros((len(s), self.in_shape[0], self.n_src // self.in_shape[0]))
         planes.scatter_add_(2, state, s.reshape(len(s), self.in_shape[0], -1) * self._unit_weight(transform))
         return in_layout_of(planes.reshape(len(s), self.n_src), s)

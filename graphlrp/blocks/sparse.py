@@ -158,7 +158,7 @@ class SparseBlock(StaticBlock):
         return forward, backward
 
     def _columns_t(self) -> Tensor:
-        """``Wᵀ``'s column indices: each edge's destination, in ``Wᵀ``'s order (kept until :meth:`clear_cache`)."""
+        """``Wᵀ``'s column indices: each edge's destination, in ``Wᵀ``'s order (built once, kept with the block)."""
         if self._col_t is None:
             rows = self._rows if self._rows is not None else _rows_of(self.crow)
             self._col_t = rows.index_select(0, self.perm_t)
@@ -171,18 +171,13 @@ class SparseBlock(StaticBlock):
         return _times(operand[1], s)
 
     def rows(self) -> Tensor:
-        """The destination of every edge, in the CSR's index dtype (cached until :meth:`clear_cache`).
+        """The destination of every edge, in the CSR's index dtype (built once, kept with the block).
 
         Expanding the row pointers costs more than gathering by the result, so it is kept.
         """
         if self._rows is None:
             self._rows = _rows_of(self.crow)
         return self._rows
-
-    def clear_cache(self) -> None:
-        super().clear_cache()
-        self._rows = None
-        self._col_t = None
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.col.long(), self.rows().long(), self.values

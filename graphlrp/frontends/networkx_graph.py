@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..activations import ACTIVATIONS, Activation
-from ..errors import ArgumentTypeError, InputError, NumericRangeError
+from ..errors import ArgumentTypeError, InputError
 from ..graph import Graph
 from .edges import checked_dtype, checked_number, graph_from_edges, merge_duplicate_edges
 
