@@ -4,7 +4,7 @@ An :class:`Explainer` owns what is about explaining a graph in one particular wa
 every level, resolved once; and a :class:`~graphlrp.workspace.Workspace` with each level's plan,
 the blocks' transformed weights and the range checks, kept between calls. The
 :class:`~graphlrp.Graph` is plain data: explaining only reads it. :func:`explain` is the one-call
-form; it keeps an explainer per graph and rule setting, so that a loop of ``explain`` calls
+form; it keeps a workspace per graph (freed with the graph), so that a loop of ``explain`` calls
 reuses what the first call worked out.
 """
 from __future__ import annotations
@@ -24,11 +24,6 @@ from .layout import is_node_major
 from .propagate import LevelRecord, Trace, redistribute_level, run_forward
 from .rules import Rule
 from .workspace import Workspace
-
-#: explainers :func:`explain` keeps per graph; beyond this many settings (composites made anew for
-#: every call) they restart, sharing the graph's workspace all the same
-MAX_KEPT_EXPLAINERS = 64
-
 
 class Explainer:
     """Explain a graph with one rule, or one composite (a rule per level).
@@ -52,7 +47,7 @@ class Explainer:
     Raises
     ------
     ArgumentTypeError
-        ``graph``, ``rule`` or ``composite`` of the wrong type.
+        ``graph``, ``rule``, ``composite`` or ``cache_weights`` of the wrong type.
     InputError
         Both ``rule`` and ``composite``.
 
@@ -66,14 +61,13 @@ class Explainer:
     def __init__(self, graph: Graph, rule: Rule | None = None, composite: Composite | None = None,
                  cache_weights: bool = True) -> None:
         check_arguments(graph, rule, composite)
-        if not isinstance(cache_weights, bool):
-            raise ArgumentTypeError(f"cache_weights must be True or False, got {cache_weights!r}")
+        _check_flag("cache_weights", cache_weights)
         self.graph = graph
         #: the composite that chose the rules (``Composite(default=rule)`` for one rule)
         self.composite = composite if composite is not None else Composite(default=rule)
+        self._workspace = Workspace(cache_weights)
         #: the rule of every level (``None`` for the input level)
         self.rules: tuple[Rule | None, ...] = tuple(self.composite.rules(graph))
-        self._workspace = Workspace(graph, cache_weights)
 
     @property
     def cache_weights(self) -> bool:
@@ -91,8 +85,7 @@ class Explainer:
 
     @cache_weights.setter
     def cache_weights(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise ArgumentTypeError(f"cache_weights must be True or False, got {value!r}")
+        _check_flag("cache_weights", value)
         self._workspace.cache_weights = value
 
     def clear(self) -> None:
@@ -103,60 +96,38 @@ class Explainer:
                  output_relevance: Tensor | None = None) -> Explanation:
         """Explain the graph's output for the batch ``x``; see :func:`graphlrp.explain` for the
         arguments, the result and the errors."""
-        graph, workspace = self.graph, self._workspace
-        workspace.check_range(self.rules)
-        trace = run_forward(workspace, x, self.rules)
-        _check_finite_output(trace.output)
-        targets = _check_request(trace.output, target, output_relevance)
-        if output_relevance is not None:
-            output_relevance = output_relevance.detach()
-        node_relevance = _relevance_storage(graph, trace.output, len(x))
-        _seed_relevance(graph, trace.output, targets, output_relevance, node_relevance)
-        views = [node_relevance[:, l.offset : l.offset + l.size] for l in graph.levels]
-        records: list[LevelRecord | None] = [None] * len(graph.levels)
-        for level in reversed(graph.levels[1:]):
-            records[level.index] = redistribute_level(workspace, level, self.rules[level.index], trace, views)
-        trace.release()
-        _check_finite_relevance(graph, node_relevance, self.rules)
-        _own_copy_of_input(trace, x)
-        return Explanation(graph, trace, node_relevance, records)
+        return _explain(self.graph, self._workspace, self.rules, x, target, output_relevance)
 
     def __repr__(self) -> str:
-        return f"Explainer({self.composite!r}, cache_weights={self.cache_weights}, graph with {len(self.graph.levels)} levels)"
+        return (f"Explainer({self.composite!r}, cache_weights={self.cache_weights}, "
+                f"graph with {len(self.graph.levels)} levels)")
 
 
-class _Kept:
-    """What :func:`explain` keeps for one graph: one workspace, and explainers by rule setting."""
-
-    def __init__(self, graph: Graph) -> None:
-        self.workspace = Workspace(graph)
-        self.explainers: dict[tuple, Explainer] = {}
+#: per graph, the workspace :func:`explain` keeps for it (freed with the graph: a workspace holds
+#: no reference to it)
+_KEPT: "weakref.WeakKeyDictionary[Graph, Workspace]" = weakref.WeakKeyDictionary()
 
 
-#: per graph (freed with it), what :func:`explain` keeps
-_KEPT: "weakref.WeakKeyDictionary[Graph, _Kept]" = weakref.WeakKeyDictionary()
+def _kept_workspace(graph: Graph) -> Workspace:
+    workspace = _KEPT.get(graph)
+    if workspace is None:
+        workspace = _KEPT[graph] = Workspace()
+    return workspace
+
+
+def _setting(rule: Rule | None, composite: Composite | None) -> tuple:
+    return ("rule", rule) if composite is None else ("composite", composite.setting())
 
 
 def explainer_for(graph: Graph, rule: Rule | None = None, composite: Composite | None = None) -> Explainer:
-    """The explainer :func:`explain` uses for ``graph`` and this rule or composite.
+    """An explainer that shares what :func:`explain` keeps for ``graph``.
 
-    Kept per graph (and freed with it) and per rule setting (:meth:`Composite.setting`; rules
-    compare by identity); every one of a graph shares one workspace, whose plans and transformed
-    weights are keyed by the rules' groups and weight transforms, so that rules made anew for
-    every call (``rule=Epsilon()`` in a loop) reuse them.
+    Its plans, transformed weights and range checks are those of every ``explain`` call on the
+    graph (keyed by the rules' groups and weight transforms, so that rules made anew for every
+    call reuse them), and :meth:`Explainer.clear` drops them for all.
     """
-    check_arguments(graph, rule, composite)
-    kept = _KEPT.get(graph)
-    if kept is None:
-        kept = _KEPT[graph] = _Kept(graph)
-    setting = ("rule", rule) if composite is None else ("composite", composite.setting())
-    explainer = kept.explainers.get(setting)
-    if explainer is None:
-        explainer = Explainer(graph, rule, composite)
-        explainer._workspace = kept.workspace
-        if len(kept.explainers) >= MAX_KEPT_EXPLAINERS:
-            kept.explainers.clear()
-        kept.explainers[setting] = explainer
+    explainer = Explainer(graph, rule, composite)
+    explainer._workspace = _kept_workspace(graph)
     return explainer
 
 
@@ -170,8 +141,10 @@ def explain(
 ) -> Explanation:
     """Explain the graph's output for the batch ``x`` with Layer-wise Relevance Propagation.
 
-    The one-call form of :class:`Explainer`: ``explain(graph, x, target, rule=r)`` is
-    ``explainer_for(graph, rule=r)(x, target)``, with the explainer kept for the next call.
+    The one-call form of :class:`Explainer`: it keeps, per graph (freed with the graph), the
+    level plans, transformed weights and resolved rules of its calls (rules by identity, the
+    rest by the rules' groups and weight transforms), so that a loop of ``explain`` calls reuses
+    what the first one worked out; :func:`explainer_for` gives an explainer sharing them.
 
     Parameters
     ----------
@@ -211,7 +184,37 @@ def explain(
         float32). After the forward pass: an output that is inf or NaN. At the end: relevance
         that left the dtype's range (it names the level and rule).
     """
-    return explainer_for(graph, rule, composite)(x, target, output_relevance)
+    check_arguments(graph, rule, composite)
+    workspace = _kept_workspace(graph)
+    level_rules = workspace.level_rules(
+        _setting(rule, composite), lambda: (composite if composite is not None else Composite(default=rule)).rules(graph))
+    return _explain(graph, workspace, level_rules, x, target, output_relevance)
+
+
+def _explain(graph: Graph, workspace: Workspace, level_rules: Sequence[Rule | None], x: Tensor,
+             target: object, output_relevance: Tensor | None) -> Explanation:
+    """LRP of ``graph`` for the batch ``x`` with ``level_rules``, keeping what it can in ``workspace``."""
+    workspace.check_range(graph, level_rules)
+    trace = run_forward(graph, workspace, x, level_rules)
+    _check_finite_output(trace.output)
+    targets = _check_request(trace.output, target, output_relevance)
+    if output_relevance is not None:
+        output_relevance = output_relevance.detach()
+    node_relevance = _relevance_storage(graph, trace.output, len(x))
+    _seed_relevance(graph, trace.output, targets, output_relevance, node_relevance)
+    views = [node_relevance[:, l.offset : l.offset + l.size] for l in graph.levels]
+    records: list[LevelRecord | None] = [None] * len(graph.levels)
+    for level in reversed(graph.levels[1:]):
+        records[level.index] = redistribute_level(graph, workspace, level, level_rules[level.index], trace, views)
+    trace.release()
+    _check_finite_relevance(graph, node_relevance, level_rules)
+    _own_copy_of_input(trace, x)
+    return Explanation(graph, trace, node_relevance, records)
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _own_copy_of_input(trace: Trace, x: Tensor) -> None:

@@ -67,7 +67,7 @@ class LevelRecord:
     denominators: list[Tensor] = field(default_factory=list)
 
 
-def run_forward(workspace: Workspace, x: Tensor, rules: Sequence[Rule | None] | None = None) -> Trace:
+def run_forward(graph: Graph, workspace: Workspace, x: Tensor, rules: Sequence[Rule | None] | None = None) -> Trace:
     """Compute every level's pre-activation and output for the batch ``x``.
 
     With ``rules`` (one per level, as :meth:`Composite.rules` gives them), a level whose rule's
@@ -75,14 +75,13 @@ def run_forward(workspace: Workspace, x: Tensor, rules: Sequence[Rule | None] | 
     they are kept for the redistribution, where the workspace allows it
     (:meth:`Workspace.may_keep_products`); the result equals the plain forward up to rounding.
     """
-    graph = workspace.graph
     graph.check_input(x)
     x = x.detach()  # the caller's tensor, without its autograd history (its values are only read)
     # the output is set once the last level is computed
     trace = Trace([graph.input_activations(x)], [None], output=x)
     for level in graph.levels[1:]:
-        rule = None if rules is None or not workspace.may_keep_products(level) else rules[level.index]
-        z = None if rule is None else _sum_of_rule_products(workspace, level, rule, trace)
+        rule = None if rules is None or not workspace.may_keep_products(graph, level) else rules[level.index]
+        z = None if rule is None else _sum_of_rule_products(graph, workspace, level, rule, trace)
         if z is None:
             z = graph.preactivation(level, trace.activations, trace.states, x)
         trace.preactivations.append(z)
@@ -91,40 +90,41 @@ def run_forward(workspace: Workspace, x: Tensor, rules: Sequence[Rule | None] | 
     return trace
 
 
-def _plan_for(workspace: Workspace, level: Level, rule: Rule, trace: Trace) -> LevelPlan:
+def _plan_for(graph: Graph, workspace: Workspace, level: Level, rule: Rule, trace: Trace) -> LevelPlan:
     """The level's plan for ``rule``, given which of its source levels are non-negative."""
     groups = rule.cached_groups()
     plan = trace.plans.get((level.index, groups))
     if plan is None:
-        graph = workspace.graph
         signs = splits_inputs_by_sign(groups.groups)
         sources = {block.src for block in graph.incoming[level.index]}
         nonnegative = {src: signs and trace.source(graph, src).nonnegative for src in sources}
-        plan = trace.plans[level.index, groups] = workspace.plan(level, groups, nonnegative)
+        plan = trace.plans[level.index, groups] = workspace.plan(graph, level, groups, nonnegative)
     return plan
 
 
-def _plan_product(workspace: Workspace, level: Level, plan: LevelPlan, slot: int, trace: Trace) -> Tensor:
+def _plan_product(graph: Graph, workspace: Workspace, level: Level, plan: LevelPlan, slot: int,
+                  trace: Trace) -> Tensor:
     """Product ``slot`` of the level's plan."""
     product = plan.products[slot]
-    block = workspace.graph.incoming[level.index][product.block]
+    block = graph.incoming[level.index][product.block]
     cache = workspace.operands(block)
     if isinstance(product.inputs, Ones) and isinstance(block, StaticBlock):  # one row for every sample
         return block.sums_over_sources(product.weights, cache).expand(len(trace.activations[block.src]), -1)
-    value = trace.source(workspace.graph, block.src)(product.inputs)
+    value = trace.source(graph, block.src)(product.inputs)
     return block.matvec(value, product.weights, trace.state(block), cache)
 
 
-def _sum_of_rule_products(workspace: Workspace, level: Level, rule: Rule, trace: Trace) -> Tensor | None:
+def _sum_of_rule_products(graph: Graph, workspace: Workspace, level: Level, rule: Rule,
+                          trace: Trace) -> Tensor | None:
     """The level's pre-activation as the sum of its rule's products, when they add up to it."""
-    if not workspace.graph.incoming[level.index]:
+    if not graph.incoming[level.index]:
         return None
-    plan = _plan_for(workspace, level, rule, trace)
+    plan = _plan_for(graph, workspace, level, rule, trace)
     if plan.forward is None:
         return None
     products: list[Tensor | None] = [None] * len(plan.products)
     for slot in plan.forward:
-        products[slot] = _plan_product(workspace, level, plan, slot, trace)
+        products[slot] = _plan_product(graph, workspace, level, plan, slot, trace)
     first, *rest = plan.forward
     z = products[first].clone() if not rest else torch.add(products[first], products[rest[0]])
     for slot in rest[1:]:
@@ -215,18 +215,17 @@ def _served(group: Group, z_forward: Tensor) -> Tensor | None:
 
 
 def redistribute_level(
-    workspace: Workspace, level: Level, rule: Rule, trace: Trace, relevance: list[Tensor]
+    graph: Graph, workspace: Workspace, level: Level, rule: Rule, trace: Trace, relevance: list[Tensor]
 ) -> LevelRecord:
     """Move the relevance of ``level``'s nodes to the sources of its incoming edges under ``rule``.
 
     ``relevance`` holds one ``(B, n)`` tensor per level; the sources' entries are added to in place.
     The products the rule needs and how they combine come from the level's plan (:mod:`graphlrp.plan`).
     """
-    graph = workspace.graph
     z_forward = trace.preactivations[level.index]
     incoming = graph.incoming[level.index]
     groups = rule.cached_groups().groups
-    plan = _plan_for(workspace, level, rule, trace)
+    plan = _plan_for(graph, workspace, level, rule, trace)
     r_level = relevance[level.index]
     record = LevelRecord(rule, groups)
     products = trace.products.pop(level.index, None) or [None] * len(plan.products)
@@ -237,7 +236,7 @@ def redistribute_level(
             parts = [(group_plan.linear, z_forward)] if group_plan.linear else []
             for coefficient, slot in group_plan.parts:
                 if products[slot] is None:
-                    products[slot] = _plan_product(workspace, level, plan, slot, trace)
+                    products[slot] = _plan_product(graph, workspace, level, plan, slot, trace)
                 parts.append((coefficient, products[slot]))
             denominator = _linear_combination(parts, group_plan.per_node, z_forward)
         record.denominators.append(denominator)
@@ -247,7 +246,7 @@ def redistribute_level(
         factor, quotient = _combined_quotient(redistribution.terms, record.quotients)
         back = block.rmatvec(quotient, redistribution.weights, trace.state(block), workspace.operands(block))
         relevance[block.src].addcmul_(trace.source(graph, block.src)(redistribution.inputs), back, value=factor)
-    workspace.level_done(level)
+    workspace.level_done(graph, level)
     return record
 
 

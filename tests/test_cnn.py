@@ -163,7 +163,7 @@ def test_residual_sum_splits_relevance_between_branches():
     # each branch receives its share R_j · branch_j / (x_j + y_j) of every sum node's relevance
     level = sums[0]
     trace_inputs = [explanation.level_relevance(level.index).reshape(len(x), -1)]
-    x_part, y_part = (graphlrp.propagate.run_forward(graphlrp.workspace.Workspace(graph), x).activations[b.src] for b in graph.incoming[level.index])
+    x_part, y_part = (graphlrp.propagate.run_forward(graph, graphlrp.workspace.Workspace(), x).activations[b.src] for b in graph.incoming[level.index])
     z = x_part + y_part
     share = trace_inputs[0] / (z + 1e-6 * torch.where(z >= 0, 1.0, -1.0).to(z.dtype))
     src, dst, _ = graph.edges()

@@ -88,7 +88,7 @@ def test_per_level_tensors_follow_the_graph_layout(kinds, skip, node_major):
     assert graph.node_major  # matrix, CSR and edge-list kernels all prefer node-major operands
     graph.node_major = node_major
     x = torch.randn(5, SIZES[0], dtype=torch.float64)
-    trace = run_forward(Workspace(graph), x)
+    trace = run_forward(graph, Workspace(), x)
     for tensor in trace.activations + trace.preactivations[1:]:
         assert is_node_major(tensor) == node_major
     explanation = graphlrp.explain(graph, x, target=0, rule=rules.Gamma(0.25))

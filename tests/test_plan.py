@@ -57,16 +57,16 @@ def test_epsilon_denominator_is_the_forward_pre_activation(graph):
 
 
 def test_plans_are_kept_per_workspace_and_dropped_by_clear(graph):
-    level, workspace = graph.levels[1], Workspace(graph)
+    level, workspace = graph.levels[1], Workspace()
 
     def plan(rule, nonnegative):
-        return workspace.plan(level, RuleGroups(rule.groups()), {0: nonnegative})
+        return workspace.plan(graph, level, RuleGroups(rule.groups()), {0: nonnegative})
 
     first = plan(rules.Gamma(0.25), False)
     assert plan(rules.Gamma(0.25), False) is first  # equal rules share it
     assert plan(rules.Gamma(0.25), True) is not first
     assert plan(rules.Gamma(0.5), False) is not first
-    assert Workspace(graph).plan(level, RuleGroups(rules.Gamma(0.25).groups()), {0: False}) is not first
+    assert Workspace().plan(graph, level, RuleGroups(rules.Gamma(0.25).groups()), {0: False}) is not first
     workspace.clear()
     assert plan(rules.Gamma(0.25), False) is not first
 
@@ -143,10 +143,10 @@ def test_forward_from_rule_products_equals_the_network(rule, kind):
     assert not explanation._trace.products and not explanation._trace.inputs  # work state released
     rules_per_level = [None] + [rule] * (len(graph.levels) - 1)
     from_products = rule.beta > 0  # without a β group the products do not add up to W a
-    assert bool(graphlrp.propagate.run_forward(Workspace(graph), x, rules_per_level).products) == from_products
+    assert bool(graphlrp.propagate.run_forward(graph, Workspace(), x, rules_per_level).products) == from_products
     # dense products build their transformed weights panel by panel and keep nothing, so the
     # forward may still use them; CSR blocks would keep every level's transformed weights alive
-    uncached = graphlrp.propagate.run_forward(Workspace(graph, cache_weights=False), x, rules_per_level)
+    uncached = graphlrp.propagate.run_forward(graph, Workspace(cache_weights=False), x, rules_per_level)
     assert bool(uncached.products) == (from_products and kind == "dense")
     torch.testing.assert_close(graphlrp.Explainer(graph, rule, cache_weights=False)(x, target=1).node_relevance,
                                explanation.node_relevance, rtol=1e-12, atol=1e-14)
