@@ -73,6 +73,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from . import __version__, analysis, composites, export, plot, rules
+from .blocks import general_kinds
 from .composites import Composite
 from .errors import (
     ArgumentTypeError,
@@ -794,7 +795,7 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     lowering.add_argument("--max-pool", choices=("winner", "proportional"), default="winner",
                           help="max pooling sends relevance to the window's winner, or splits it in proportion "
                                "to the inputs (default: %(default)s)")
-    lowering.add_argument("--block-kind", choices=("auto", "dense", "sparse", "edges"), default="auto",
+    lowering.add_argument("--block-kind", choices=("auto", *general_kinds()), default="auto",
                           help="how dense layers' edges are stored (default: %(default)s: by density)")
     lowering.add_argument("--max-edges", type=_int_at_least(1), metavar="N",
                           help="refuse (exit code 4) a graph with more edges (default: no limit; graphs larger "

@@ -11,7 +11,7 @@ from torch import Tensor
 from .activations import IDENTITY, Activation
 from .blocks import Block
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
-from .layout import NODE_MAJOR_KINDS, as_node_major
+from .layout import as_node_major
 from .memory import check_budget, format_bytes
 
 LayerType = Any  # a module class (e.g. ``torch.nn.Linear``) or a string such as ``'input'``
@@ -195,7 +195,7 @@ class Graph:
         in both, up to rounding.
         """
         if self._node_major is None:
-            node_major = sum(block.num_edges for block in self.blocks if block.kind in NODE_MAJOR_KINDS)
+            node_major = sum(block.num_edges for block in self.blocks if block.prefers_node_major)
             self._node_major = 2 * node_major > self.num_edges
         return self._node_major
 

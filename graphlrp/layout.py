@@ -16,10 +16,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-#: block kinds whose kernels take node-major operands
-NODE_MAJOR_KINDS = frozenset({"dense", "sparse", "edges"})
-
-
 def _transpose_is_contiguous(x: Tensor) -> bool:
     """``x.T.is_contiguous()`` for a 2-D ``x``, read off the strides (no view is made)."""
     rows, columns = x.shape

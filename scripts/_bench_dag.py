@@ -70,7 +70,7 @@ def build_graph(spec: RandomEdges, kind: str) -> graphlrp.Graph:
     for src, dst, src_idx, dst_idx, weight in spec.edges:
         n_src, n_dst = spec.levels[src].size, spec.levels[dst].size
         if kind == "sparse":
-            blocks.append(SparseBlock.from_edges(src, dst, n_src, n_dst, src_idx, dst_idx, weight))
+            blocks.append(SparseBlock.from_edge_list(src, dst, n_src, n_dst, src_idx, dst_idx, weight))
         else:
             blocks.append(EdgeListBlock(src, dst, n_src, n_dst, src_idx, dst_idx, weight))
     return graphlrp.Graph(spec.levels, blocks)

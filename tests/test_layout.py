@@ -28,8 +28,8 @@ def _block(kind: str, src: int, dst: int, weight: torch.Tensor):
     if kind == "dense":
         return DenseBlock(src, dst, weight)
     if kind == "sparse":
-        return SparseBlock.from_dense(src, dst, weight)
-    return EdgeListBlock.from_dense(src, dst, weight)
+        return SparseBlock.from_matrix(src, dst, weight)
+    return EdgeListBlock.from_matrix(src, dst, weight)
 
 
 def mixed_graph(kinds: list[str], skip: bool) -> graphlrp.Graph:
@@ -120,7 +120,7 @@ def test_edge_relevance_into_a_reused_buffer():
 def test_sparse_block_holds_twelve_bytes_per_edge_and_derives_the_transpose():
     generator = torch.Generator().manual_seed(3)
     weight = torch.randn(300, 200, generator=generator) * (torch.rand(300, 200, generator=generator) < 0.05)
-    block = SparseBlock.from_dense(0, 1, weight)
+    block = SparseBlock.from_matrix(0, 1, weight)
     assert block.nbytes == 12 * block.num_edges + 4 * (301 + 201)
     s = torch.randn(4, 300, generator=generator)
     x = torch.randn(4, 200, generator=generator)

@@ -51,6 +51,8 @@ PUBLIC_MODULES = [
     "graphlrp.kernels",
     "graphlrp.evaluation",
     "graphlrp.aggregation",
+    "graphlrp.explainer",
+    "graphlrp.workspace",
     "graphlrp.transforms",
     "graphlrp.frontends",
     "graphlrp.blocks",

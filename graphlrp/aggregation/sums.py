@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..blocks import Block
+from ..blocks import Block, DenseBlock
 from ..blocks.base import SUM_CHUNK_ELEMENTS
 from ..explanation import Explanation
 from ..graph import Graph
@@ -239,7 +239,7 @@ class Sums:
         """``(classes, num_edges)`` of block ``position``, in its edges' order."""
         self.collapse()
         block, values = self.graph.blocks[position], self._weighted(position).reshape(self.classes, -1)
-        if block.kind == "dense" and block.num_edges == values.shape[1]:  # every weight an edge, row-major
+        if isinstance(block, DenseBlock) and block.num_edges == values.shape[1]:  # every weight an edge, row-major
             return values
         return values[:, block.edge_slots()]
 

@@ -1,29 +1,39 @@
-"""Edge blocks: the edges between two levels, held in one kind each."""
+"""Edge blocks: the edges between two levels, held in one kind each.
+
+Every kind registers itself in :data:`KINDS` when its class is defined (the kinds of this package
+are imported here, in the order :func:`general_kinds` lists them).
+"""
+from torch import Tensor
+
 from ..errors import InputError
+from . import base
 from .base import Block, OperandCache, StaticBlock
-from .conv import ConvBlock
 from .dense import DenseBlock
+from .sparse import SparseBlock
 from .edgelist import EdgeListBlock
+from .conv import ConvBlock
 from .elementwise import ElementwiseBlock
 from .pool import MaxPoolBlock
-from .sparse import SparseBlock
 
-#: block kinds a user may force when lowering
-BLOCK_KINDS = ("dense", "sparse", "edges")
+#: every block kind by its name (``kind``), filled when a :class:`Block` subclass that names one
+#: is defined: the kinds of this package, and any a user defines
+KINDS = base.KINDS
 
 
-def block_from_matrix(kind: str, src: int, dst: int, weight) -> Block:
-    """Build a block of ``kind`` from a ``(n_dst, n_src)`` weight matrix."""
-    if kind == "dense":
-        return DenseBlock(src, dst, weight)
-    if kind == "sparse":
-        return SparseBlock.from_dense(src, dst, weight)
-    if kind == "edges":
-        return EdgeListBlock.from_dense(src, dst, weight)
-    raise InputError(f"unknown block kind {kind!r}; choose one of {BLOCK_KINDS}")
+def general_kinds() -> tuple[str, ...]:
+    """The registered kinds that can hold any edges (:attr:`Block.holds_any_edges`): those a user
+    may force with ``block_kind=``, in the order they were registered."""
+    return tuple(name for name, kind in KINDS.items() if kind.holds_any_edges)
+
+
+def block_from_matrix(kind: str, src: int, dst: int, weight: Tensor) -> Block:
+    """Build a block of ``kind`` (one of :func:`general_kinds`) from a ``(n_dst, n_src)`` weight matrix."""
+    if kind not in general_kinds():
+        raise InputError(f"unknown block kind {kind!r}; choose one of {general_kinds()}")
+    return KINDS[kind].from_matrix(src, dst, weight)
 
 
 __all__ = [
-    "Block", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
-    "BLOCK_KINDS", "block_from_matrix",
+    "KINDS", "Block", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
+    "general_kinds", "block_from_matrix",
 ]

@@ -29,11 +29,13 @@ block), or ``None`` to build them for the one call (dense blocks then work panel
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from .. import kernels
+from ..errors import InputError
 from ..transforms import EdgeIndicator, Identity, Transform, check_maps_zero_to_zero
 
 #: elements of the largest ``(samples × edges)`` temporary of the default message sums
@@ -91,21 +93,65 @@ def _max_abs(weight: Tensor) -> float:
     return float(weight.abs().max()) if weight.numel() else 0.0
 
 
-class Block(ABC):
-    """Edges from level ``src`` (``n_src`` nodes) to level ``dst`` (``n_dst`` nodes)."""
+#: every block kind by its name, filled when a :class:`Block` subclass that names its ``kind`` is defined
+KINDS: dict[str, type["Block"]] = {}
 
-    kind: str = "abstract"
+
+class Block(ABC):
+    """Edges from level ``src`` (``n_src`` nodes) to level ``dst`` (``n_dst`` nodes).
+
+    A subclass declares what it is in class attributes — its :attr:`kind` name (which registers
+    it in :data:`KINDS`), whether its kernels prefer node-major operands, whether any edges can be
+    held in it — and implements the reductions; see ``docs/howto-block-kind.md``.
+    """
+
+    #: the kind's name; a subclass that sets it is registered under it in :data:`KINDS`
+    kind: ClassVar[str] = "abstract"
+    #: whether the kind's kernels run fastest on node-major operands (:attr:`graphlrp.Graph.node_major`
+    #: follows the kinds that hold most edges)
+    prefers_node_major: ClassVar[bool] = False
+    #: whether any weight matrix or edge list can be held in this kind: such a kind implements
+    #: :meth:`from_edge_list` and :meth:`held_bytes`, may be forced with ``block_kind=`` and is
+    #: one the front-ends choose from
+    holds_any_edges: ClassVar[bool] = False
     #: whether the forward pass is ``matvec`` with untransformed weights
     linear_forward: bool = True
     #: whether a product with transformed weights keeps nothing in an :class:`OperandCache` whose
     #: ``keep`` is off (else the transformed weights stay in it until it is cleared)
     transient_transforms: bool = False
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            return
+        known = KINDS.get(cls.kind)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise InputError(f"block kind {cls.kind!r} is taken by {known.__module__}.{known.__qualname__}")
+        KINDS[cls.kind] = cls
+
     def __init__(self, src: int, dst: int, n_src: int, n_dst: int) -> None:
         self.src = src
         self.dst = dst
         self.n_src = n_src
         self.n_dst = n_dst
+
+    # -- building (kinds that hold any edges) -----------------------------------------------
+    @classmethod
+    def from_edge_list(cls, src: int, dst: int, n_src: int, n_dst: int, src_idx: Tensor, dst_idx: Tensor,
+                       weight: Tensor) -> "Block":
+        """A block of this kind from local edge lists (no duplicate pairs, no zero weights)."""
+        raise NotImplementedError(f"block kind {cls.kind!r} is not built from edge lists")
+
+    @classmethod
+    def from_matrix(cls, src: int, dst: int, weight: Tensor) -> "Block":
+        """A block of this kind from a ``(n_dst, n_src)`` weight matrix; its zeros are not edges."""
+        dst_idx, src_idx = torch.nonzero(weight, as_tuple=True)
+        return cls.from_edge_list(src, dst, weight.shape[1], weight.shape[0], src_idx, dst_idx, weight[dst_idx, src_idx])
+
+    @classmethod
+    def held_bytes(cls, n_src: int, n_dst: int, num_edges: int, element_size: int) -> int:
+        """Bytes a block of this kind holds for ``num_edges`` edges between levels of these sizes."""
+        raise NotImplementedError(f"block kind {cls.kind!r} does not estimate its size")
 
     # -- what a kind implements -------------------------------------------------------------
     @property

@@ -48,6 +48,8 @@ class DenseBlock(StaticBlock):
 
     kind = "dense"
     transient_transforms = True
+    prefers_node_major = True
+    holds_any_edges = True
 
     def __init__(self, src: int, dst: int, weight: Tensor) -> None:
         if weight.dim() != 2:
@@ -56,6 +58,22 @@ class DenseBlock(StaticBlock):
         self.weight = weight
         self._num_edges = int(torch.count_nonzero(weight))
         self._edges: tuple[Tensor, Tensor, Tensor] | None = None
+
+    @classmethod
+    def from_matrix(cls, src: int, dst: int, weight: Tensor) -> "DenseBlock":
+        return cls(src, dst, weight)
+
+    @classmethod
+    def from_edge_list(cls, src: int, dst: int, n_src: int, n_dst: int, src_idx: Tensor, dst_idx: Tensor,
+                       weight: Tensor) -> "DenseBlock":
+        matrix = weight.new_zeros((n_dst, n_src))
+        matrix[dst_idx, src_idx] = weight
+        return cls(src, dst, matrix)
+
+    @classmethod
+    def held_bytes(cls, n_src: int, n_dst: int, num_edges: int, element_size: int) -> int:
+        """Every weight of the ``(n_dst, n_src)`` matrix, zeros included."""
+        return n_src * n_dst * element_size
 
     @property
     def num_edges(self) -> int:

@@ -23,6 +23,8 @@ class EdgeListBlock(StaticBlock):
     """Edges held as local index lists and weights (duplicates must already be merged)."""
 
     kind = "edges"
+    prefers_node_major = True
+    holds_any_edges = True
 
     def __init__(self, src: int, dst: int, n_src: int, n_dst: int, src_idx: Tensor, dst_idx: Tensor, weight: Tensor):
         super().__init__(src, dst, n_src, n_dst)
@@ -33,10 +35,14 @@ class EdgeListBlock(StaticBlock):
         self._sum_pattern: tuple[Tensor, Tensor, Tensor] | None = None
 
     @classmethod
-    def from_dense(cls, src: int, dst: int, weight: Tensor) -> "EdgeListBlock":
-        """From a ``(n_dst, n_src)`` matrix; its zeros are not edges."""
-        dst_idx, src_idx = torch.nonzero(weight, as_tuple=True)
-        return cls(src, dst, weight.shape[1], weight.shape[0], src_idx, dst_idx, weight[dst_idx, src_idx])
+    def from_edge_list(cls, src: int, dst: int, n_src: int, n_dst: int, src_idx: Tensor, dst_idx: Tensor,
+                       weight: Tensor) -> "EdgeListBlock":
+        return cls(src, dst, n_src, n_dst, src_idx, dst_idx, weight)
+
+    @classmethod
+    def held_bytes(cls, n_src: int, n_dst: int, num_edges: int, element_size: int) -> int:
+        """Per edge a 4-byte source, a 4-byte destination and the weight."""
+        return num_edges * (8 + element_size)
 
     @property
     def num_edges(self) -> int:

@@ -86,10 +86,12 @@ def _rows_of(crow: Tensor) -> Tensor:
 class SparseBlock(StaticBlock):
     """Edges held in CSR, in both directions.
 
-    Build it with :meth:`from_dense` or :meth:`from_edges`.
+    Build it with :meth:`from_matrix` or :meth:`from_edge_list`.
     """
 
     kind = "sparse"
+    prefers_node_major = True
+    holds_any_edges = True
 
     def __init__(
         self,
@@ -110,13 +112,13 @@ class SparseBlock(StaticBlock):
         self._col_t: Tensor | None = None
 
     @classmethod
-    def from_dense(cls, src: int, dst: int, weight: Tensor) -> "SparseBlock":
-        """From a ``(n_dst, n_src)`` matrix; its zeros are not edges."""
-        dst_idx, src_idx = torch.nonzero(weight, as_tuple=True)
-        return cls.from_edges(src, dst, weight.shape[1], weight.shape[0], src_idx, dst_idx, weight[dst_idx, src_idx])
+    def held_bytes(cls, n_src: int, n_dst: int, num_edges: int, element_size: int) -> int:
+        """Per edge a 4-byte column, a 4-byte transpose position, the weight and 4 bytes of the indices
+        derived on first use; row pointers both ways."""
+        return num_edges * (12 + element_size) + 4 * (n_src + n_dst)
 
     @classmethod
-    def from_edges(
+    def from_edge_list(
         cls, src: int, dst: int, n_src: int, n_dst: int, src_idx: Tensor, dst_idx: Tensor, weight: Tensor
     ) -> "SparseBlock":
         """From local edge lists (duplicates must already be merged)."""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..activations import IDENTITY, Activation, compose
-from ..blocks import Block, ConvBlock, ElementwiseBlock, MaxPoolBlock, SparseBlock, block_from_matrix
+from ..blocks import KINDS, Block, ConvBlock, ElementwiseBlock, MaxPoolBlock, SparseBlock, block_from_matrix
 from ..blocks.conv import count_conv_edges
 from ..errors import InputError, UnsupportedModuleError
 from ..graph import Graph, LayerType, Level
@@ -57,12 +57,19 @@ class _BlockSpec:
 
 
 def _matrix_cost(kind: str) -> Callable[[Tensor], tuple[int, int]]:
+    """The cost of a block of ``kind`` (or the one ``'auto'`` picks) built from a weight matrix."""
     def cost(weight: Tensor) -> tuple[int, int]:
         edges = int(torch.count_nonzero(weight))
-        size = weight.element_size()
-        held = {"dense": weight.numel() * size, "sparse": edges * (12 + size), "edges": edges * (8 + size)}
-        chosen = _choose_kind(kind, weight)
-        return edges, held[chosen] + (4 * sum(weight.shape) if chosen == "sparse" else 0)
+        n_dst, n_src = weight.shape
+        return edges, KINDS[_choose_kind(kind, weight)].held_bytes(n_src, n_dst, edges, weight.element_size())
+
+    return cost
+
+
+def _edge_list_cost(kind: str, n_src: int, n_dst: int) -> Callable[[Tensor], tuple[int, int]]:
+    """The cost of a block of ``kind`` built from an edge list whose weights are given."""
+    def cost(weight: Tensor) -> tuple[int, int]:
+        return len(weight), KINDS[kind].held_bytes(n_src, n_dst, len(weight), weight.element_size())
 
     return cost
 
@@ -198,9 +205,9 @@ class GraphBuilder:
         n_src, n_dst = value.size, math.prod(out_shape)
 
         def build(s: int, d: int, w: Tensor) -> Block:
-            return SparseBlock.from_edges(s, d, n_src, n_dst, src_idx.to(w.device), dst_idx.to(w.device), w)
+            return SparseBlock.from_edge_list(s, d, n_src, n_dst, src_idx.to(w.device), dst_idx.to(w.device), w)
 
-        self.specs.append(_BlockSpec(src, dst, weight, build, _matrix_cost("sparse")))
+        self.specs.append(_BlockSpec(src, dst, weight, build, _edge_list_cost("sparse", n_src, n_dst)))
         return Value(tuple(out_shape), dst)
 
     def max_pool(self, name: str, layer_type: LayerType, value: Value, out_shape: tuple[int, ...], kernel, stride,

@@ -27,7 +27,7 @@ from ..errors import (
     NumericRangeError,
 )
 from ..memory import check_budget
-from ..blocks import BLOCK_KINDS, Block, DenseBlock, EdgeListBlock, SparseBlock
+from ..blocks import KINDS, Block, DenseBlock, general_kinds
 from ..graph import Graph, Level
 
 ArrayLike = Union[Tensor, np.ndarray, Sequence[float]]
@@ -148,8 +148,8 @@ def graph_from_edges(
         (a ``MemoryError``) if the largest node id asks for more nodes than graphlrp can index,
         or than fit in the memory budget (half the available memory); it names the id.
     """
-    if block_kind not in BLOCK_KINDS:
-        raise InputError(f"unknown block_kind {block_kind!r}; choose one of {BLOCK_KINDS}")
+    if block_kind not in general_kinds():
+        raise InputError(f"unknown block_kind {block_kind!r}; choose one of {general_kinds()}")
     network = _checked_network(src, dst, weight, bias, activation, inputs, outputs, names, dtype)
     depth = longest_path_depths(network.src, network.dst, network.n, network.inputs, network.label)
     outputs_t = _default_outputs(network) if network.outputs is None else network.outputs
@@ -658,7 +658,7 @@ def _blocks(layout: _Layout, kind: str, src: Tensor, dst: Tensor, weight: Tensor
     pair = level_of[global_src] * n_levels + level_of[global_dst]
     by_pair = torch.argsort(pair, stable=True)
     pairs, counts = torch.unique_consecutive(pair[by_pair], return_counts=True)
-    if kind == "dense":
+    if KINDS[kind] is DenseBlock:
         _check_dense_budget(layout, [divmod(key, n_levels) for key in pairs.tolist()], weight.element_size())
     blocks = []
     for key, part in zip(pairs.tolist(), torch.split(by_pair, counts.tolist())):
@@ -676,10 +676,4 @@ def _check_dense_budget(layout: _Layout, pairs: list[tuple[int, int]], element_s
 
 
 def _block(kind: str, a: int, b: int, n_src: int, n_dst: int, src: Tensor, dst: Tensor, weight: Tensor) -> Block:
-    if kind == "sparse":
-        return SparseBlock.from_edges(a, b, n_src, n_dst, src, dst, weight)
-    if kind == "edges":
-        return EdgeListBlock(a, b, n_src, n_dst, src, dst, weight)
-    matrix = weight.new_zeros((n_dst, n_src))
-    matrix[dst, src] = weight
-    return DenseBlock(a, b, matrix)
+    return KINDS[kind].from_edge_list(a, b, n_src, n_dst, src, dst, weight)

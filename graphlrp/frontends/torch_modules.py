@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..blocks import BLOCK_KINDS
+from ..blocks import general_kinds
 from ..blocks.pool import MODES as MAX_POOL_MODES
 from ..errors import (
     ArgumentTypeError, GraphTooLargeError, InputError, LoweringMismatchError, UnsupportedModuleError,
@@ -141,8 +141,8 @@ def lower(
 
 
 def _check_options(block_kind, max_pool, check, max_edges, max_bytes) -> None:
-    if not isinstance(block_kind, str) or (block_kind != "auto" and block_kind not in BLOCK_KINDS):
-        raise InputError(f"unknown block_kind {block_kind!r}; choose 'auto' or one of {BLOCK_KINDS}")
+    if not isinstance(block_kind, str) or (block_kind != "auto" and block_kind not in general_kinds()):
+        raise InputError(f"unknown block_kind {block_kind!r}; choose 'auto' or one of {general_kinds()}")
     if not isinstance(max_pool, str) or max_pool not in MAX_POOL_MODES:
         raise InputError(f"unknown max_pool mode {max_pool!r}; choose one of {MAX_POOL_MODES}")
     if not isinstance(check, bool):
