@@ -80,8 +80,8 @@ def edge_messages_into(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: T
 
 
 #: tensors with fewer elements take torch's ops: below this size the compiled loop saves less than
-#: its call costs (measured at 1 × 1024: 10.5 µs with the kernel against 9.2 µs without; at
-#: 16 × 1024: 11.3 against 13.4 µs)
+#: its call costs (the crossover lies between 1 × 1024 and 16 × 1024 elements; the batch-1 and
+#: batch-64 MLP cases of ``scripts/bench`` measure both sides)
 COMPILED_QUOTIENT_FROM = 16384
 
 

@@ -4,8 +4,8 @@ Every per-level tensor (activations, pre-activations, relevance, quotients) is i
 ``(sample, node)``. It is stored either batch-major (row-major ``(B, n)``) or node-major: the
 transpose of a row-major ``(n, B)`` tensor. torch's CSR products and the edge-list gathers and
 scatters take and give node-major operands; a dense ``W (n_dst, n_src)`` times a node-major
-operand is ``W @ X`` with ``X (n_src, B)`` row-major, which runs faster than ``x @ Wᵀ`` (measured
-0.66 against 0.74 ms at 64 × 1024 × 1024), and each level's slice of the relevance storage is
+operand is ``W @ X`` with ``X (n_src, B)`` row-major, which runs faster than ``x @ Wᵀ`` at batch
+64 and 1024 × 1024 (the dense MLP cases of ``scripts/bench``), and each level's slice of the relevance storage is
 then one contiguous chunk; convolutions want batch-major. An element-wise operation on operands of
 one layout keeps that layout and runs at full speed; mixing layouts makes it several times slower.
 So a graph picks one layout for all its per-level tensors (:attr:`graphlrp.Graph.node_major`: the

@@ -62,8 +62,8 @@ def sampled_product(crow: Tensor, col: Tensor, shape: tuple[int, int], s: Tensor
     """``(Sᵀ X)_jk`` at the CSR pattern ``(crow, col)``, one value per stored entry, in CSR order.
 
     ``s (B, n_dst)`` and ``x (B, n_src)``; computed in the CSR product's dtype (float32 for half
-    precision on the CPU), never forming the dense ``n_dst × n_src`` product. Measured on a 2-core
-    CPU at 1024² and batch 64, 1% dense: 0.3 ms, against 20 ms for gathering both operands per edge.
+    precision on the CPU), never forming the dense ``n_dst × n_src`` product: many times faster
+    than gathering both operands per edge (``scripts/bench``'s aggregation section, pruned MLPs).
     """
     dtype = _WIDENED.get(x.dtype, x.dtype) if x.device.type == "cpu" else x.dtype
     pattern = _csr(crow, col, x.new_zeros(len(col), dtype=dtype), shape)
