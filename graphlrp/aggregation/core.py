@@ -1,6 +1,7 @@
 """``aggregate``: relevance per node, edge and parameter summed over a data set, and :class:`Aggregate`."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -27,8 +28,9 @@ VERSION = 1
 
 def _fingerprint(graph: Graph) -> dict[str, object]:
     """What identifies a graph's structure and weights (one pass over its weights and biases)."""
-    checksum = sum(float(block.held()[-1].double().abs().sum()) for block in graph.blocks if hasattr(block, "held"))
-    checksum += sum(float(level.bias.double().abs().sum()) for level in graph.levels if level.bias is not None)
+    checksum = sum(float(block.held()[-1].abs().sum(dtype=torch.float64)) for block in graph.blocks
+                   if hasattr(block, "held"))
+    checksum += sum(float(level.bias.abs().sum(dtype=torch.float64)) for level in graph.levels if level.bias is not None)
     return {"num_nodes": graph.num_nodes, "num_edges": graph.num_edges, "checksum": checksum,
             "blocks": [f"{b.kind}:{b.src}->{b.dst}:{b.num_edges}" for b in graph.blocks]}
 
@@ -67,10 +69,15 @@ class Aggregate:
         #: explains every batch (the one :func:`graphlrp.explain` keeps for this graph and rule)
         self.explainer = explainer_for(graph, rule, composite)
         self.rules = [repr(r) for r in self.explainer.rules[1:]]
-        self.fingerprint = _fingerprint(graph)
         self._sums = Sums(graph, len(graph.outputs) if by_class else 1, absolute)
         #: batches added (kept with a checkpoint, to save at the same points when resumed)
         self.batches = 0
+
+    @functools.cached_property
+    def fingerprint(self) -> dict[str, object]:
+        """What identifies the graph's structure and weights, checked when aggregates are added,
+        saved and loaded (one pass over the weights, made when first needed)."""
+        return _fingerprint(self.graph)
 
     # -- adding -----------------------------------------------------------------------------
     def update(self, x: Tensor, target: object) -> "Aggregate":

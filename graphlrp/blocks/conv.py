@@ -198,7 +198,8 @@ class ConvBlock(StaticBlock):
         for start in range(0, len(x), chunk):
             patches = self._patches(x[start : start + chunk])  # (G·P, b, C_in/G · K)
             quotients = s[start : start + chunk].reshape(-1, groups, out_group, count).permute(1, 3, 2, 0)
-            product = torch.bmm(quotients.reshape(groups * count, out_group, -1), patches)
+            # contiguous operands: a strided batch is copied matrix by matrix inside bmm
+            product = torch.bmm(quotients.reshape(groups * count, out_group, -1).contiguous(), patches.contiguous())
             flat.add_(product, alpha=alpha)
 
     def _patches(self, x: Tensor) -> Tensor:

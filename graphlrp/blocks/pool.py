@@ -60,6 +60,7 @@ class MaxPoolBlock(Block):
         self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
         self.ceil_mode, self.mode = ceil_mode, mode
         self._origins: dict[torch.device, Tensor] = {}
+        self._keys: Tensor | None = None
 
     @property
     def num_edges(self) -> int:
@@ -200,9 +201,11 @@ class MaxPoolBlock(Block):
         out.index_add_(0, edge, messages.reshape(-1).to(out.dtype), alpha=alpha)
 
     def _edge_keys(self) -> Tensor:
-        """``dst · n_src + src`` of every edge, ascending (the edges' order)."""
-        src, dst, _ = self.edges()
-        return dst * self.n_src + src
+        """``dst · n_src + src`` of every edge, ascending (the edges' order); listed once, kept with the block."""
+        if self._keys is None:
+            src, dst, _ = self.edges()
+            self._keys = dst * self.n_src + src
+        return self._keys
 
     def edge_slots(self) -> Tensor:
         return self.windows.edge_slots() if self.mode == "proportional" else super().edge_slots()
