@@ -127,6 +127,27 @@ def test_rule_that_overflows_the_dtype_is_refused_before_computing(monkeypatch, 
     assert bool(torch.isfinite(wide.node_relevance).all())
 
 
+@pytest.mark.parametrize("layer", [0, 2, 4], ids=["first", "hidden", "last"])
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["positive", "negative"])
+def test_a_bias_whose_square_overflows_is_refused_on_every_level_whatever_its_sign(monkeypatch, layer, sign):
+    model = make_mlp([4, 6, 5, 3], seed=0, dtype=torch.float32)
+    with torch.no_grad():
+        model[layer].bias[1] = sign * 1e20
+    graph = graphlrp.lower(model, torch.randn(2, 4))
+    x = torch.randn(2, 4)
+    assert 1e20**2 > torch.finfo(torch.float32).max  # w² squares the bias too: b² leaves float32
+
+    def computed(*args, **kwargs):
+        raise AssertionError("the forward pass ran")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(explainer_module, "run_forward", computed)
+        with pytest.raises(NumericRangeError, match=r"Square\(\) of biases up to 1e\+20 reaches 1e\+40"):
+            graphlrp.explain(graph, x, target=0, rule=rules.WSquare())
+    # the untransformed bias is in range: ε on the same graph is not refused
+    assert bool(torch.isfinite(graphlrp.explain(graph, x, target=0, rule=rules.Epsilon()).node_relevance).all())
+
+
 def test_range_check_follows_a_parameter_assigned_after_a_call():
     graph = float32_mlp(10.0)
     x = torch.randn(2, 4)
