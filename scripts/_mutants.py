@@ -21,6 +21,7 @@ RULES = "graphlrp/rules.py"
 PROPAGATE = "graphlrp/propagate.py"
 GRAPH = "graphlrp/graph.py"  # the plain forward pass (Graph.preactivation)
 PLAN = "graphlrp/plan.py"
+WORKSPACE = "graphlrp/workspace.py"
 BASE = "graphlrp/blocks/base.py"
 DENSE = "graphlrp/blocks/dense.py"
 SPARSE = "graphlrp/blocks/sparse.py"
@@ -120,8 +121,18 @@ MUTANTS = [
     Mutant(PLAN, "for w in (1, -1)}", "for w in (1,)}", "forward product covers only W⁺"),
     Mutant(PLAN, "if len(parts) == len(full) and set(parts) == full:", "if set(parts) == full:",
            "forward product counts a part twice"),
-    Mutant(PLAN, "key = (level.index, rule_groups, tuple(sorted(nonnegative.items())))",
-           "key = (level.index, rule_groups)", "plan cached without the sources' signs"),
+    # -- workspace: what is kept between calls (plans, operands, range checks) ---------------------
+    Mutant(WORKSPACE, "key = (level.index, groups, tuple(sorted(nonnegative.items())))",
+           "key = (level.index, groups)", "plan cached without the sources' signs"),
+    Mutant(WORKSPACE, "cache = self._operands.get(id(block))\n        if cache is None:\n"
+           "            cache = self._operands[id(block)] = ",
+           "cache = self._operands.get(block.dst)\n        if cache is None:\n"
+           "            cache = self._operands[block.dst] = ",
+           "one operand cache per destination level, shared by its incoming blocks"),
+    Mutant(WORKSPACE, "for index in range(1, len(graph.levels)):", "for index in range(2, len(graph.levels)):",
+           "range check skips the first level's rule"),
+    Mutant(WORKSPACE, "else float(level.bias.abs().max())", "else float(level.bias.max())",
+           "range check takes the largest bias, not the largest |bias|"),
     # -- blocks: the products and edge lists of every kind --------------------------------------
     Mutant(BASE, "mul_(weight).mul_(s.index_select(1, dst))", "mul_(weight).mul_(s.index_select(1, src))",
            "edge messages gather s by the source"),
@@ -131,6 +142,8 @@ MUTANTS = [
            "dense rmatvec transposes once too often"),
     Mutant(DENSE, "panel = panel if forward else panel.T", "panel = panel.T if forward else panel",
            "dense panels transposed the wrong way"),
+    Mutant(DENSE, "if cache is None or not cache.keep:\n        return False", "if cache is None:\n        return False",
+           "dense block keeps transformed matrices when caching is off"),
     Mutant(DENSE, "self._edges = (src, dst, self.weight[dst, src])", "self._edges = (dst, src, self.weight[dst, src])",
            "dense edges list destination as source"),
     Mutant(SPARSE, "order = torch.argsort(dst_idx * n_src + src_idx)", "order = torch.argsort(dst_idx * n_dst + src_idx)",
