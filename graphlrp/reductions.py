@@ -6,11 +6,13 @@ Two backends compute the same numbers:
   measured faster than torch_scatter, whose CPU kernels are serial);
 * ``'torch_scatter'``: torch_scatter's kernels (faster on CUDA).
 
-``'auto'`` (the default) takes torch_scatter on CUDA when it is installed, native torch otherwise.
+``'auto'`` (the default) takes torch_scatter on CUDA when it is installed with its CUDA kernels
+(a build made on a machine without a GPU has none), native torch otherwise.
 Select one with :func:`set_backend` or the :func:`backend` context manager.
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -54,10 +56,21 @@ def backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
+def has_cuda_kernels() -> bool:
+    """Whether the installed torch_scatter was built with CUDA kernels."""
+    return _torch_scatter is not None and torch.ops.torch_scatter.cuda_version() != -1
+
+
 def _use_torch_scatter(device: torch.device) -> bool:
     if _selected == "auto":
-        return _torch_scatter is not None and device.type == "cuda"
+        return device.type == "cuda" and _cuda_kernels()
     return _selected == "torch_scatter"
+
+
+@functools.cache
+def _cuda_kernels() -> bool:
+    """:func:`has_cuda_kernels`, asked once."""
+    return has_cuda_kernels()
 
 
 def scatter_add_(out: Tensor, index: Tensor, values: Tensor) -> Tensor:

@@ -223,4 +223,5 @@ class MaxPoolBlock(Block):
 
     def _to(self, device, dtype) -> "MaxPoolBlock":
         return MaxPoolBlock(self.src, self.dst, self.in_shape, self.out_shape, self.kernel, self.stride, self.padding,
-                            self.dilation, self.ceil_mode, self.mode, dtype or self.dtype, device)
+                            self.dilation, self.ceil_mode, self.mode, dtype or self.dtype,
+                            device if device is not None else self.device)
