@@ -59,6 +59,11 @@ def network(name: str, seed: int = 0) -> tuple[graphlrp.Graph, torch.Tensor, tor
         randomize_batch_norms(model)
     elif name == "concatenating":
         model, x = Concatenation(), torch.randn(7, 1, 8, 8)
+    elif name == "winners":  # max-pool winners in windows inside the input (strided, dilated) and over padding
+        features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(3, stride=2, dilation=2),
+                                 nn.MaxPool2d(2, padding=1), nn.Flatten())
+        x = torch.randn(7, 1, 15, 15)
+        model = nn.Sequential(*features, nn.Linear(features(x).shape[1], 3))
     else:  # "conv": strides, dilation, groups and proportional max pooling
         model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=2, dilation=2), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, groups=2),
                               nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 3))
@@ -79,7 +84,7 @@ def per_sample_sums(graph, x, target, absolute=False, **rule):
 
 # -- node and edge sums against per-sample explanations -------------------------------------------
 @pytest.mark.parametrize("absolute", [False, True], ids=["signed", "absolute"])
-@pytest.mark.parametrize("name", ["dense", "sparse", "edges", "conv", "pooled", "residual", "concatenating"])
+@pytest.mark.parametrize("name", ["dense", "sparse", "edges", "conv", "pooled", "winners", "residual", "concatenating"])
 def test_node_and_edge_sums_equal_per_sample_explanations(name, absolute):
     graph, x, target = network(name)
     for rule in RULES.values():

@@ -194,11 +194,34 @@ class MaxPoolBlock(Block):
         batch, channels = len(s), self.in_shape[0]
         planes = self._planes(x)
         messages = planes.gather(2, state).reshape(batch, self.n_dst) * s
-        plane_start = torch.arange(channels, device=s.device)[:, None] * planes.shape[2]
-        source = (state + plane_start).reshape(batch, self.n_dst)
-        keys = torch.arange(self.n_dst, device=s.device) * self.n_src + source
-        edge = torch.searchsorted(self._edge_keys(), keys.reshape(-1))
-        out.index_add_(0, edge, messages.reshape(-1).to(out.dtype), alpha=alpha)
+        out.index_add_(0, self._winner_edges(state), messages.reshape(-1).to(out.dtype), alpha=alpha)
+
+    def _winner_edges(self, state: Tensor) -> Tensor:
+        """The edge from each output's winner, ``(B · n_dst,)``, for winners ``state (B, C, P)``.
+
+        Windows inside the input each hold all ``K`` kernel positions as edges, in row-major
+        order: the edge is ``K · output + rank`` of the winner's offset in its window. Other
+        windows (padding, ``ceil_mode`` overhang) are searched for among the sorted edge keys.
+        """
+        kernel_size = math.prod(self.kernel)
+        if self._windows_inside() and self.num_edges == self.n_dst * kernel_size:
+            relative = state - self._window_origins(state.device)
+            ranks = self._offset_ranks(state.device)
+            outputs = torch.arange(self.n_dst, device=state.device).reshape(self.in_shape[0], -1)
+            return (outputs * kernel_size + ranks[relative]).reshape(-1)
+        plane_start = torch.arange(self.in_shape[0], device=state.device)[:, None] * (self.n_src // self.in_shape[0])
+        keys = torch.arange(self.n_dst, device=state.device) * self.n_src + (state + plane_start).reshape(len(state), -1)
+        return torch.searchsorted(self._edge_keys(), keys.reshape(-1))
+
+    def _offset_ranks(self, device: torch.device) -> Tensor:
+        """Rank of each kernel position's offset within its plane, indexed by the offset."""
+        spatial = self.in_shape[1:]
+        plane_strides = [math.prod(spatial[d + 1:]) for d in range(len(spatial))]
+        offsets = [sum(o * d * p for o, d, p in zip(offset, self.dilation, plane_strides))
+                   for offset in itertools.product(*(range(k) for k in self.kernel))]
+        ranks = torch.zeros(max(offsets) + 1, dtype=torch.int64, device=device)
+        ranks[torch.tensor(offsets, device=device)] = torch.arange(len(offsets), device=device)
+        return ranks
 
     def _edge_keys(self) -> Tensor:
         """``dst · n_src + src`` of every edge, ascending (the edges' order); listed once, kept with the block."""
