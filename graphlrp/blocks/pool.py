@@ -191,7 +191,7 @@ class MaxPoolBlock(Block):
         if self.mode == "proportional":
             self.windows.add_message_sums(out, x, s, alpha)
             return
-        batch, channels = len(s), self.in_shape[0]
+        batch = len(s)
         planes = self._planes(x)
         messages = planes.gather(2, state).reshape(batch, self.n_dst) * s
         out.index_add_(0, self._winner_edges(state), messages.reshape(-1).to(out.dtype), alpha=alpha)
