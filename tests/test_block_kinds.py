@@ -8,8 +8,10 @@ import torch.nn as nn
 
 import graphlrp
 from graphlrp import rules
-from graphlrp.blocks import KINDS, DenseBlock, EdgeListBlock, SparseBlock, general_kinds
+from graphlrp.blocks import KINDS, DenseBlock, EdgeListBlock, SparseBlock, StaticBlock, general_kinds
 from graphlrp.errors import InputError
+from graphlrp.layout import as_node_major, is_node_major
+from graphlrp.transforms import Positive
 
 from conftest import make_mlp
 
@@ -70,3 +72,55 @@ def test_a_registered_kind_is_accepted_by_every_front_end_and_explains_as_the_de
     with pytest.raises(InputError, match="unknown block_kind 'coo'"):
         graphlrp.lower(model, x, block_kind="coo")
     assert isinstance(graphlrp.lower(model, x, block_kind="sparse").blocks[0], SparseBlock)
+
+
+class LayoutRecorder(StaticBlock):
+    """A dense kernel that records the layout of every operand it is handed and answers batch-major."""
+
+    kind = "layout-recorder"
+
+    def __init__(self, weight, layout):
+        super().__init__(0, 1, weight.shape[1], weight.shape[0])
+        self.weight, self.operand_layout, self.seen = weight, layout, []
+
+    @property
+    def num_edges(self):
+        return self.weight.numel()
+
+    def held(self):
+        return (self.weight,)
+
+    def edges(self):
+        dst, src = torch.nonzero(torch.ones_like(self.weight), as_tuple=True)
+        return src, dst, self.weight[dst, src]
+
+    def _transformed(self, transform):
+        return transform(self.weight)
+
+    def _matvec(self, x, operand):
+        self.seen.append(is_node_major(x))
+        return (x @ operand.T).contiguous()
+
+    def _rmatvec(self, s, operand):
+        self.seen.append(is_node_major(s))
+        return (s @ operand).contiguous()
+
+    def _to(self, device, dtype):
+        return LayoutRecorder(self.weight.to(device=device, dtype=dtype), self.operand_layout)
+
+
+@pytest.mark.parametrize("layout", ["node", "batch", None])
+def test_kernels_get_the_layout_they_declare_and_results_the_layout_they_were_given(layout):
+    torch.manual_seed(2)
+    weight = torch.randn(5, 4, dtype=torch.float64)
+    block = LayoutRecorder(weight, layout)
+    for node_major in (False, True):
+        x, s = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+        if node_major:
+            x, s = as_node_major(x), as_node_major(s)
+        forward, backward = block.matvec(x, Positive()), block.rmatvec(s, Positive())
+        torch.testing.assert_close(forward, x @ weight.clamp(min=0).T, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(backward, s @ weight.clamp(min=0), rtol=1e-12, atol=1e-14)
+        assert is_node_major(forward) == is_node_major(backward) == node_major
+        wanted = node_major if layout is None else layout == "node"
+        assert block.seen[-2:] == [wanted, wanted]

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .. import kernels
 from ..errors import InputError
+from ..layout import as_node_major, in_layout_of
 from ..transforms import EdgeIndicator, Identity, Transform, check_maps_zero_to_zero
 
 #: elements of the largest ``(samples × edges)`` temporary of the default message sums
@@ -265,7 +266,16 @@ class Block(ABC):
 
 
 class StaticBlock(Block):
-    """A block whose edges are the same for every sample; its operand is built once per transform."""
+    """A block whose edges are the same for every sample; its operand is built once per transform.
+
+    Its products are template methods: :meth:`matvec` and :meth:`rmatvec` hand the kind's kernels
+    (``_matvec``, ``_rmatvec``) their operand in the layout the kind declares
+    (:attr:`operand_layout`) and return the kernel's result in the layout of the operand given.
+    """
+
+    #: the layout the kind's kernels take their operand in: ``'node'`` (node-major), ``'batch'``
+    #: (contiguous ``(B, n)``), or ``None`` (either, as given); see :mod:`graphlrp.layout`
+    operand_layout: ClassVar[str | None] = None
 
     def __init__(self, src: int, dst: int, n_src: int, n_dst: int) -> None:
         super().__init__(src, dst, n_src, n_dst)
@@ -326,19 +336,29 @@ class StaticBlock(Block):
     def matvec(self, x: Tensor, transform: Transform = Identity(), state: object = None,
                cache: OperandCache | None = None) -> Tensor:
         """``out_j = Σ_i x_i f(w_ij)`` for ``x`` of shape ``(B, n_src)``; ``cache`` keeps ``f``'s operand."""
-        return self._matvec(x, self.operand(transform, cache))
+        return in_layout_of(self._matvec(self._arranged(x), self.operand(transform, cache)), x)
 
     def rmatvec(self, s: Tensor, transform: Transform = Identity(), state: object = None,
                 cache: OperandCache | None = None) -> Tensor:
         """``out_i = Σ_j f(w_ij) s_j`` for ``s`` of shape ``(B, n_dst)``; ``cache`` keeps ``f``'s operand."""
-        return self._rmatvec(s, self.operand(transform, cache))
+        return in_layout_of(self._rmatvec(self._arranged(s), self.operand(transform, cache)), s)
+
+    def _arranged(self, v: Tensor) -> Tensor:
+        """``v`` in :attr:`operand_layout` (copied only if it is not)."""
+        if self.operand_layout == "node":
+            return as_node_major(v)
+        if self.operand_layout == "batch" and not v.is_contiguous():
+            return v.contiguous()
+        return v
 
     @abstractmethod
     def _transformed(self, transform: Transform) -> object:
         """Build the kind's operand for weights transformed by ``transform``."""
 
     @abstractmethod
-    def _matvec(self, x: Tensor, operand: object) -> Tensor: ...
+    def _matvec(self, x: Tensor, operand: object) -> Tensor:
+        """The kernel of :meth:`matvec`: ``x`` in :attr:`operand_layout`, the result in either layout."""
 
     @abstractmethod
-    def _rmatvec(self, s: Tensor, operand: object) -> Tensor: ...
+    def _rmatvec(self, s: Tensor, operand: object) -> Tensor:
+        """The kernel of :meth:`rmatvec`: ``s`` in :attr:`operand_layout`, the result in either layout."""

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
-from ..layout import in_layout_of
 from ..transforms import Transform
 from .base import SUM_CHUNK_ELEMENTS, StaticBlock
 
@@ -62,6 +61,7 @@ class ConvBlock(StaticBlock):
     """
 
     kind = "conv"
+    operand_layout = "batch"  # convolutions read (B, C, *spatial)
 
     def __init__(
         self,
@@ -119,7 +119,7 @@ class ConvBlock(StaticBlock):
     def _matvec(self, x: Tensor, operand: tuple[Tensor, Tensor | None]) -> Tensor:
         out = _CONV[self.dims](x.reshape(len(x), *self.in_shape), operand[0], None, self.stride, self.padding,
                                self.dilation, self.groups)
-        return in_layout_of(out.reshape(len(x), self.n_dst), x)
+        return out.reshape(len(x), self.n_dst)
 
     def _rmatvec(self, s: Tensor, operand: tuple[Tensor, Tensor | None]) -> Tensor:
         kernel, flipped = operand
@@ -132,7 +132,7 @@ class ConvBlock(StaticBlock):
         else:
             out = _CONV_INPUT_GRAD[self.dims]((len(s), *self.in_shape), kernel, upper, self.stride, self.padding,
                                               self.dilation, self.groups)
-        return in_layout_of(out.reshape(len(s), self.n_src), s)
+        return out.reshape(len(s), self.n_src)
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._edges is None:

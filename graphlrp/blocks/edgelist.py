@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from .. import reductions
-from ..layout import as_node_major, in_layout_of
 from ..transforms import Identity, Transform
 from .base import StaticBlock, edge_products
 from .sparse import _as_matrix, sampled_product
@@ -23,6 +22,7 @@ class EdgeListBlock(StaticBlock):
     """Edges held as local index lists and weights (duplicates must already be merged)."""
 
     kind = "edges"
+    operand_layout = "node"  # gathers and scatters along dim 0 of (n, B)
     prefers_node_major = True
     holds_any_edges = True
 
@@ -57,14 +57,14 @@ class EdgeListBlock(StaticBlock):
     def _gather_scatter(self, x: Tensor, weight: Tensor, gather: Tensor, scatter: Tensor, size: int) -> Tensor:
         if len(x) == 1:  # one sample: 1-D gathers and scatters, torch's fastest
             return self._gather_scatter_one(x[0], weight, gather, scatter, size)[None]
-        columns = as_node_major(x).T  # (n, B): dim-0 gathers and scatters are the fast layout
+        columns = x.T  # node-major x: (n, B), where dim-0 gathers and scatters are the fast layout
         out = columns.new_zeros((size, columns.shape[1]))
         chunk = max(1, CHUNK_ELEMENTS // max(1, columns.shape[1]))
         for start in range(0, self.num_edges, chunk):
             part = slice(start, start + chunk)
             messages = columns.index_select(0, gather[part]) * weight[part, None]
             reductions.scatter_add_(out, scatter[part].long(), messages)  # index_add_ is far slower on int32
-        return in_layout_of(out.T, x)
+        return out.T
 
     def _gather_scatter_one(self, x: Tensor, weight: Tensor, gather: Tensor, scatter: Tensor, size: int) -> Tensor:
         out = x.new_zeros(size)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import reductions
-from ..layout import in_layout_of, is_node_major
+from ..layout import is_node_major
 from ..transforms import Transform
 from .base import StaticBlock
 
@@ -55,7 +55,7 @@ class ElementwiseBlock(StaticBlock):
     def _rmatvec(self, s: Tensor, operand: Tensor) -> Tensor:
         out = s.new_zeros((self.n_src, len(s)))
         reductions.scatter_add_(out, self.index, (s * operand).T)
-        return in_layout_of(out.T, s)
+        return out.T
 
     # -- sums over samples: one slot per destination --------------------------------------------
     @property

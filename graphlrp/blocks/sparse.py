@@ -18,7 +18,6 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..layout import as_node_major, in_layout_of
 from ..transforms import Identity, Transform
 from .base import StaticBlock, edge_products
 
@@ -39,19 +38,16 @@ def _operand_dtype(values: Tensor) -> torch.dtype:
 
 
 def _times(matrix: Tensor, x: Tensor) -> Tensor:
-    """``x @ matrixᵀ`` for a batch ``x (B, n)``, in the layout and dtype of ``x``.
+    """``x @ matrixᵀ`` for a node-major batch ``x (B, n)``, node-major and in the dtype of ``x``.
 
-    torch's CSR product takes and gives node-major operands (:mod:`graphlrp.layout`); a
-    batch-major ``x`` costs a copy in and out, and so does an ``x`` of another dtype than a
-    widened ``matrix``.
+    torch's CSR product takes and gives node-major operands (:mod:`graphlrp.layout`); an ``x`` of
+    another dtype than a widened ``matrix`` costs a copy in and out.
     """
     if x.dtype != matrix.dtype:
         return _times(matrix, x.to(matrix.dtype)).to(x.dtype)
     if x.shape[0] == 1:
         return torch.mv(matrix, x[0])[None]
     columns = x.T
-    if not columns.is_contiguous():  # a batch-major operand: copied in, the result copied back
-        return in_layout_of(_times(matrix, as_node_major(x)), x)
     out = columns.new_empty((matrix.shape[0], columns.shape[1]))
     # beta=0 ignores out's contents: no zero fill, which torch.sparse.mm spends
     torch.addmm(out, matrix, columns, beta=0, out=out)
@@ -90,6 +86,7 @@ class SparseBlock(StaticBlock):
     """
 
     kind = "sparse"
+    operand_layout = "node"  # torch's CSR product takes and gives (n, B) operands
     prefers_node_major = True
     holds_any_edges = True
 
