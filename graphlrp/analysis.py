@@ -22,7 +22,7 @@ from . import reductions
 from .composites import Composite
 from .explanation import Explanation
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
-from .export import check_bool, check_fraction, check_int, edge_relevance_chunks, edges_holding_mass
+from .export import _numpy, check_bool, check_fraction, check_int, edge_relevance_chunks, edges_holding_mass
 from .graph import Graph, Level
 from .memory import check_budget
 from .rules import Rule
@@ -347,13 +347,13 @@ def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float 
     check_fraction("fraction", fraction)
     messages = explanation.edge_relevance(row)
     magnitude = messages.abs()
-    kept = torch.as_tensor(edges_holding_mass(magnitude.cpu().numpy(), fraction), device=messages.device)
+    kept = torch.as_tensor(edges_holding_mass(_numpy(magnitude), fraction), device=messages.device)
     src, dst, _ = explanation.graph.edges()
-    total = float(magnitude.sum())
+    total = float(magnitude.sum(dtype=torch.float64))  # not rounded to a half type
     return Circuit(
         explanation, row, kept, src[kept], dst[kept], messages[kept],
         nodes=torch.unique(torch.cat([src[kept], dst[kept]])),
-        fraction=float(magnitude[kept].sum()) / total if total > 0 else 1.0,
+        fraction=float(magnitude[kept].sum(dtype=torch.float64)) / total if total > 0 else 1.0,
     )
 
 

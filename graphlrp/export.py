@@ -141,7 +141,7 @@ def edges_holding_mass(magnitude: np.ndarray, fraction: float) -> np.ndarray:
     """
     check_fraction("mass", fraction)
     order = np.argsort(-magnitude, kind="stable")
-    cumulative = np.cumsum(magnitude[order])
+    cumulative = np.cumsum(magnitude[order], dtype=np.float64)  # a half type's sum would stop growing
     if len(cumulative) == 0 or cumulative[-1] == 0:
         return order[:0]
     count = int(np.searchsorted(cumulative, fraction * cumulative[-1], side="left")) + 1

@@ -150,6 +150,24 @@ def test_circuit_is_the_smallest_edge_set_holding_the_fraction(fraction):
     assert torch.equal(circuit.nodes, torch.unique(torch.cat([circuit.src, circuit.dst])))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_circuit_of_a_low_precision_graph_is_the_smallest_edge_set_holding_the_fraction(dtype):
+    model = make_mlp([8, 10, 6, 3], seed=0)
+    x = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    graph = graphlrp.lower(model, x).to(dtype=dtype)
+    explanation = graphlrp.explain(graph, x.to(dtype), target=1)
+    magnitude = explanation.edge_relevance(1).abs().double()  # the reference sums in float64
+    total = float(magnitude.sum())
+    for fraction in (0.2, 0.5, 0.9, 1.0):
+        circuit = analysis.relevant_circuit(explanation, 1, fraction)
+        assert circuit.relevance.dtype == dtype
+        held = float(magnitude[circuit.edges].sum())
+        assert held >= fraction * total * (1 - 1e-6)
+        assert circuit.fraction == pytest.approx(held / total, rel=1e-12)
+        best_smaller = float(magnitude.sort(descending=True).values[: len(circuit.edges) - 1].sum())
+        assert best_smaller < fraction * total * (1 + 1e-6)
+
+
 @pytest.mark.parametrize("make", [lambda: explained_mlp(), lambda: explained_dag(3, batch=1)])
 def test_a_full_circuit_reproduces_the_explained_output(make):
     explanation = make()
