@@ -183,7 +183,7 @@ def _edges(G: nx.Graph) -> list[tuple]:
 def _tensor_print(t: torch.Tensor) -> tuple:
     data = t.detach()
     raw = data.cpu().contiguous().reshape(-1)
-    raw = raw.view(torch.uint8) if raw.numel() and raw.dtype != torch.bool else raw
+    raw = raw.view(torch.uint8) if raw.dtype != torch.bool else raw  # numpy has no bfloat16, even empty
     grad = None if t.grad is None else _tensor_print(t.grad)
     return ("tensor", str(t.dtype), tuple(t.shape), t.stride(), str(t.device), t.requires_grad, grad,
             hashlib.sha256(raw.numpy().tobytes()).hexdigest())
