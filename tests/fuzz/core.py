@@ -183,10 +183,13 @@ def _edges(G: nx.Graph) -> list[tuple]:
 def _tensor_print(t: torch.Tensor) -> tuple:
     data = t.detach()
     raw = data.cpu().contiguous().reshape(-1)
-    raw = raw.view(torch.uint8) if raw.dtype != torch.bool else raw  # numpy has no bfloat16, even empty
+    if raw.numel() == 0:  # no bytes (numpy has no bfloat16, and an empty tensor may not be viewed as bytes)
+        content = b""
+    else:
+        content = (raw.view(torch.uint8) if raw.dtype != torch.bool else raw).numpy().tobytes()
     grad = None if t.grad is None else _tensor_print(t.grad)
     return ("tensor", str(t.dtype), tuple(t.shape), t.stride(), str(t.device), t.requires_grad, grad,
-            hashlib.sha256(raw.numpy().tobytes()).hexdigest())
+            hashlib.sha256(content).hexdigest())
 
 
 def _file_print(path: Path) -> str | None:
