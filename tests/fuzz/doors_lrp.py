@@ -634,8 +634,10 @@ class AnalysisDoor(Door):
             for item in result:
                 require(all(math.isfinite(v) for v in (item.relevance_a, item.relevance_b, item.difference)),
                         f"non-finite contrast {item}")
-                require(abs(item.difference - (item.relevance_a - item.relevance_b)) <= 1e-9 * max(
-                    1.0, abs(item.relevance_a)), f"difference is not a - b in {item}")
+                # a - b rounded once in the graph's dtype: within one unit in the last place
+                eps = torch.finfo(explanation.node_relevance.dtype).eps
+                require(abs(item.difference - (item.relevance_a - item.relevance_b)) <= eps * max(
+                    abs(item.relevance_a), abs(item.relevance_b), 1e-30), f"difference is not a - b in {item}")
         elif function == "level_flow":
             for row in result:
                 require(all(math.isfinite(row[k]) for k in ("positive", "negative", "total")), f"non-finite {row}")
