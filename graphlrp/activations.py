@@ -90,6 +90,13 @@ ACTIVATIONS: dict[str, ActivationFn] = {
 }
 
 
+#: activations whose every value is ``>= 0`` (or NaN), whatever the pre-activation: by name here,
+#: by module type (``nn.ReLU`` ...) where lowered from torch modules, and NEAT's softplus
+NONNEGATIVE = frozenset({"relu", "relu6", "sigmoid", "softplus", "hardsigmoid", "abs", "neat_sigmoid", "gauss",
+                         "hat", "square", "exp", "ReLU", "ReLU6", "Sigmoid", "Softplus", "Hardsigmoid",
+                         "neat_softplus"})
+
+
 @dataclass(frozen=True)
 class Activation:
     """A named element-wise function; ``fn`` is called on the pre-activation tensor."""
@@ -99,6 +106,11 @@ class Activation:
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.fn(z)
+
+    @property
+    def nonnegative(self) -> bool:
+        """Whether every value is ``>= 0`` by the function alone (the last of a chain decides)."""
+        return self.name.rsplit(">", 1)[-1] in NONNEGATIVE
 
     def __repr__(self) -> str:
         return self.name

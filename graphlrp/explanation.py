@@ -125,7 +125,8 @@ class Explanation:
         chosen = self.sample_rows(sample)
         element = self.node_relevance.element_size()
         check_budget(f"edge relevance of {len(chosen)} sample(s) × {self.graph.num_edges:,} edges",
-                     self.graph.num_edges * (len(chosen) * element * 3 + 16 + element), max_bytes)
+                     self.graph.num_edges * (len(chosen) * element * 3 + 16 + element), max_bytes,
+                     self.node_relevance.device)
         index = torch.tensor(chosen, dtype=torch.long, device=self.node_relevance.device)
         single = is_index(sample)
         shape = (self.graph.num_edges,) if single else (len(chosen), self.graph.num_edges)

@@ -104,14 +104,15 @@ class Graph:
             self.outputs = torch.arange(last.offset, last.offset + last.size, device=self.device)
             self.output_shape: tuple[int, ...] = tuple(output_shape) if output_shape is not None else last.shape
         else:
+            self.output_shape = tuple(output_shape) if output_shape is not None else (len(outputs),)
+        if math.prod(self.output_shape) != len(self.outputs if outputs is None else outputs):
+            raise InputError(f"output_shape {self.output_shape} does not hold {len(outputs)} outputs")
+        #: whether the outputs are the last level's nodes in order (the common case); decided where
+        #: ``outputs`` are given (a graph moved to a device reads them on the host)
+        self.outputs_are_last_level = outputs is None or (len(outputs) == last.size and bool(
+            (outputs == torch.arange(last.offset, last.offset + last.size, device=outputs.device)).all()))
+        if outputs is not None:
             self.outputs = outputs.to(device=self.device, dtype=torch.long)
-            self.output_shape = tuple(output_shape) if output_shape is not None else (len(self.outputs),)
-        if math.prod(self.output_shape) != len(self.outputs):
-            raise InputError(f"output_shape {self.output_shape} does not hold {len(self.outputs)} outputs")
-        #: whether the outputs are the last level's nodes in order (the common case)
-        self.outputs_are_last_level = len(self.outputs) == last.size and bool(
-            (self.outputs == torch.arange(last.offset, last.offset + last.size, device=self.outputs.device)).all()
-        )
         incoming: list[list[Block]] = [[] for _ in self.levels]
         for block in self.blocks:
             incoming[block.dst].append(block)
@@ -174,7 +175,8 @@ class Graph:
         for level in self.levels:
             if level.bias is not None:
                 return level.bias.device
-        return torch.device("cpu")
+        outputs = self.__dict__.get("outputs")  # a graph without weights: where its outputs are
+        return torch.device("cpu") if outputs is None else outputs.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -212,7 +214,8 @@ class Graph:
         Convolutions' edges are listed on demand; ``max_bytes`` (default: half the available
         memory) refuses a listing that would not fit, before allocating it.
         """
-        check_budget(f"listing {self.num_edges:,} edges", self.num_edges * (16 + _element_size(self.dtype)), max_bytes)
+        check_budget(f"listing {self.num_edges:,} edges", self.num_edges * (16 + _element_size(self.dtype)), max_bytes,
+                     self.device)
         if not self.blocks:
             empty = torch.zeros(0, dtype=torch.long, device=self.device)
             return empty, empty, torch.zeros(0, dtype=self.dtype, device=self.device)
@@ -245,17 +248,21 @@ class Graph:
             replace(l, bias=None if l.bias is None else l.bias.to(device=device, dtype=dtype)) for l in self.levels
         ]
         blocks = [b.to(device=device, dtype=dtype) for b in self.blocks]
-        graph = Graph(levels, blocks, self.outputs.to(device), self.output_shape)
+        graph = Graph(levels, blocks, self.outputs, self.output_shape)
+        graph.outputs = graph.outputs.to(device)  # of a graph without weights too
         graph.original_ids = None if self.original_ids is None else self.original_ids.to(device)
         graph.node_names = self.node_names
         graph._node_major = self._node_major
         return graph
 
     # -- computing ----------------------------------------------------------------------------
-    def check_input(self, x: Tensor) -> None:
+    def check_input(self, x: Tensor, finite: bool = True) -> None:
         """Raise a clear error if ``x`` is not a finite, non-empty batch of the graph's input shape,
         dtype and device: :class:`~graphlrp.errors.ArgumentTypeError` for a type or dtype,
-        :class:`~graphlrp.errors.InputError` for a shape, an empty batch, a device, NaN or inf."""
+        :class:`~graphlrp.errors.InputError` for a shape, an empty batch, a device, NaN or inf.
+
+        ``finite=False`` leaves out the test for NaN and inf (one read of the device), for a
+        caller that makes it later (:func:`check_finite_input`)."""
         if not isinstance(x, Tensor):
             raise ArgumentTypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         expected = self.input_shape
@@ -272,12 +279,8 @@ class Graph:
             raise ArgumentTypeError(f"input dtype {x.dtype} does not match the graph's {self.dtype}; use graph.to(dtype=...)")
         if x.device != self.device:
             raise InputError(f"input is on {x.device} but the graph is on {self.device}; use graph.to({str(x.device)!r})")
-        if math.isfinite(x.sum().item()):  # fast path: a finite sum has only finite terms
-            return
-        finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
-        if not bool(finite.all()):
-            bad = torch.nonzero(~finite).flatten()[:5].tolist()
-            raise InputError(f"input contains NaN or inf (samples {bad})")
+        if finite and not math.isfinite(x.sum().item()):  # a finite sum has only finite terms
+            check_finite_input(x)
 
     def input_activations(self, x: Tensor) -> Tensor:
         """Level 0's activations ``(B, n)`` for the batch ``x``, in the graph's layout."""
@@ -342,3 +345,11 @@ class Graph:
 
 def _element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def check_finite_input(x: Tensor) -> None:
+    """Raise :class:`~graphlrp.errors.InputError` naming the samples of ``x`` that hold NaN or inf."""
+    finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()[:5].tolist()
+        raise InputError(f"input contains NaN or inf (samples {bad})")

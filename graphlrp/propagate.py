@@ -67,15 +67,17 @@ class LevelRecord:
     denominators: list[Tensor] = field(default_factory=list)
 
 
-def run_forward(graph: Graph, workspace: Workspace, x: Tensor, rules: Sequence[Rule | None] | None = None) -> Trace:
+def run_forward(graph: Graph, workspace: Workspace, x: Tensor, rules: Sequence[Rule | None] | None = None,
+                check_finite: bool = True) -> Trace:
     """Compute every level's pre-activation and output for the batch ``x``.
 
     With ``rules`` (one per level, as :meth:`Composite.rules` gives them), a level whose rule's
     products add up to the forward product (:attr:`LevelPlan.forward`) is computed from them, and
     they are kept for the redistribution, where the workspace allows it
     (:meth:`Workspace.may_keep_products`); the result equals the plain forward up to rounding.
+    ``check_finite=False`` leaves the test of ``x`` for NaN and inf to the caller.
     """
-    graph.check_input(x)
+    graph.check_input(x, finite=check_finite)
     x = x.detach()  # the caller's tensor, without its autograd history (its values are only read)
     # the output is set once the last level is computed
     trace = Trace([graph.input_activations(x)], [None], output=x)
@@ -145,9 +147,15 @@ class _Inputs:
 
     @cached_property
     def nonnegative(self) -> bool:
-        """Whether every value is ``>= 0`` (checked on first use: one pass over the level)."""
+        """Whether every value is ``>= 0``: known from the level's activation function, else on the
+        CPU checked on first use (one pass over the level), elsewhere taken as unknown (``False``;
+        a read of the device would cost more than the pass over the level it may save)."""
+        if self.level.activation.nonnegative or self.activation.numel() == 0:
+            return True
+        if self.activation.device.type != "cpu":
+            return False
         stored = self.activation.T if is_node_major(self.activation) else self.activation  # else a copy
-        return self.activation.numel() == 0 or bool(stored.min() >= 0)
+        return bool(stored.min() >= 0)
 
     def effective(self, transform: Transform) -> Transform | None:
         """The transform that gives the same values here: ``None`` if they are all zero."""

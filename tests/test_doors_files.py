@@ -79,7 +79,7 @@ def test_node_count_within_the_limit_is_held_to_the_memory_budget(monkeypatch):
     src, dst, weight = [0, 1], [10_000, 10_000], [1.0, 2.0]
     graph = graphlrp.graph_from_edges(src, dst, weight)  # ids 2 .. 9999 are isolated inputs
     assert graph.num_nodes == 10_001
-    monkeypatch.setattr(memory, "default_budget", lambda: 100_000)
+    monkeypatch.setattr(memory, "default_budget", lambda device=None: 100_000)
     with pytest.raises(GraphTooLargeError, match="10,001 nodes.*above the budget"):
         graphlrp.graph_from_edges(src, dst, weight)
 
@@ -577,7 +577,7 @@ def test_top_paths_with_a_huge_k_does_the_work_of_the_paths_that_exist(monkeypat
     explanation = layered_explanation([4, 3, 4, 1])  # 4 · 3 · 4 = 48 paths to the output
     expected = enumerated_path_scores(explanation, score)
     assert len(expected) == 48
-    monkeypatch.setattr(memory, "default_budget", lambda: 1 << 20)  # 10⁷ paths per node would need ~10 GB
+    monkeypatch.setattr(memory, "default_budget", lambda device=None: 1 << 20)  # 10⁷ paths per node would need ~10 GB
     paths = analysis.top_paths(explanation, 0, target=0, k=10**7, score=score)
     assert len(paths) == 48
     np.testing.assert_allclose([abs(p.score) for p in paths], [abs(s) for s in expected], rtol=1e-12)
@@ -586,7 +586,7 @@ def test_top_paths_with_a_huge_k_does_the_work_of_the_paths_that_exist(monkeypat
 
 def test_top_paths_beyond_the_memory_budget_is_refused(monkeypatch):
     explanation = layered_explanation([6, 6, 6, 6, 1])  # 6⁴ = 1296 paths
-    monkeypatch.setattr(memory, "default_budget", lambda: 1 << 16)
+    monkeypatch.setattr(memory, "default_budget", lambda device=None: 1 << 16)
     with pytest.raises(GraphTooLargeError, match="the 1,296 best paths from each of 25 nodes"):
         analysis.top_paths(explanation, target=0, k=10**9)
     assert len(analysis.top_paths(explanation, target=0, k=5)) == 5

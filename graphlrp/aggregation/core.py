@@ -127,7 +127,7 @@ class Aggregate:
         half the available memory) is refused before anything is allocated."""
         classes = self._sums.classes
         check_budget(f"summed relevance of {self.graph.num_edges:,} edges × {classes} class(es)",
-                     self.graph.num_edges * classes * 8 * 2, max_bytes)
+                     self.graph.num_edges * classes * 8 * 2, max_bytes, self.graph.device)
         parts = [self._sums.edge_values(k) for k in range(len(self.graph.blocks))]
         values = torch.cat(parts, dim=1) if parts else self._sums.nodes.new_zeros((classes, 0))
         return self._shaped(values)

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .. import kernels
+from ..devices import same_device
 from ..errors import InputError
 from ..layout import as_node_major, in_layout_of
 from ..transforms import EdgeIndicator, Identity, Transform, check_maps_zero_to_zero
@@ -257,7 +258,7 @@ class Block(ABC):
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Block":
         """A copy of the block on ``device`` with weights of ``dtype`` (self if nothing changes)."""
-        if (device is None or torch.device(device) == self.device) and (dtype is None or dtype == self.dtype):
+        if (device is None or same_device(device, self.device)) and (dtype is None or dtype == self.dtype):
             return self
         return self._to(device, dtype)
 

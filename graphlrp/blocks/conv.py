@@ -8,6 +8,7 @@ whose weight is nonzero and whose input position is inside the input (padding gi
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
-from ..transforms import Transform
+from ..transforms import EdgeIndicator, Ones, Transform
 from .base import SUM_CHUNK_ELEMENTS, StaticBlock
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -74,7 +75,9 @@ class ConvBlock(StaticBlock):
         padding: tuple[int, ...],
         dilation: tuple[int, ...],
         groups: int,
+        num_edges: int | None = None,
     ) -> None:
+        """``num_edges`` is counted unless given (a copy knows it already)."""
         super().__init__(src, dst, n_src=math.prod(in_shape), n_dst=math.prod(out_shape))
         self.dims = weight.dim() - 2
         if self.dims not in _CONV:
@@ -83,8 +86,8 @@ class ConvBlock(StaticBlock):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
         self.groups = groups
-        self._num_edges = count_conv_edges(weight, self.in_shape, self.out_shape, self.stride, self.padding,
-                                           self.dilation)
+        self._num_edges = num_edges if num_edges is not None else count_conv_edges(
+            weight, self.in_shape, self.out_shape, self.stride, self.padding, self.dilation)
         self._edges: tuple[Tensor, Tensor, Tensor] | None = None
         self._slots: Tensor | None = None
 
@@ -97,9 +100,18 @@ class ConvBlock(StaticBlock):
 
     def _transformed(self, transform: Transform) -> tuple[Tensor, Tensor | None]:
         kernel = transform(self.weight)
-        return kernel, self._flipped(kernel)
+        return kernel, self._flipped(kernel, self._uniform(transform))
 
-    def _flipped(self, kernel: Tensor) -> Tensor | None:
+    def _uniform(self, transform: Transform) -> bool:
+        """Whether ``transform`` gives every kernel entry one value (the flat rule's ones), known from
+        the transform and, once per block, whether every weight is nonzero."""
+        return isinstance(transform, Ones) or (isinstance(transform, EdgeIndicator) and self._no_zero_weight)
+
+    @functools.cached_property
+    def _no_zero_weight(self) -> bool:
+        return bool(torch.count_nonzero(self.weight) == self.weight.numel())
+
+    def _flipped(self, kernel: Tensor, uniform: bool) -> Tensor | None:
         """The kernel of the transposed convolution as a plain one, where that is exact and applies.
 
         With stride 1 and one group, the transpose of a convolution is a convolution with the
@@ -110,7 +122,7 @@ class ConvBlock(StaticBlock):
         if self.groups != 1 or any(s != 1 for s in self.stride) or any(r < p for r, p in zip(reach, self.padding)):
             return None
         flipped = kernel.transpose(0, 1).flip(dims=tuple(range(2, kernel.dim()))).contiguous()
-        if flipped.shape[1] > 1 and bool((flipped == flipped[:, :1]).all()):
+        if flipped.shape[1] > 1 and uniform:
             # the same kernel for every channel it sums over (the flat rule's ones): sum the
             # channels first, then one channel's convolution
             return flipped[:, :1].contiguous()
@@ -230,5 +242,8 @@ class ConvBlock(StaticBlock):
         return values.sum(-3).reshape(*values.shape[:-4], *self.weight.shape)
 
     def _to(self, device, dtype) -> "ConvBlock":
+        # a weight that is nonzero stays nonzero in a wider dtype; another may round it to zero
+        narrowing = dtype is not None and dtype != self.dtype and torch.finfo(dtype).bits <= torch.finfo(self.dtype).bits
         return ConvBlock(self.src, self.dst, self.weight.to(device=device, dtype=dtype), self.in_shape,
-                         self.out_shape, self.stride, self.padding, self.dilation, self.groups)
+                         self.out_shape, self.stride, self.padding, self.dilation, self.groups,
+                         None if narrowing else self._num_edges)

@@ -51,12 +51,13 @@ class DenseBlock(StaticBlock):
     prefers_node_major = True
     holds_any_edges = True
 
-    def __init__(self, src: int, dst: int, weight: Tensor) -> None:
+    def __init__(self, src: int, dst: int, weight: Tensor, num_edges: int | None = None) -> None:
+        """``num_edges``, the nonzero weights, is counted unless given (a copy knows it already)."""
         if weight.dim() != 2:
             raise InputError(f"dense block weight must be 2-D (n_dst, n_src), got shape {tuple(weight.shape)}")
         super().__init__(src, dst, n_src=weight.shape[1], n_dst=weight.shape[0])
         self.weight = weight
-        self._num_edges = int(torch.count_nonzero(weight))
+        self._num_edges = int(torch.count_nonzero(weight)) if num_edges is None else num_edges
         self._edges: tuple[Tensor, Tensor, Tensor] | None = None
 
     @classmethod
@@ -168,7 +169,10 @@ class DenseBlock(StaticBlock):
         return self._edges
 
     def _to(self, device, dtype) -> "DenseBlock":
-        return DenseBlock(self.src, self.dst, self.weight.to(device=device, dtype=dtype))
+        # a weight that is nonzero stays nonzero in a wider dtype; another may round it to zero
+        narrowing = dtype is not None and dtype != self.dtype and torch.finfo(dtype).bits <= torch.finfo(self.dtype).bits
+        return DenseBlock(self.src, self.dst, self.weight.to(device=device, dtype=dtype),
+                          None if narrowing else self._num_edges)
 
 
 def _keeps(cache: OperandCache | None, transform: Transform, v: Tensor) -> bool:

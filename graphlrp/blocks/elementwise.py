@@ -6,6 +6,8 @@ that cannot be folded) with one weight per node.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -36,8 +38,9 @@ class ElementwiseBlock(StaticBlock):
         super().__init__(src, dst, n_src=n_src, n_dst=len(index))
         self.index = index.to(device=weight.device, dtype=torch.long)
         self.weight = weight
+        self._edges: tuple[Tensor, Tensor, Tensor] | None = None
 
-    @property
+    @functools.cached_property
     def num_edges(self) -> int:
         return int(torch.count_nonzero(self.weight))
 
@@ -68,7 +71,7 @@ class ElementwiseBlock(StaticBlock):
         out.add_((sources * s.T).sum(1), alpha=alpha)
 
     def edge_slots(self) -> Tensor:
-        return torch.nonzero(self.weight != 0).flatten()
+        return self.edges()[1]
 
     def slot_weights(self, transform: Transform) -> Tensor:
         return transform(self.weight)
@@ -77,8 +80,11 @@ class ElementwiseBlock(StaticBlock):
         return values
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
-        keep = self.weight != 0
-        return self.index[keep], torch.nonzero(keep).flatten(), self.weight[keep]
+        """Listed once (one read of the device to find the nonzero weights), then kept."""
+        if self._edges is None:
+            keep = self.weight != 0
+            self._edges = (self.index[keep], torch.nonzero(keep).flatten(), self.weight[keep])
+        return self._edges
 
     def _to(self, device, dtype) -> "ElementwiseBlock":
         return ElementwiseBlock(self.src, self.dst, self.n_src, self.index.to(device),

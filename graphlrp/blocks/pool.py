@@ -11,6 +11,8 @@ inputs. The winners are found in the forward pass and kept as the block's state.
 """
 from __future__ import annotations
 
+import functools
+
 import itertools
 import math
 
@@ -26,6 +28,12 @@ from .conv import ConvBlock
 
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 MODES = ("winner", "proportional")
+
+
+@functools.lru_cache(maxsize=64)
+def _transformed_one(transform: Transform) -> float:
+    """``transform(1)``: the transformed weight of a pooling edge (computed once per transform)."""
+    return float(transform(torch.ones(1, dtype=torch.float64)))
 
 
 class MaxPoolBlock(Block):
@@ -48,13 +56,16 @@ class MaxPoolBlock(Block):
         mode: str = "winner",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        num_edges: int | None = None,
     ) -> None:
+        """``num_edges``, the windows' edges, is counted unless given (a copy knows it already)."""
         if mode not in MODES:
             raise InputError(f"max pooling mode must be one of {MODES}, got {mode!r}")
         channels = in_shape[0]
         ones = torch.ones((channels, 1, *kernel), dtype=dtype, device=device)
         # the windows as a depthwise convolution with unit weights: same edges, same geometry
-        self.windows = ConvBlock(src, dst, ones, in_shape, out_shape, stride, padding, dilation, groups=channels)
+        self.windows = ConvBlock(src, dst, ones, in_shape, out_shape, stride, padding, dilation, groups=channels,
+                                 num_edges=num_edges)
         super().__init__(src, dst, self.windows.n_src, self.windows.n_dst)
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
@@ -150,7 +161,7 @@ class MaxPoolBlock(Block):
         return in_layout_of(self._planes(x).gather(2, state).reshape(len(x), self.n_dst), x)
 
     def _unit_weight(self, transform: Transform) -> float:
-        return float(transform(torch.ones(1, dtype=torch.float64)))
+        return _transformed_one(transform)
 
     def matvec(self, x: Tensor, transform: Transform, state: Tensor = None, cache: OperandCache | None = None) -> Tensor:
         if self.mode == "proportional":
@@ -247,4 +258,4 @@ class MaxPoolBlock(Block):
     def _to(self, device, dtype) -> "MaxPoolBlock":
         return MaxPoolBlock(self.src, self.dst, self.in_shape, self.out_shape, self.kernel, self.stride, self.padding,
                             self.dilation, self.ceil_mode, self.mode, dtype or self.dtype,
-                            device if device is not None else self.device)
+                            device if device is not None else self.device, self.windows.num_edges)

@@ -74,9 +74,11 @@ def _as_matrix(values: Tensor, rows: Tensor, cols: Tensor, n_rows: int, n_cols: 
     return matrix.reshape(*values.shape[:-1], n_rows, n_cols)
 
 
-def _rows_of(crow: Tensor) -> Tensor:
+def _rows_of(crow: Tensor, entries: int) -> Tensor:
+    """The row of each of the ``entries`` stored entries (their number given: no read of the device)."""
     counts = crow[1:] - crow[:-1]
-    return torch.repeat_interleave(torch.arange(len(counts), device=crow.device, dtype=crow.dtype), counts)
+    return torch.repeat_interleave(torch.arange(len(counts), device=crow.device, dtype=crow.dtype), counts,
+                                   output_size=entries)
 
 
 class SparseBlock(StaticBlock):
@@ -159,7 +161,7 @@ class SparseBlock(StaticBlock):
     def _columns_t(self) -> Tensor:
         """``Wᵀ``'s column indices: each edge's destination, in ``Wᵀ``'s order (built once, kept with the block)."""
         if self._col_t is None:
-            rows = self._rows if self._rows is not None else _rows_of(self.crow)
+            rows = self._rows if self._rows is not None else _rows_of(self.crow, len(self.col))
             self._col_t = rows.index_select(0, self.perm_t)
         return self._col_t
 
@@ -175,7 +177,7 @@ class SparseBlock(StaticBlock):
         Expanding the row pointers costs more than gathering by the result, so it is kept.
         """
         if self._rows is None:
-            self._rows = _rows_of(self.crow)
+            self._rows = _rows_of(self.crow, len(self.col))
         return self._rows
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -133,7 +133,7 @@ def lower(
             output = _lower_sequential(model, example_input, builder)
         else:
             output = lower_traced(model, example_input, builder)
-        _check_size(builder, max_edges, max_bytes)
+        _check_size(builder, max_edges, max_bytes, example_input.device)
         graph = builder.finish(output).to(device=example_input.device)
         if check:
             _check_forward(model, graph, example_input)
@@ -209,12 +209,16 @@ def _state_preserved(model: nn.Module) -> Iterator[None]:
                     tensor.copy_(saved)
 
 
-def _check_size(builder: GraphBuilder, max_edges: int | None, max_bytes: int | None) -> None:
+def _check_size(builder: GraphBuilder, max_edges: int | None, max_bytes: int | None, device: torch.device) -> None:
+    """Refuse a graph over ``max_edges`` or the memory budget: of the host, where it is built, and
+    of ``device``, where it is moved."""
     nodes, edges, nbytes = builder.estimate()
     what = f"the graph ({nodes:,} nodes, {edges:,} edges)"
     if max_edges is not None and edges > max_edges:
         raise GraphTooLargeError(f"{what} has more edges than max_edges={max_edges:,}")
     check_budget(what, nbytes, max_bytes)
+    if device.type != "cpu":
+        check_budget(what, nbytes, max_bytes, device)
 
 
 def _random_like(example_input: Tensor) -> Tensor:
