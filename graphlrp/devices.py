@@ -1,4 +1,4 @@
-"""Devices: naming them alike, and how a block kind is chosen on each.
+"""Devices: one name for each, whatever the user writes.
 
 A tensor on ``cuda:0`` reports ``torch.device('cuda', 0)``, while a user writes ``'cuda'``:
 :func:`resolve` gives both the same name, so that moving a graph to the device it is on copies

@@ -91,6 +91,15 @@ class OperandCache:
         self.row_sums.clear()
 
 
+def count_after_cast(count: int, source: torch.dtype, target: torch.dtype | None) -> int | None:
+    """The number of nonzero weights after casting ``count`` of them from ``source`` to ``target``:
+    unchanged in the same or a wider dtype, ``None`` (count again) where a narrower one may round
+    a weight to zero."""
+    if target is None or target == source or torch.finfo(target).bits > torch.finfo(source).bits:
+        return count
+    return None
+
+
 def _max_abs(weight: Tensor) -> float:
     return float(weight.abs().max()) if weight.numel() else 0.0
 

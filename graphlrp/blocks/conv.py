@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..transforms import EdgeIndicator, Ones, Transform
-from .base import SUM_CHUNK_ELEMENTS, StaticBlock
+from .base import SUM_CHUNK_ELEMENTS, StaticBlock, count_after_cast
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
@@ -242,8 +242,6 @@ class ConvBlock(StaticBlock):
         return values.sum(-3).reshape(*values.shape[:-4], *self.weight.shape)
 
     def _to(self, device, dtype) -> "ConvBlock":
-        # a weight that is nonzero stays nonzero in a wider dtype; another may round it to zero
-        narrowing = dtype is not None and dtype != self.dtype and torch.finfo(dtype).bits <= torch.finfo(self.dtype).bits
         return ConvBlock(self.src, self.dst, self.weight.to(device=device, dtype=dtype), self.in_shape,
                          self.out_shape, self.stride, self.padding, self.dilation, self.groups,
-                         None if narrowing else self._num_edges)
+                         count_after_cast(self._num_edges, self.dtype, dtype))

@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..layout import in_layout_of, is_node_major
 from ..scratch import scratch
 from ..transforms import Identity, Transform, check_maps_zero_to_zero
-from .base import OperandCache, StaticBlock
+from .base import OperandCache, StaticBlock, count_after_cast
 
 #: transformed weights per panel: 1 MB of float32, which stays in a core's cache
 PANEL_ELEMENTS = 2**18
@@ -169,10 +169,8 @@ class DenseBlock(StaticBlock):
         return self._edges
 
     def _to(self, device, dtype) -> "DenseBlock":
-        # a weight that is nonzero stays nonzero in a wider dtype; another may round it to zero
-        narrowing = dtype is not None and dtype != self.dtype and torch.finfo(dtype).bits <= torch.finfo(self.dtype).bits
         return DenseBlock(self.src, self.dst, self.weight.to(device=device, dtype=dtype),
-                          None if narrowing else self._num_edges)
+                          count_after_cast(self._num_edges, self.dtype, dtype))
 
 
 def _keeps(cache: OperandCache | None, transform: Transform, v: Tensor) -> bool:
