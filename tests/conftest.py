@@ -1,6 +1,8 @@
 """Shared fixtures: reference models and the block kinds / reduction backends to run them on."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn as nn
@@ -10,6 +12,21 @@ from graphlrp import reductions
 #: (block kind, reduction backend) pairs every agreement test runs on; the edge-list kind
 #: reduces with each available backend (native torch, and torch_scatter when installed)
 KERNELS = [("dense", "torch"), ("sparse", "torch")] + [("edges", name) for name in reductions.available_backends()]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (every torchvision model, multi-process runs, ...)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked slow unless ``--slow`` is given or ``GRAPHLRP_SLOW=1`` is set."""
+    if config.getoption("--slow") or os.environ.get("GRAPHLRP_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow or GRAPHLRP_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(params=KERNELS, ids=[f"{k}-{b}" for k, b in KERNELS])
