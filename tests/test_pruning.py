@@ -331,3 +331,17 @@ def test_bad_arguments_are_refused_with_graphlrp_errors(call, error, message):
         call()
     assert isinstance(raised.value, GraphLRPError) and message in str(raised.value)
     assert all(torch.equal(before[k], v) for k, v in state(MLP).items())
+
+
+def test_graphlrp_imports_without_torch_pruning_and_says_what_to_install():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch_pruning'] = None\n"
+            "import torch, graphlrp\n"
+            "from graphlrp import pruning, rules\n"
+            "model = torch.nn.Sequential(torch.nn.Linear(3, 2))\n"
+            "importance = pruning.RelevanceImportance(model, torch.rand(4, 3), target=0, rule=rules.Epsilon())\n"
+            "try:\n    importance([])\nexcept ImportError as error:\n    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'graphlrp[pruning]'" in result.stdout
