@@ -10,6 +10,7 @@ from . import errors
 from .errors import (
     ArgumentTypeError,
     CycleError,
+    DeviceError,
     FileFormatError,
     GraphLRPError,
     GraphTooLargeError,
@@ -20,6 +21,7 @@ from .errors import (
     RuleParameterError,
     UnsupportedModuleError,
 )
+from .determinism import deterministic
 from .explainer import Explainer, explain
 from .explanation import Explanation, LevelBalance
 from .aggregation import Aggregate, aggregate
@@ -46,6 +48,7 @@ __all__ = [
     "frontends",
     "Composite",
     "CycleError",
+    "DeviceError",
     "Explainer",
     "Explanation",
     "Graph",
@@ -55,6 +58,7 @@ __all__ = [
     "LoweringMismatchError",
     "UnsupportedModuleError",
     "composites",
+    "deterministic",
     "explain",
     "from_neat",
     "from_neat_network",

@@ -8,6 +8,7 @@ lowering and :meth:`graphlrp.Graph.to` on a device of that name uses the measure
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +39,8 @@ class Calibration:
         Per batch (as a string, for JSON), the highest density timed at which CSR was as fast as
         dense (0 where it never was).
     seconds : dict
-        Per ``'<batch>/<density>'``, the median seconds of a dense and a CSR product pair.
+        Per ``'<batch>/<density>'``, the seconds of a dense and of a CSR product pair (the
+        fastest of the repeats).
     size : int
         The matrices timed were ``size × size``.
     """
@@ -78,7 +80,7 @@ def calibrate(device: torch.device | str = "cpu", size: int = 1024, batches: Seq
     densities : sequence of float
         Densities to time, ascending, in ``(0, 1]``.
     repeats : int
-        Timed repetitions per case (the median counts), after one untimed call.
+        Timed repetitions per case (the fastest counts), after one untimed call.
     dtype : torch.dtype
         Of the weights and operands.
     save : bool
@@ -108,8 +110,8 @@ def calibrate(device: torch.device | str = "cpu", size: int = 1024, batches: Seq
             mask = torch.rand(size, size, generator=generator) < density
             weight = (torch.randn(size, size, generator=generator, dtype=dtype) * mask).to(device)
             dense, sparse = DenseBlock(0, 1, weight), SparseBlock.from_matrix(0, 1, weight)
-            pair = {name: _median_seconds(lambda b=block: b.rmatvec(b.matvec(x)), repeats, device)
-                    for name, block in (("dense", dense), ("sparse", sparse))}
+            pair = _fastest_seconds({"dense": lambda: dense.rmatvec(dense.matvec(x)),
+                                     "sparse": lambda: sparse.rmatvec(sparse.matvec(x))}, repeats, device)
             seconds[f"{batch}/{density}"] = pair
             dense_times.append(pair["dense"])
             sparse_times.append(pair["sparse"])
@@ -121,16 +123,20 @@ def calibrate(device: torch.device | str = "cpu", size: int = 1024, batches: Seq
     return result
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
+def _fastest_seconds(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """The fastest of ``repeats`` calls of each function, called in alternation after one untimed
+    call each (on a shared machine other work only adds time, so the fastest call is the steadiest)."""
+    for fn in fns.values():
         fn()
-        _synchronize(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    fastest = dict.fromkeys(fns, math.inf)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            fastest[name] = min(fastest[name], time.perf_counter() - start)
+    return fastest
 
 
 def _synchronize(device: torch.device) -> None:
