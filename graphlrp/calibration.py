@@ -2,8 +2,8 @@
 
 :func:`calibrate` times the products of explaining (``W x`` and ``Wᵀ s`` on node-major operands)
 with a dense and a CSR block holding the same random matrix at a range of densities and batches,
-takes at each batch the highest density at which CSR is as fast as dense, and caches the mean over
-the batches for the device's name and the torch version. It takes a few seconds; afterwards every
+takes at each batch the density that best separates where CSR is as fast as dense from where it
+is slower (:func:`crossover`), and caches the mean over the batches for the device's name and the torch version. It takes a few seconds; afterwards every
 lowering and :meth:`graphlrp.Graph.to` on a device of that name uses the measured threshold.
 """
 from __future__ import annotations
@@ -36,8 +36,7 @@ class Calibration:
     sparse_density : float
         The threshold: the mean of ``crossovers``.
     crossovers : dict
-        Per batch (as a string, for JSON), the highest density timed at which CSR was as fast as
-        dense (0 where it never was).
+        Per batch (as a string, for JSON), the crossover of its timings (:func:`crossover`).
     seconds : dict
         Per ``'<batch>/<density>'``, the seconds of a dense and of a CSR product pair (the
         fastest of the repeats).
@@ -54,14 +53,17 @@ class Calibration:
 
 
 def crossover(densities: Sequence[float], dense_seconds: Sequence[float], sparse_seconds: Sequence[float]) -> float:
-    """The highest of the ascending ``densities`` up to which CSR is as fast as dense at every one
-    (0 if it is slower at the first)."""
-    best = 0.0
-    for density, dense, sparse in zip(densities, dense_seconds, sparse_seconds):
-        if sparse > dense:
-            break
-        best = density
-    return best
+    """The threshold that best separates the ``densities`` where CSR was as fast as dense (at or
+    below it) from those where it was slower (above it): 0 or one of the densities, the one with
+    the fewest timings on the wrong side (the highest among equals), so that one disturbed timing
+    does not move it far."""
+    csr_wins = [sparse <= dense for dense, sparse in zip(dense_seconds, sparse_seconds)]
+    candidates = [0.0, *densities]
+
+    def misplaced(threshold: float) -> int:
+        return sum(wins != (density <= threshold) for density, wins in zip(densities, csr_wins))
+
+    return min(reversed(candidates), key=misplaced)
 
 
 def calibrate(device: torch.device | str = "cpu", size: int = 1024, batches: Sequence[int] = (1, 64),

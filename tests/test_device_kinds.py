@@ -115,11 +115,14 @@ def test_calibrate_measures_and_caches_a_threshold_for_the_device():
     assert cached["torch_version"] == torch.__version__ and cached["sparse_density"] == result.sparse_density
 
 
-def test_the_crossover_is_the_last_density_before_csr_first_loses():
+def test_the_crossover_separates_where_csr_wins_from_where_it_loses():
     densities = (0.01, 0.1, 0.2, 0.5)
-    assert calibration.crossover(densities, [1, 1, 1, 1], [0.1, 0.9, 1.5, 0.5]) == 0.1
-    assert calibration.crossover(densities, [1, 1, 1, 1], [2, 0.1, 0.1, 0.1]) == 0.0
-    assert calibration.crossover(densities, [1, 1, 1, 1], [1, 1, 1, 1]) == 0.5
+    dense = [1, 1, 1, 1]
+    assert calibration.crossover(densities, dense, [0.1, 0.9, 1.5, 1.2]) == 0.1
+    assert calibration.crossover(densities, dense, [2, 2, 2, 2]) == 0.0
+    assert calibration.crossover(densities, dense, [1, 1, 1, 1]) == 0.5  # as fast counts as a win
+    assert calibration.crossover(densities, dense, [0.1, 3.0, 0.5, 2.0]) == 0.2  # one disturbed timing
+    assert calibration.crossover(densities, dense, [2, 0.1, 0.1, 0.1]) == 0.5  # one loss below three wins
 
 
 def test_bad_thresholds_and_calibrations_are_refused():
