@@ -52,3 +52,32 @@ def check_available(device: torch.device | str) -> torch.device:
         return parsed
     raise DeviceError(f"device {str(device)!r} is not available here; use 'cpu'"
                       + (" or 'cuda'" if torch.cuda.is_available() else ""))
+
+
+def held_tensors(obj: object) -> list[torch.Tensor]:
+    """Every tensor reachable from ``obj`` through graphlrp objects' attributes, dicts, lists and
+    tuples (a graph's levels, blocks, inner blocks and caches), each once: what must follow a
+    graph to its device."""
+    found: list[torch.Tensor] = []
+    seen: set[int] = set()
+    pending = [obj]
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+        elif type(item).__module__.startswith("graphlrp"):
+            pending.extend(_attributes(item))
+    return found
+
+
+def _attributes(obj: object) -> list[object]:
+    values = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+    slots = [name for cls in type(obj).__mro__ for name in getattr(cls, "__slots__", ())]
+    return values + [getattr(obj, name) for name in slots if hasattr(obj, name)]
