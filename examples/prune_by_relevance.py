@@ -22,7 +22,7 @@ samples). The script prints a markdown table per model and granularity, the expl
 the pxp-pruned network (5 samples per class) at each sparsity, and draws every curve into
 ``out/prune_by_relevance.png``.
 
-Run: ``python examples/prune_by_relevance.py [--seeds 3] [--quick] [--out DIR]``.
+Run: ``python examples/prune_by_relevance.py [--seeds 3] [--quick] [--models NAME ...] [--out DIR]``.
 """
 from __future__ import annotations
 
@@ -192,12 +192,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds averaged per point")
     parser.add_argument("--quick", action="store_true", help="one seed, the digits MLP, 4 rates, 5 samples per class")
+    parser.add_argument("--models", nargs="+", choices=[task.name for task in TASKS], default=[task.name for task in TASKS],
+                        help="the models to prune (default: all)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="folder for the PNG")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    tasks, rates, counts, seeds = TASKS, RATES, REFERENCES, args.seeds
+    tasks = [task for task in TASKS if task.name in args.models]
+    rates, counts, seeds = RATES, REFERENCES, args.seeds
     if args.quick:
-        tasks, rates, counts, seeds = TASKS[:1], [0.0, 0.5, 0.8, 0.95], (5,), 1
+        tasks, rates, counts, seeds = tasks[:1], [0.0, 0.5, 0.8, 0.95], (5,), 1
     results = {}
     for task in tasks:
         for granularity in (task.unit, "weight"):
