@@ -34,7 +34,7 @@ from ..export import check_bool, check_int
 from ..frontends import lower
 from ..graph import Graph
 from ..rules import Rule
-from .units import check_granularity, check_model, live, prunable, unit_shape
+from .units import check_model, live, prunable, unit_shape
 
 CRITERIA = ("yeom", "pxp")
 

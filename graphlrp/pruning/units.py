@@ -74,7 +74,3 @@ def live(module: nn.Module, granularity: str) -> Tensor:
     mask = mask.detach() != 0
     return mask if granularity == "weight" else mask.reshape(len(mask), -1).any(1)
 
-
-def per_unit(values: Tensor, granularity: str) -> Tensor:
-    """Per-output values ``(B, C, *positions)`` of one layer summed over positions: ``(B, C)``."""
-    return values.reshape(*values.shape[:2], -1).sum(-1) if granularity == "channel" else values
