@@ -25,6 +25,7 @@ from .determinism import deterministic
 from .explainer import Explainer, explain
 from .explanation import Explanation, LevelBalance
 from .aggregation import Aggregate, aggregate
+from . import pruning
 from .graph import Graph, Level
 from .frontends import from_neat, from_neat_network, from_networkx, graph_from_edges, graph_to_networkx, lower
 
@@ -68,6 +69,7 @@ __all__ = [
     "kernels",
     "lower",
     "plot",
+    "pruning",
     "reductions",
     "rules",
     "thresholds",
