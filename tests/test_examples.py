@@ -163,3 +163,33 @@ def test_digits_cnn_runs(tmp_path):
     output = run_example("digits_cnn", "--out", str(tmp_path))
     assert first_float(r"CNN test accuracy: (\S+)", output) > 0.9
     assert (tmp_path / "digits_cnn_relevance.png").exists()
+
+
+# -- prune_by_relevance.py ------------------------------------------------------------------------
+def test_prune_by_relevance_draws_reference_samples_per_class_and_scores_every_criterion():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        example = load_example("prune_by_relevance")
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    x, y = torch.rand(40, 6), torch.arange(40) % 4
+    chosen_x, chosen_y = example.references(x, y, 3, seed=0)
+    assert torch.bincount(chosen_y).tolist() == [3, 3, 3, 3]
+    assert all(any(torch.equal(row, other) for other in x[y == label]) for row, label in zip(chosen_x, chosen_y))
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4)).eval()
+    found = example.criteria(model, x, y, "neuron", seed=0, reference_counts=(1, 2))
+    assert set(found) == {"magnitude", "magnitude/layer", "random", "yeom (1/class)", "pxp (1/class)",
+                          "taylor (1/class)", "yeom (2/class)", "pxp (2/class)", "pxp (2/class)/layer", "taylor (2/class)"}
+    for scores, scope in found.values():
+        assert set(scores) == {"0"} and scores["0"].shape == (5,) and scope in ("global", "layer")
+
+
+@pytest.mark.slow
+def test_prune_by_relevance_runs(tmp_path):
+    output = run_example("prune_by_relevance", "--quick", "--out", str(tmp_path))
+    tables = re.findall(r"^\| criterion \|.*\n\|[-|]+\n((?:\|.*\n)+)", output, flags=re.M)
+    assert len(tables) == 2, output
+    for rows in tables:
+        unpruned = {line.split("|")[2].strip() for line in rows.strip().splitlines()}
+        assert len(unpruned) == 1 and float(unpruned.pop()) > 0.9  # at 0% every criterion has the trained model
+    assert (tmp_path / "prune_by_relevance.png").stat().st_size > 1000
