@@ -90,5 +90,23 @@ def processes(distributed: bool | None, device: torch.device) -> Processes:
         if missing:
             raise InputError(f"distributed=True needs a process group: run under torchrun, initialise one with "
                              f"torch.distributed.init_process_group, or set {', '.join(missing)}")
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _join(device)
     return Processes(dist.get_rank(), dist.get_world_size())
+
+
+def _join(device: torch.device) -> None:
+    """Initialise the default process group from the environment, in a store of its own per attempt.
+
+    ``torchrun --max-restarts`` restarts every process of a job with the same store; the keys of
+    the attempt that failed are still in it, and a group met there waits for processes that are
+    gone. Each attempt therefore meets under its own prefix (``TORCHELASTIC_RESTART_COUNT``).
+    """
+    import torch.distributed as dist
+
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    served = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts the store
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+                          is_master=not served and rank == 0)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            store=dist.PrefixStore(f"graphlrp/attempt-{attempt}", store), rank=rank, world_size=size)
