@@ -4,12 +4,13 @@ A network is lowered to a graph whose nodes are neurons and whose edges are weig
 connections; every LRP rule is an edge-weight transform and relevance flows back over the edges,
 so that relevance is available for every node and every edge.
 """
-from . import analysis, composites, evaluation, export, frontends, kernels, plot, reductions, rules
+from . import analysis, calibration, composites, evaluation, export, frontends, kernels, plot, reductions, rules, thresholds
 from .composites import Composite
 from . import errors
 from .errors import (
     ArgumentTypeError,
     CycleError,
+    DeviceError,
     FileFormatError,
     GraphLRPError,
     GraphTooLargeError,
@@ -20,9 +21,11 @@ from .errors import (
     RuleParameterError,
     UnsupportedModuleError,
 )
+from .determinism import deterministic
 from .explainer import Explainer, explain
 from .explanation import Explanation, LevelBalance
 from .aggregation import Aggregate, aggregate
+from . import pruning
 from .graph import Graph, Level
 from .frontends import from_neat, from_neat_network, from_networkx, graph_from_edges, graph_to_networkx, lower
 
@@ -32,6 +35,7 @@ __all__ = [
     "Aggregate",
     "aggregate",
     "analysis",
+    "calibration",
     "ArgumentTypeError",
     "errors",
     "FileFormatError",
@@ -45,6 +49,7 @@ __all__ = [
     "frontends",
     "Composite",
     "CycleError",
+    "DeviceError",
     "Explainer",
     "Explanation",
     "Graph",
@@ -54,6 +59,7 @@ __all__ = [
     "LoweringMismatchError",
     "UnsupportedModuleError",
     "composites",
+    "deterministic",
     "explain",
     "from_neat",
     "from_neat_network",
@@ -63,6 +69,8 @@ __all__ = [
     "kernels",
     "lower",
     "plot",
+    "pruning",
     "reductions",
     "rules",
+    "thresholds",
 ]

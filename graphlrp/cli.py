@@ -25,7 +25,7 @@ Models
   and returns the model (any ``nn.Module`` that :func:`graphlrp.lower` takes). A module name is
   imported with the current directory on ``sys.path``; a file with its own directory on it.
 
-The model is put in eval mode. ``INPUTS`` is a ``.pt`` file (``torch.save`` of one tensor) or a
+The model is put in eval mode; ``--device`` puts it and the inputs on a device (default the CPU). ``INPUTS`` is a ``.pt`` file (``torch.save`` of one tensor) or a
 ``.npy`` file, batch first ``(N, *input_shape)``; it is converted to the dtype of the model's
 parameters.
 
@@ -78,6 +78,7 @@ from .composites import Composite
 from .errors import (
     ArgumentTypeError,
     CycleError,
+    DeviceError,
     FileFormatError,
     GraphLRPError,
     GraphTooLargeError,
@@ -88,6 +89,7 @@ from .errors import (
     RuleParameterError,
     UnsupportedModuleError,
 )
+from .devices import check_available
 from .explainer import explain
 from .explanation import Explanation
 from .graph import Graph
@@ -243,6 +245,13 @@ def _target(text: str) -> int | str:
     if not text.isdecimal():
         raise argparse.ArgumentTypeError(f"must be a class index >= 0 or 'predicted', got {text!r}")
     return int(text)
+
+
+def _device(text: str) -> torch.device:
+    try:
+        return check_available(text)
+    except DeviceError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _path_with_suffix(*suffixes: str) -> Callable[[str], Path]:
@@ -573,10 +582,14 @@ class Job:
 
 
 def _prepare(args: argparse.Namespace) -> Job:
-    """Load the inputs and the model, and choose the rule: everything before lowering."""
+    """Load the inputs and the model, and choose the rule: everything before lowering; the model
+    and the inputs go to ``--device``."""
     inputs = load_inputs(args.inputs)
     model = load_model(args.model)
-    inputs = _as_model_dtype(inputs, _float_dtype(model.module), args.inputs)
+    inputs = _as_model_dtype(inputs, _float_dtype(model.module), args.inputs).to(args.device)
+    model.module.to(args.device)
+    if model.scripted is not None:
+        model.scripted.to(args.device)
     return Job(model, inputs, relevance_method(args, inputs))
 
 
@@ -605,7 +618,7 @@ def _targets(args: argparse.Namespace, graph: Graph, batch: Tensor) -> Tensor:
         if args.target >= classes:
             raise IndexOutOfRangeError(f"--target {args.target} is out of range: the model has {classes} outputs "
                                        f"(0..{classes - 1})")
-        return torch.full((len(batch),), args.target, dtype=torch.long)
+        return torch.full((len(batch),), args.target, dtype=torch.long, device=batch.device)
     with torch.no_grad():
         return graph(batch).reshape(len(batch), -1).argmax(1)
 
@@ -764,6 +777,8 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", metavar="INPUTS", type=_path_with_suffix(".pt", ".npy"),
                         help="inputs, batch first: .pt (torch.save of a tensor) or .npy")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or notes on stderr")
+    parser.add_argument("--device", type=_device, default=torch.device("cpu"), metavar="DEVICE",
+                        help="where the model, the inputs and the graph go: cpu (default), cuda, cuda:N, mps")
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="print the traceback of a failure")
     relevance = parser.add_argument_group("relevance")

@@ -27,6 +27,9 @@ class                                   also a                 raised for
 :class:`FileFormatError`                ``ValueError``         a file that is not what it should be
                                                                (malformed, wrong kind, unsafe)
 :class:`GraphTooLargeError`             ``MemoryError``        work that would exceed a memory budget
+:class:`DeviceError`                    ``RuntimeError``       a device or kernel that is not usable
+                                                               here (no CUDA, torch_scatter without
+                                                               CUDA kernels)
 ======================================  =====================  =======================================
 """
 from __future__ import annotations
@@ -94,9 +97,15 @@ class GraphTooLargeError(GraphLRPError, MemoryError):
     """A graph or an edge listing would exceed its memory budget; the message says how large it would be."""
 
 
+class DeviceError(GraphLRPError, RuntimeError):
+    """A device, or kernels for it, that this machine or installation does not have; the message
+    names what was asked and what is available."""
+
+
 __all__ = [
     "ArgumentTypeError",
     "CycleError",
+    "DeviceError",
     "FileFormatError",
     "GraphLRPError",
     "GraphTooLargeError",

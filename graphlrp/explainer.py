@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import weakref
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .composites import Composite
+from .determinism import deterministic as deterministic_mode
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError, NumericRangeError
 from .explanation import Explanation
 from .graph import Graph, check_finite_input
@@ -43,11 +45,14 @@ class Explainer:
         A rule per level; give ``rule`` or ``composite``, not both.
     cache_weights : bool
         Whether transformed weights are kept between calls (:attr:`cache_weights`).
+    deterministic : bool
+        Whether every call runs in :func:`graphlrp.deterministic` mode (bit for bit the same
+        relevance on every run, also on CUDA).
 
     Raises
     ------
     ArgumentTypeError
-        ``graph``, ``rule``, ``composite`` or ``cache_weights`` of the wrong type.
+        ``graph``, ``rule``, ``composite``, ``cache_weights`` or ``deterministic`` of the wrong type.
     InputError
         Both ``rule`` and ``composite``.
 
@@ -59,10 +64,13 @@ class Explainer:
     """
 
     def __init__(self, graph: Graph, rule: Rule | None = None, composite: Composite | None = None,
-                 cache_weights: bool = True) -> None:
+                 cache_weights: bool = True, deterministic: bool = False) -> None:
         check_arguments(graph, rule, composite)
         _check_flag("cache_weights", cache_weights)
+        _check_flag("deterministic", deterministic)
         self.graph = graph
+        #: whether every call runs in :func:`graphlrp.deterministic` mode
+        self.deterministic = deterministic
         #: the composite that chose the rules (``Composite(default=rule)`` for one rule)
         self.composite = composite if composite is not None else Composite(default=rule)
         self._workspace = Workspace(cache_weights)
@@ -96,7 +104,8 @@ class Explainer:
                  output_relevance: Tensor | None = None) -> Explanation:
         """Explain the graph's output for the batch ``x``; see :func:`graphlrp.explain` for the
         arguments, the result and the errors."""
-        return _explain(self.graph, self._workspace, self.rules, x, target, output_relevance)
+        with deterministic_mode() if self.deterministic else nullcontext():
+            return _explain(self.graph, self._workspace, self.rules, x, target, output_relevance)
 
     def __repr__(self) -> str:
         return (f"Explainer({self.composite!r}, cache_weights={self.cache_weights}, "
@@ -138,6 +147,7 @@ def explain(
     rule: Rule | None = None,
     composite: Composite | None = None,
     output_relevance: Tensor | None = None,
+    deterministic: bool = False,
 ) -> Explanation:
     """Explain the graph's output for the batch ``x`` with Layer-wise Relevance Propagation.
 
@@ -162,6 +172,9 @@ def explain(
         A rule per level; give ``rule`` or ``composite``, not both.
     output_relevance : Tensor, optional
         Initial relevance of the output's shape, instead of ``target``.
+    deterministic : bool
+        Whether to run in :func:`graphlrp.deterministic` mode (bit for bit the same relevance on
+        every run, also on CUDA; see ``docs/performance.md`` for its cost).
 
     Returns
     -------
@@ -185,10 +198,12 @@ def explain(
         that left the dtype's range (it names the level and rule).
     """
     check_arguments(graph, rule, composite)
+    _check_flag("deterministic", deterministic)
     workspace = _kept_workspace(graph)
     level_rules = workspace.level_rules(
         _setting(rule, composite), lambda: (composite if composite is not None else Composite(default=rule)).rules(graph))
-    return _explain(graph, workspace, level_rules, x, target, output_relevance)
+    with deterministic_mode() if deterministic else nullcontext():
+        return _explain(graph, workspace, level_rules, x, target, output_relevance)
 
 
 def _explain(graph: Graph, workspace: Workspace, level_rules: Sequence[Rule | None], x: Tensor,

@@ -9,10 +9,11 @@ import torch
 from torch import Tensor
 
 from .activations import IDENTITY, Activation
-from .blocks import Block
+from .blocks import Block, converted
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
 from .layout import as_node_major
 from .memory import check_budget, format_bytes
+from .thresholds import choose_kind
 
 LayerType = Any  # a module class (e.g. ``torch.nn.Linear``) or a string such as ``'input'``
 
@@ -243,11 +244,18 @@ class Graph:
 
     # -- devices ------------------------------------------------------------------------------
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Graph":
-        """A copy of the graph on ``device`` with floating tensors of ``dtype``."""
+        """A copy of the graph on ``device`` with floating tensors of ``dtype``.
+
+        Blocks whose kind was chosen from their density (:attr:`Block.automatic_kind`, lowered with
+        ``block_kind='auto'``) are held in the kind that device's threshold gives
+        (:mod:`graphlrp.thresholds`), converted where it differs: the same edges and weights, so
+        the same relevance up to rounding. Kinds given at lowering are kept.
+        """
+        target = self.device if device is None else torch.device(device)
         levels = [
             replace(l, bias=None if l.bias is None else l.bias.to(device=device, dtype=dtype)) for l in self.levels
         ]
-        blocks = [b.to(device=device, dtype=dtype) for b in self.blocks]
+        blocks = [_kind_for(b, target).to(device=device, dtype=dtype) for b in self.blocks]
         graph = Graph(levels, blocks, self.outputs, self.output_shape)
         graph.outputs = graph.outputs.to(device)  # of a graph without weights too
         graph.original_ids = None if self.original_ids is None else self.original_ids.to(device)
@@ -341,6 +349,14 @@ class Graph:
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join([header, *lines])
+
+
+def _kind_for(block: Block, device: torch.device) -> Block:
+    """``block`` in the kind ``device``'s threshold gives it, if its kind was chosen automatically
+    (converted where it is, before it moves: its edges are read on its own device)."""
+    if not block.automatic_kind:
+        return block
+    return converted(block, choose_kind(block.num_edges, block.n_src, block.n_dst, device))
 
 
 def _element_size(dtype: torch.dtype) -> int:

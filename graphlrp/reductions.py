@@ -7,8 +7,11 @@ Two backends compute the same numbers:
 * ``'torch_scatter'``: torch_scatter's kernels (faster on CUDA).
 
 ``'auto'`` (the default) takes torch_scatter on CUDA when it is installed with its CUDA kernels
-(a build made on a machine without a GPU has none), native torch otherwise.
-Select one with :func:`set_backend` or the :func:`backend` context manager.
+(a build made on a machine without a GPU has none), native torch otherwise, and native torch
+whenever torch's deterministic algorithms are on (:func:`graphlrp.deterministic`): its
+``index_add_`` and one-dimensional ``scatter_add_`` are then deterministic on CUDA, where
+torch_scatter's are atomic. Select one with :func:`set_backend` or the :func:`backend` context
+manager; ``'torch_scatter'`` on a CUDA tensor with a build without CUDA kernels is refused.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import DeviceError, InputError
 
 try:  # optional accelerator
     import torch_scatter as _torch_scatter
@@ -63,8 +66,20 @@ def has_cuda_kernels() -> bool:
 
 def _use_torch_scatter(device: torch.device) -> bool:
     if _selected == "auto":
-        return device.type == "cuda" and _cuda_kernels()
+        return device.type == "cuda" and _cuda_kernels() and not torch.are_deterministic_algorithms_enabled()
+    if _selected == "torch_scatter" and device.type == "cuda" and not _cuda_kernels():
+        raise DeviceError("reduction backend 'torch_scatter' was selected for a CUDA tensor, but the installed "
+                           "torch_scatter was built without CUDA kernels; select 'torch' or 'auto', or rebuild it "
+                           "on a machine with a GPU and nvcc (FORCE_CUDA=1 pip install torch_scatter)")
     return _selected == "torch_scatter"
+
+
+def backend_for(device: torch.device | str) -> str:
+    """The backend the reductions of a tensor on ``device`` use now: ``'torch'`` or ``'torch_scatter'``.
+
+    Raises :class:`~graphlrp.errors.DeviceError` where they would be refused.
+    """
+    return "torch_scatter" if _use_torch_scatter(torch.device(device)) else "torch"
 
 
 @functools.cache
@@ -80,6 +95,25 @@ def scatter_add_(out: Tensor, index: Tensor, values: Tensor) -> Tensor:
     if values.dim() == 1:  # measured faster than index_add_ for one value per index
         return out.scatter_add_(0, index.long(), values)
     return out.index_add_(0, index, values)
+
+
+def scatter_add_last_(out: Tensor, index: Tensor, values: Tensor) -> Tensor:
+    """``out.scatter_add_(-1, index, values)`` for a contiguous ``out``; returns ``out``.
+
+    On CUDA in torch's deterministic mode, where ``scatter_add_`` has a deterministic kernel in one
+    dimension only, computed as one 1-D scatter of the flattened tensors (:func:`flat_scatter_add_`).
+    """
+    if out.device.type == "cuda" and out.dim() > 1 and torch.are_deterministic_algorithms_enabled():
+        return flat_scatter_add_(out, index, values)
+    return out.scatter_add_(out.dim() - 1, index, values)
+
+
+def flat_scatter_add_(out: Tensor, index: Tensor, values: Tensor) -> Tensor:
+    """``out.scatter_add_(-1, index, values)`` as a 1-D scatter: each row's indices offset by the
+    row's start in the flattened, contiguous ``out``."""
+    rows = torch.arange(index[..., 0].numel(), device=out.device).reshape(*index.shape[:-1], 1)
+    out.view(-1).scatter_add_(0, (index + rows * out.shape[-1]).reshape(-1), values.reshape(-1))
+    return out
 
 
 def scatter_max(values: Tensor, index: Tensor, size: int) -> tuple[Tensor, Tensor]:

@@ -8,23 +8,21 @@ import torch.nn as nn
 
 import graphlrp
 from graphlrp import reductions
+from graphlrp.devices import held_tensors
 
 
-def tensors_of(obj, seen=None):
-    """Every tensor reachable through the attributes of ``obj`` (blocks, their inner blocks, caches)."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return []
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for value in obj.values() for t in tensors_of(value, seen)]
-    if isinstance(obj, (list, tuple)):
-        return [t for value in obj for t in tensors_of(value, seen)]
-    if hasattr(obj, "__dict__") and type(obj).__module__.startswith("graphlrp"):
-        return [t for value in vars(obj).values() for t in tensors_of(value, seen)]
-    return []
+def test_held_tensors_reach_every_block_tensor_inner_blocks_and_caches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 3)).eval()
+    graph = graphlrp.lower(model, torch.randn(2, 1, 8, 8), max_pool="proportional", block_kind="sparse")
+    graphlrp.explain(graph, torch.randn(2, 1, 8, 8), target=0).edge_relevance(0)  # fills the caches
+    found = {id(t) for t in held_tensors(graph)}
+    pool = next(b for b in graph.blocks if b.kind == "maxpool")
+    expected = [graph.outputs, *(l.bias for l in graph.levels if l.bias is not None), *pool.windows.held(),
+                *(t for b in graph.blocks if hasattr(b, "held") for t in b.held())]
+    assert all(id(t) in found for t in expected)
+    sparse = next(b for b in graph.blocks if b.kind == "sparse")
+    assert sparse._rows is not None and id(sparse._rows) in found
 
 
 @pytest.mark.parametrize("mode", ["winner", "proportional"])
@@ -36,7 +34,7 @@ def test_a_dtype_change_keeps_every_block_on_the_graphs_device(mode):
     # a default device other than the graph's: what is made without the graph's device lands there
     with torch.device("meta"):
         widened = graph.to(dtype=torch.float64)
-    found = tensors_of(widened.blocks) + [l.bias for l in widened.levels if l.bias is not None]
+    found = held_tensors(widened.blocks) + [l.bias for l in widened.levels if l.bias is not None]
     assert found and {t.device.type for t in found} == {"cpu"}
     explanation = graphlrp.explain(widened, x.double(), target=1)
     reference = graphlrp.explain(graphlrp.lower(model.double(), x.double(), max_pool=mode), x.double(), target=1)

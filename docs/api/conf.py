@@ -51,6 +51,7 @@ PUBLIC_MODULES = [
     "graphlrp.kernels",
     "graphlrp.evaluation",
     "graphlrp.aggregation",
+    "graphlrp.pruning",
     "graphlrp.explainer",
     "graphlrp.workspace",
     "graphlrp.transforms",

@@ -33,7 +33,24 @@ def block_from_matrix(kind: str, src: int, dst: int, weight: Tensor) -> Block:
     return KINDS[kind].from_matrix(src, dst, weight)
 
 
+def converted(block: Block, kind: str) -> Block:
+    """``block``'s edges held in ``kind`` (one of :func:`general_kinds`), on its device.
+
+    The copy lists the edges in its kind's order: dense and sparse blocks both by destination, then
+    source, so that a conversion between them keeps the order of edge relevance.
+
+    The copy keeps :attr:`~Block.automatic_kind`; ``block`` itself if it is of ``kind`` already.
+    """
+    if kind not in general_kinds():
+        raise InputError(f"unknown block kind {kind!r}; choose one of {general_kinds()}")
+    if block.kind == kind:
+        return block
+    copy = KINDS[kind].from_edge_list(block.src, block.dst, block.n_src, block.n_dst, *block.edges())
+    copy.automatic_kind = block.automatic_kind
+    return copy
+
+
 __all__ = [
     "KINDS", "Block", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
-    "general_kinds", "block_from_matrix",
+    "general_kinds", "block_from_matrix", "converted",
 ]

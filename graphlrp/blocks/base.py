@@ -127,6 +127,9 @@ class Block(ABC):
     holds_any_edges: ClassVar[bool] = False
     #: whether the forward pass is ``matvec`` with untransformed weights
     linear_forward: bool = True
+    #: whether the kind was chosen from the weights' density (``block_kind='auto'``) rather than
+    #: given: :meth:`graphlrp.Graph.to` decides such a kind again for the device it moves to
+    automatic_kind: bool = False
     #: whether a product with transformed weights keeps nothing in an :class:`OperandCache` whose
     #: ``keep`` is off (else the transformed weights stay in it until it is cleared)
     transient_transforms: bool = False
@@ -269,7 +272,9 @@ class Block(ABC):
         """A copy of the block on ``device`` with weights of ``dtype`` (self if nothing changes)."""
         if (device is None or same_device(device, self.device)) and (dtype is None or dtype == self.dtype):
             return self
-        return self._to(device, dtype)
+        moved = self._to(device, dtype)
+        moved.automatic_kind = self.automatic_kind
+        return moved
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.src}->{self.dst}, {self.n_src}x{self.n_dst}, edges={self.num_edges})"

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import reductions
 from ..errors import InputError
 from ..layout import in_layout_of
 from ..transforms import Transform
@@ -172,7 +173,7 @@ class MaxPoolBlock(Block):
         if self.mode == "proportional":
             return self.windows.rmatvec(s, transform, cache=cache)
         planes = s.new_zeros((len(s), self.in_shape[0], self.n_src // self.in_shape[0]))
-        planes.scatter_add_(2, state, s.reshape(len(s), self.in_shape[0], -1) * self._unit_weight(transform))
+        reductions.scatter_add_last_(planes, state, s.reshape(len(s), self.in_shape[0], -1) * self._unit_weight(transform))
         return in_layout_of(planes.reshape(len(s), self.n_src), s)
 
     def edge_messages(

@@ -21,10 +21,7 @@ from ..blocks.conv import count_conv_edges
 from ..errors import InputError, UnsupportedModuleError
 from ..graph import Graph, LayerType, Level
 from ..rules import Norm, Pass
-
-#: density (nonzero weights / weights) at or below which a dense layer's edges are held sparse.
-#: Measured: CSR matmul beats dense below ~10% density at batch 1 and ~35% at batch 64.
-SPARSE_DENSITY = 0.2
+from ..thresholds import choose_kind
 
 
 @dataclass(frozen=True)
@@ -86,10 +83,11 @@ def _kernel_cost(count: Callable[[Tensor], int]) -> Callable[[Tensor], tuple[int
 
 
 def _choose_kind(block_kind: str, weight: Tensor) -> str:
+    """``block_kind``, or for ``'auto'`` the kind the threshold of ``weight``'s device gives
+    (:mod:`graphlrp.thresholds`)."""
     if block_kind != "auto":
         return block_kind
-    density = float(torch.count_nonzero(weight)) / max(1, weight.numel())
-    return "sparse" if density <= SPARSE_DENSITY else "dense"
+    return choose_kind(int(torch.count_nonzero(weight)), weight.shape[1], weight.shape[0], weight.device)
 
 
 @dataclass
@@ -150,7 +148,9 @@ class GraphBuilder:
         kind = self.block_kind
 
         def build(s: int, d: int, w: Tensor) -> Block:
-            return block_from_matrix(_choose_kind(kind, w), s, d, w)
+            block = block_from_matrix(_choose_kind(kind, w), s, d, w)
+            block.automatic_kind = kind == "auto"
+            return block
 
         self.specs.append(_BlockSpec(src, dst, weight, build, _matrix_cost(kind), weight.shape[0]))
         return Value((weight.shape[0],), dst)

@@ -90,7 +90,8 @@ def lower(
         device; fixes the input shape and checks the lowering. It is never modified.
     block_kind : {'auto', 'dense', 'sparse', 'edges'}
         How a dense layer's edges are held: ``'auto'`` chooses by density (sparse CSR at or below
-        :data:`graphlrp.frontends.builder.SPARSE_DENSITY`, else a dense matrix).
+        the device's threshold, :mod:`graphlrp.thresholds`, else a dense matrix) and chooses again
+        when the graph moves to another device (:meth:`Graph.to`); a kind given is kept.
     max_pool : {'winner', 'proportional'}
         Max pooling sends relevance to the window's winner, or splits it over the window in
         proportion to the inputs (see :class:`graphlrp.blocks.MaxPoolBlock`).
