@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler, default_collate
 
-from ..errors import ArgumentTypeError, InputError
-from .data import Batch, per_sample, split_item
+from ..errors import ArgumentTypeError
+from .data import Batch, check_samples, per_sample, split_item
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,7 @@ def _wanted(index: int, first: int, step: int) -> bool:
 # -- by index -----------------------------------------------------------------------------------
 def _tensor_chunks(data: Tensor, target: object, size: int, batch_size: int, first: int,
                    step: int) -> Iterator[Chunk]:
-    if target == "label":
-        raise InputError("target='label' needs data that yields (x, y) batches; give per-sample classes as target=")
-    if data.dim() == 0 or len(data) == 0:
-        raise InputError("data holds no samples")
-    if isinstance(target, Tensor) and target.numel() not in (1, len(data)):
-        raise InputError(f"target has {target.numel()} entries for {len(data)} samples; give one, or one per sample")
+    check_samples(data, target)
 
     def explained(start: int, end: int) -> Iterator[Batch]:
         for begin in range(start, end, batch_size):

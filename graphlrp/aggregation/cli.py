@@ -5,7 +5,8 @@ its loading, rule and lowering options and helpers, so the model, inputs and rul
 mean for ``graphlrp explain``, and this module imports nothing of the command line.
 
 Started by ``torchrun`` (``torchrun --nproc-per-node N -m graphlrp aggregate ...``), the command
-joins the job's process group (gloo) and shares the chunks between the processes; the first
+joins the job's process group (gloo; NCCL with ``--device cuda``, process ``LOCAL_RANK`` on GPU
+``cuda:LOCAL_RANK``) and shares the chunks between the processes; the first
 process writes the files, which hold the same bits as the command run on one process.
 """
 from __future__ import annotations
@@ -59,10 +60,12 @@ def run(args: argparse.Namespace) -> None:
     cli = args.cli
     if args.edges is not None and args.by_class:
         raise InputError("--edges writes one value per edge; leave out --by-class")
+    distributed = all(name in os.environ for name in ENVIRONMENT)
+    if distributed and args.device.type == "cuda" and args.device.index is None:  # one GPU per process
+        args.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     job = cli._prepare(args)
     graph = cli._lower(args, job.model, job.inputs[: args.batch_size])
     target = args.target
-    distributed = all(name in os.environ for name in ENVIRONMENT)
     with cli._failing("cannot aggregate the samples", cli.EXPLAIN_BUILTINS):
         sums = aggregate(graph, job.inputs, target, batch_size=args.batch_size, by_class=args.by_class,
                          absolute=args.absolute, progress=not args.quiet, checkpoint=args.checkpoint,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -53,6 +54,35 @@ def total_samples(data: object) -> int | None:
         return len(sized) if sized is not None else None
     except TypeError:
         return None
+
+
+def check_samples(data: Tensor, target: object) -> None:
+    """Refuse a tensor of samples that holds none, or ``target`` that does not fit it."""
+    if target == "label":
+        raise InputError("target='label' needs data that yields (x, y) batches; give per-sample classes as target=")
+    if data.dim() == 0 or len(data) == 0:
+        raise InputError("data holds no samples")
+    if isinstance(target, Tensor) and target.numel() not in (1, len(data)):
+        raise InputError(f"target has {target.numel()} entries for {len(data)} samples; give one, or one per sample")
+
+
+def batches(data: object, target: object, batch_size: int) -> Iterator[Batch]:
+    """The samples of ``data`` in batches: a tensor cut into ``batch_size`` samples; any other
+    iterable's own batches, each ``(x, y)`` (``y`` used by ``target='label'``) or a tensor ``x``."""
+    if isinstance(data, Tensor):
+        check_samples(data, target)
+        for start in range(0, len(data), batch_size):
+            end = min(start + batch_size, len(data))
+            yield Batch(data[start:end], per_sample(target, start, end), start)
+        return
+    if not isinstance(data, Iterable):
+        raise ArgumentTypeError(f"data must be a tensor of samples or an iterable of (x, y) batches, "
+                                f"got {type(data).__name__}")
+    position = 0
+    for item in data:
+        x, labels = split_item(item, target)
+        yield Batch(x, labels if target == "label" else per_sample(target, position, position + len(x)), position)
+        position += len(x)
 
 
 def split_item(item: object, target: object) -> tuple[Tensor, Tensor | None]:
