@@ -179,8 +179,10 @@ def test_every_process_of_a_group_returns_the_bits_of_one_process(size, tmp_path
 
 
 @pytest.mark.slow
-def test_four_processes_with_one_chunk_each_and_some_without(tmp_path, one_process):
-    for found in run_group(4, tmp_path):
+@pytest.mark.parametrize("size", [1, 4])
+def test_a_group_of_one_and_one_of_four_return_the_bits_of_one_process(size, tmp_path, one_process):
+    # four processes: 5 chunks, so the second round has one chunk and three processes without one
+    for found in run_group(size, tmp_path):
         assert_identical(found, one_process)
 
 
