@@ -2,7 +2,8 @@
 
 Every test starts its processes itself (a rendezvous on a free local port, or ``torchrun``), each
 bounded by a timeout, and compares what every process returns with one process's aggregate,
-made here with ``torch.equal``: bit for bit, not within a tolerance.
+made here with ``torch.equal``: bit for bit, not within a tolerance. The processes run one torch
+thread each, this process as many as it has.
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ SETUP = textwrap.dedent("""
     import graphlrp
     from graphlrp import rules
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 3, 4))
     model = model.double().eval()
@@ -77,6 +77,7 @@ SETUP = textwrap.dedent("""
 #: a process of a group met on a local port: its runs, written to OUT/<rank>.pt
 WORKER = SETUP + textwrap.dedent("""
     import datetime, torch.distributed as dist
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))  # the user's own group
     torch.save(sums(runs()), os.path.join(os.environ["OUT"], f"{dist.get_rank()}.pt"))
     dist.destroy_process_group()
@@ -84,6 +85,7 @@ WORKER = SETUP + textwrap.dedent("""
 
 #: a process started by torchrun: the map-style data set with a checkpoint (killed once if KILL_AT is set)
 RESUMING = SETUP + textwrap.dedent("""
+    torch.set_num_threads(1)
     found = graphlrp.aggregate(graph, Samples(), "label", rule=rules.ZPlus(), chunk_size=2, batch_size=3,
                                checkpoint=os.environ["CHECKPOINT"], checkpoint_every=1, progress=False,
                                distributed=True)
