@@ -241,3 +241,42 @@ def test_distributed_true_without_a_group_or_its_environment_is_refused(monkeypa
         graphlrp.aggregate(setup["graph"], setup["x"], 0, distributed=True, progress=False)
     with pytest.raises(TypeError, match="distributed must be"):
         graphlrp.aggregate(setup["graph"], setup["x"], 0, distributed="yes", progress=False)
+
+
+# -- chunks on one process -------------------------------------------------------------------------
+def test_the_bits_depend_on_the_chunks_not_on_where_the_samples_come_from():
+    setup = here()
+    x, labels, graph = setup["x"], setup["labels"], setup["graph"]
+    dataset = torch.utils.data.TensorDataset(x, labels)
+
+    def generator(size):
+        for start in range(0, len(x), size):
+            yield x[start : start + size], labels[start : start + size]
+
+    sources = {
+        "map-style data set": dataset,
+        "loader in order, batches of 4": torch.utils.data.DataLoader(dataset, batch_size=4),
+        "stream of batches of 7": generator(7),
+        "stream of batches of 1": generator(1),
+    }
+    common = dict(rule=rules.Gamma(0.25), chunk_size=5, batch_size=3, progress=False)
+    expected = graphlrp.aggregate(graph, x, labels, **common)
+    for name, source in sources.items():
+        found = graphlrp.aggregate(graph, source, "label", **common)
+        assert found.count == expected.count, name
+        assert torch.equal(found.edge_relevance(), expected.edge_relevance()), name
+        assert torch.equal(found.node_relevance, expected.node_relevance), name
+    other = graphlrp.aggregate(graph, x, labels, **{**common, "chunk_size": 7})
+    error = float((other.edge_relevance() - expected.edge_relevance()).abs().max()
+                  / expected.edge_relevance().abs().max())
+    assert error < 1e-14
+
+
+def test_a_checkpoint_resumes_only_with_the_chunks_it_was_made_with(tmp_path):
+    setup = here()
+    path = tmp_path / "run.pt"
+    graphlrp.aggregate(setup["graph"], setup["x"], 0, chunk_size=5, checkpoint=path, progress=False)
+    with pytest.raises(InputError, match="chunk_size=5, batch_size=64; asked for chunk_size=6, batch_size=64"):
+        graphlrp.aggregate(setup["graph"], setup["x"], 0, chunk_size=6, checkpoint=path, progress=False)
+    saved = torch.load(path, weights_only=True)
+    assert saved["chunks"] == 5 and saved["chunking"] == [5, 64] and int(saved["counts"].sum()) == 23
