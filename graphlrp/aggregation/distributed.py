@@ -108,5 +108,7 @@ def _join(device: torch.device) -> None:
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
                           is_master=not served and rank == 0)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if device.type == "cuda":  # NCCL's objects (broadcast_object_list) go through the current device
+        torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             store=dist.PrefixStore(f"graphlrp/attempt-{attempt}", store), rank=rank, world_size=size)
