@@ -278,5 +278,7 @@ def test_a_checkpoint_resumes_only_with_the_chunks_it_was_made_with(tmp_path):
     graphlrp.aggregate(setup["graph"], setup["x"], 0, chunk_size=5, checkpoint=path, progress=False)
     with pytest.raises(InputError, match="chunk_size=5, batch_size=64; asked for chunk_size=6, batch_size=64"):
         graphlrp.aggregate(setup["graph"], setup["x"], 0, chunk_size=6, checkpoint=path, progress=False)
+    with pytest.raises(InputError, match="holds 5 chunks of 5 samples; data holds 3"):
+        graphlrp.aggregate(setup["graph"], setup["x"][:12], 0, chunk_size=5, checkpoint=path, progress=False)
     saved = torch.load(path, weights_only=True)
     assert saved["chunks"] == 5 and saved["chunking"] == [5, 64] and int(saved["counts"].sum()) == 23

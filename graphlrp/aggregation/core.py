@@ -407,6 +407,9 @@ def aggregate(
 
     mine = chunks(data, target, chunk_size, batch_size, result.chunks + group.rank, group.size)
     known = chunk_count(data, chunk_size)
+    if known is not None and result.chunks > known:
+        raise InputError(f"checkpoint {os.fspath(checkpoint)!r} holds {result.chunks} chunks of {chunk_size} samples; "
+                         f"data holds {known}: it is not the data set the checkpoint was made from")
     rounds = itertools.count() if known is None else range(-(-(known - result.chunks) // group.size))
     empty = torch.zeros_like(result._new_sums().vector())
     with tqdm(total=total_samples(data), initial=result.count, unit="sample", desc="aggregate",
