@@ -4,7 +4,8 @@ A network is lowered to a graph whose nodes are neurons and whose edges are weig
 connections; every LRP rule is an edge-weight transform and relevance flows back over the edges,
 so that relevance is available for every node and every edge.
 """
-from . import analysis, calibration, composites, evaluation, export, frontends, kernels, plot, reductions, rules, thresholds
+from . import (analysis, calibration, composites, evaluation, export, frontends, kernels, plot, reductions, rules,
+               thresholds)
 from .composites import Composite
 from . import errors
 from .errors import (

@@ -923,6 +923,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        title="commands (COMMAND --help for its options)")
     for add in (_add_explain, _add_paths, _add_circuit, _add_plot):
         add(subparsers)
+    from .aggregation.cli import add_parser as add_aggregate
+
+    add_aggregate(subparsers, sys.modules[__name__])
     return parser
 
 

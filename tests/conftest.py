@@ -29,6 +29,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def empty_calibration_cache(tmp_path_factory):
+    """Lowering reads thresholds calibrated on this machine from the cache (graphlrp.thresholds):
+    the suite runs with an empty cache of its own, whatever the user has calibrated."""
+    previous = os.environ.get("GRAPHLRP_CACHE_DIR")
+    os.environ["GRAPHLRP_CACHE_DIR"] = str(tmp_path_factory.mktemp("graphlrp-cache"))
+    yield
+    if previous is None:
+        del os.environ["GRAPHLRP_CACHE_DIR"]
+    else:
+        os.environ["GRAPHLRP_CACHE_DIR"] = previous
+
+
 @pytest.fixture(params=KERNELS, ids=[f"{k}-{b}" for k, b in KERNELS])
 def kernel(request):
     """Yield a block kind with its reduction backend selected."""

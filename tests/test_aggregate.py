@@ -333,7 +333,7 @@ def test_arguments_are_refused_with_graphlrp_errors(call, error, message):
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
-#: the run a subprocess does, and this test again in its own process: 84 samples in batches of 3
+#: the run a subprocess does, and this test again in its own process: 84 samples in batches of 3, chunks of 6
 _SETUP = textwrap.dedent("""
     import time, torch, torch.nn as nn
     import graphlrp
@@ -351,8 +351,8 @@ _SETUP = textwrap.dedent("""
                 time.sleep(pause)
                 yield x[start : start + 3], target[start : start + 3]
 
-        return graphlrp.aggregate(graph, slow(), "label", rule=rules.ZPlus(), checkpoint=path, checkpoint_every=2,
-                                  progress=False)
+        return graphlrp.aggregate(graph, slow(), "label", rule=rules.ZPlus(), checkpoint=path, chunk_size=6,
+                                  checkpoint_every=1, progress=False)
 """)
 _RUN = _SETUP + textwrap.dedent("""
     found = run({path!r}, {pause})

@@ -3,11 +3,17 @@
 Registered by :mod:`graphlrp.cli` with :func:`add_parser`, which it hands itself: the command uses
 its loading, rule and lowering options and helpers, so the model, inputs and rules mean what they
 mean for ``graphlrp explain``, and this module imports nothing of the command line.
+
+Started by ``torchrun`` (``torchrun --nproc-per-node N -m graphlrp aggregate ...``), the command
+joins the job's process group (gloo; NCCL with ``--device cuda``, process ``LOCAL_RANK`` on GPU
+``cuda:LOCAL_RANK``) and shares the chunks between the processes; the first
+process writes the files, which hold the same bits as the command run on one process.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +24,7 @@ import torch
 from ..errors import InputError
 from ..graph import Graph
 from .core import Aggregate, aggregate
+from .distributed import ENVIRONMENT
 
 
 def add_parser(subparsers: argparse._SubParsersAction, cli: ModuleType) -> argparse.ArgumentParser:
@@ -32,6 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction, cli: ModuleType) -> argpa
                              "and 'parameter:<name>')")
     parser.add_argument("--batch-size", type=cli._int_at_least(1), default=64, metavar="N",
                         help="samples explained at once (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=cli._int_at_least(1), default=512, metavar="N",
+                        help="samples per chunk, the unit of work of a process and of a checkpoint; the sums "
+                             "depend on it and on --batch-size, never on the number of processes "
+                             "(default: %(default)s)")
     parser.add_argument("--by-class", action="store_true", help="sums per explained class (a leading class axis)")
     parser.add_argument("--absolute", action="store_true", help="sum |relevance| instead of relevance")
     parser.add_argument("--checkpoint", metavar="FILE", type=Path,
@@ -49,12 +60,23 @@ def run(args: argparse.Namespace) -> None:
     cli = args.cli
     if args.edges is not None and args.by_class:
         raise InputError("--edges writes one value per edge; leave out --by-class")
+    distributed = all(name in os.environ for name in ENVIRONMENT)
+    if distributed and args.device.type == "cuda" and args.device.index is None:  # one GPU per process
+        args.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     job = cli._prepare(args)
     graph = cli._lower(args, job.model, job.inputs[: args.batch_size])
     target = args.target
     with cli._failing("cannot aggregate the samples", cli.EXPLAIN_BUILTINS):
         sums = aggregate(graph, job.inputs, target, batch_size=args.batch_size, by_class=args.by_class,
-                         absolute=args.absolute, progress=not args.quiet, checkpoint=args.checkpoint, **job.method)
+                         absolute=args.absolute, progress=not args.quiet, checkpoint=args.checkpoint,
+                         chunk_size=args.chunk_size, distributed=distributed, **job.method)
+    if distributed:
+        import torch.distributed as dist
+
+        first = dist.get_rank() == 0
+        dist.destroy_process_group()
+        if not first:
+            return
     with cli._writing(args.out):
         write_sums(sums, args.out)
     cli._log(args, f"wrote the sums over {sums.count} samples to {args.out}")

@@ -2,28 +2,32 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import pickle
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import Tensor
 
 from ..composites import Composite
-from ..errors import ArgumentTypeError, FileFormatError, InputError
+from ..errors import ArgumentTypeError, FileFormatError, GraphLRPError, InputError
 from ..explainer import check_arguments, explainer_for
 from ..export import check_bool, check_int
 from ..graph import Graph
 from ..memory import check_budget
 from ..rules import Rule
 from . import parameters
-from .data import batches, check_target, classes_of, total_samples
+from .chunks import chunk_count, chunks
+from .data import Batch, check_target, classes_of, total_samples
+from .distributed import Processes, processes
 from .sums import Sums
 
 FORMAT = "graphlrp.aggregate"
-VERSION = 1
+VERSION = 2
 
 
 def _fingerprint(graph: Graph) -> dict[str, object]:
@@ -41,8 +45,6 @@ def _same_graph(a: dict[str, object], b: dict[str, object]) -> bool:
     return same_structure and math.isclose(a["checksum"], b["checksum"], rel_tol=1e-9, abs_tol=1e-300)
 
 
-
-
 class Aggregate:
     """Relevance summed over the samples of a data set, in float64.
 
@@ -53,9 +55,11 @@ class Aggregate:
     With ``by_class=True`` every sum is kept per explained class: values gain a leading
     ``(num_classes,)`` dimension, ``num_classes = len(graph.outputs)``.
 
-    Within a batch, messages are summed in the graph's dtype (one product per block and term) and
-    added to float64 sums, so a float64 graph's sums do not depend on the batch size beyond
-    float64 rounding, and no graph's error grows with the number of batches.
+    Samples are added a chunk at a time (:func:`aggregate`'s chunks; a batch given to
+    :meth:`update`): a chunk's messages are summed in the graph's dtype within each batch (one
+    product per block and term), its batches in float64, and the chunk's float64 sums are then
+    added to the aggregate's. A float64 graph's sums do not depend on the batch size beyond
+    float64 rounding, and no graph's error grows with the number of chunks.
     """
 
     def __init__(self, graph: Graph, rule: Rule | None = None, composite: Composite | None = None,
@@ -69,9 +73,14 @@ class Aggregate:
         #: explains every batch (the one :func:`graphlrp.explain` keeps for this graph and rule)
         self.explainer = explainer_for(graph, rule, composite)
         self.rules = [repr(r) for r in self.explainer.rules[1:]]
-        self._sums = Sums(graph, len(graph.outputs) if by_class else 1, absolute)
-        #: batches added (kept with a checkpoint, to save at the same points when resumed)
-        self.batches = 0
+        self._sums = self._new_sums()
+        #: chunks added (with a checkpoint: the chunks ``0 .. chunks - 1`` of the data set, its ledger)
+        self.chunks = 0
+        #: ``(chunk_size, batch_size)`` of :func:`aggregate`'s chunks (``None`` for sums made otherwise)
+        self.chunking: tuple[int, int] | None = None
+
+    def _new_sums(self) -> Sums:
+        return Sums(self.graph, len(self.graph.outputs) if self.by_class else 1, self.absolute)
 
     @functools.cached_property
     def fingerprint(self) -> dict[str, object]:
@@ -90,11 +99,23 @@ class Aggregate:
             raise InputError(f"target has {target.numel()} entries for a batch of {len(x)}; give one, or one per sample")
         if isinstance(target, Tensor) and target.numel() == 1:
             target = int(target.reshape(()))
-        classes = classes_of(self.graph, x, target) if isinstance(x, Tensor) else target
-        explanation = self.explainer(x, target=classes)
-        self._sums.add(explanation, classes if self.by_class else None)
-        self.batches += 1
+        self.add_chunk(self.chunk_sums([Batch(x, target, 0)]))
         return self
+
+    def chunk_sums(self, batches: Iterable[Batch]) -> Tensor:
+        """The float64 sums of one chunk, explained batch by batch, as a vector
+        (:meth:`~graphlrp.aggregation.sums.Sums.vector`); nothing is added to the aggregate."""
+        sums = self._new_sums()
+        for batch in batches:
+            classes = classes_of(self.graph, batch.x, batch.target) if isinstance(batch.x, Tensor) else batch.target
+            explanation = self.explainer(batch.x, target=classes)
+            sums.add(explanation, classes if self.by_class else None)
+        return sums.vector()
+
+    def add_chunk(self, vector: Tensor) -> None:
+        """Add the sums of one chunk, a vector made by :meth:`chunk_sums`, element by element."""
+        self._sums.add_vector(vector)
+        self.chunks += 1
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -169,14 +190,15 @@ class Aggregate:
                 theirs = part._sums.weighted[position]
                 if theirs is not None:
                     total._sums._weighted(position).add_(theirs)
-        total.batches = self.batches + other.batches
+        total.chunks = self.chunks + other.chunks
         return total
 
     def state(self) -> dict[str, object]:
         """Everything the aggregate holds, as tensors, numbers and strings (what :meth:`save` writes)."""
         self._sums.collapse()
         return {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, **self._settings(),
-                "batches": self.batches, "counts": self._sums.counts, "nodes": self._sums.nodes,
+                "chunks": self.chunks, "chunking": None if self.chunking is None else list(self.chunking),
+                "counts": self._sums.counts, "nodes": self._sums.nodes,
                 "biases": self._sums.biases,
                 "blocks": [self._sums._weighted(k) for k in range(len(self.graph.blocks))]}
 
@@ -223,12 +245,82 @@ class Aggregate:
         if not isinstance(blocks, list) or [tuple(b.shape) for b in blocks] != shapes:
             raise FileFormatError(f"{os.fspath(path)!r}: the sums do not fit the graph's blocks")
         sums.counts, sums.nodes, sums.biases, sums.weighted = state["counts"], state["nodes"], state["biases"], blocks
-        made.batches = int(state["batches"])
+        made.chunks = int(state["chunks"])
+        made.chunking = None if state["chunking"] is None else tuple(int(n) for n in state["chunking"])
         return made
 
     def __repr__(self) -> str:
         return (f"Aggregate(samples={self.count}, nodes={self.graph.num_nodes:,}, edges={self.graph.num_edges:,}, "
                 f"by_class={self.by_class}, absolute={self.absolute})")
+
+
+def _resumed(checkpoint: str | os.PathLike | None, made: Aggregate) -> Aggregate:
+    """The aggregate a checkpoint file holds, if there is one, checked against the one asked for."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return made
+    found = Aggregate.load(checkpoint, made.graph, made.rule, made.composite)
+    if (found.by_class, found.absolute) != (made.by_class, made.absolute):
+        raise InputError(f"checkpoint {os.fspath(checkpoint)!r} holds an aggregate with by_class="
+                         f"{found.by_class}, absolute={found.absolute}; asked for {made.by_class}, {made.absolute}")
+    if found.chunking != made.chunking:
+        asked = "chunk_size={}, batch_size={}".format(*made.chunking)
+        held = "no chunks of a data set" if found.chunking is None else "chunk_size={}, batch_size={}".format(
+            *found.chunking)
+        raise InputError(f"checkpoint {os.fspath(checkpoint)!r} holds {held}; asked for {asked} (a run resumes "
+                         f"with the chunks it was started with)")
+    return found
+
+
+def _start(made: Aggregate, checkpoint: str | os.PathLike | None, group: Processes) -> Aggregate:
+    """The aggregate to continue on every process: rank 0 reads the checkpoint and sends what it holds."""
+    result, failure = made, None
+    if group.rank == 0:
+        try:
+            result = _resumed(checkpoint, made)
+        except (GraphLRPError, OSError) as error:
+            failure = error
+    if group.size == 1:
+        if failure is not None:
+            raise failure
+        return result
+    done = group.broadcast_object(failure if failure is not None else result.chunks)
+    if isinstance(done, BaseException):
+        raise done
+    if done:
+        vector = group.broadcast(result._sums.vector() if group.rank == 0 else made._sums.vector())
+        if group.rank != 0:
+            result._sums.load_vector(vector)
+            result.chunks = done
+    return result
+
+
+class _Run:
+    """What every round of an aggregation does after its chunks are explained: add them in chunk
+    order, move the progress bar, save the checkpoint when due."""
+
+    def __init__(self, result: Aggregate, chunk_size: int, checkpoint: str | os.PathLike | None,
+                 checkpoint_every: int, group: Processes, bar: object) -> None:
+        self.result, self.chunk_size, self.bar = result, chunk_size, bar
+        self.checkpoint = checkpoint if group.rank == 0 else None
+        self.checkpoint_every, self.saved = checkpoint_every, result.chunks
+
+    def add(self, vectors: list[Tensor]) -> bool:
+        """Add a round's chunk sums (in rank order, which is chunk order); whether the data ended in it."""
+        ended = False
+        for vector in vectors:
+            samples = self.result._sums.samples_in(vector)
+            if samples:
+                self.result.add_chunk(vector)
+                self.bar.update(samples)
+            ended = ended or samples < self.chunk_size
+        if self.checkpoint is not None and self.result.chunks - self.saved >= self.checkpoint_every:
+            self.save()
+        return ended
+
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            self.result.save(self.checkpoint)
+            self.saved = self.result.chunks
 
 
 def aggregate(
@@ -242,33 +334,52 @@ def aggregate(
     absolute: bool = False,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 16,
+    checkpoint_every: int = 4,
+    chunk_size: int = 512,
+    distributed: bool | None = None,
 ) -> Aggregate:
     """Relevance per node, edge and parameter summed over a data set, at about the cost of explaining it.
+
+    The data set is cut into chunks of ``chunk_size`` samples by sample index, each explained in
+    batches of ``batch_size`` and summed in float64 on its own; the chunks' sums are added in
+    chunk order. The result depends on the data, ``chunk_size`` and ``batch_size`` alone: the
+    same bits on one process and on any number of them (:mod:`graphlrp.aggregation.chunks`).
 
     Parameters
     ----------
     graph : Graph
-    data : Tensor or iterable
-        ``(N, *graph.input_shape)`` samples, cut into ``batch_size`` batches; or any iterable of
-        batches, ``(x, y)`` pairs (such as a ``DataLoader``) or tensors ``x``.
+    data : Tensor, Dataset or iterable
+        ``(N, *graph.input_shape)`` samples; a map-style data set of samples ``(x, y)`` or ``x``;
+        or any iterable of batches, ``(x, y)`` pairs (such as a ``DataLoader``) or tensors ``x``.
     target : int, sequence of int, Tensor, ``'predicted'`` or ``'label'``
         The class to explain: one for all, one per sample of the data set, each sample's largest
-        output, or (iterables of pairs) each batch's ``y``.
+        output, or (data of pairs) each sample's ``y``.
     rule, composite : optional
         As for :func:`graphlrp.explain`.
     batch_size : int
-        Samples explained at once when ``data`` is a tensor.
+        Samples explained at once.
     by_class : bool
         Keep every sum per explained class.
     absolute : bool
         Sum ``|relevance|`` of every node, edge and bias instead of relevance.
     progress : bool
-        Show a progress bar (tqdm) on stderr.
+        Show a progress bar (tqdm) on stderr (on the first process only).
     checkpoint : path, optional
-        Save the aggregate there every ``checkpoint_every`` batches and at the end (atomically);
-        a call with the same arguments finding the file resumes after the samples it holds. The
-        data must come in the same order (a ``DataLoader`` without shuffling).
+        Save the aggregate there, with the number of chunks it holds (its ledger: chunks
+        ``0 .. k - 1``), every ``checkpoint_every`` chunks and at the end, atomically; a call
+        with the same arguments finding the file resumes at chunk ``k`` and returns the same
+        bits as a run that was never stopped. Iterables must yield the same samples in the same
+        order again (a ``DataLoader`` without shuffling). With several processes the first one
+        writes the file and sends what it reads to the others.
+    chunk_size : int
+        Samples per chunk: the unit of work of a process and of a checkpoint's ledger.
+    distributed : bool, optional
+        Share the work between the processes of the default ``torch.distributed`` process group:
+        ``None`` (default) when one is initialised, ``True`` also initialising it from the
+        environment (as ``torchrun`` sets it; NCCL for a graph on a GPU, else gloo), ``False``
+        never. Process ``r`` of ``W`` explains the chunks ``k + r, k + r + W, …`` (``k``: the
+        chunks a checkpoint holds), the processes exchange their chunks' sums after every round
+        of ``W`` chunks, and every process returns the same aggregate.
 
     Returns
     -------
@@ -283,28 +394,38 @@ def aggregate(
     check_arguments(graph, rule, composite)
     target = check_target(target)
     check_int("batch_size", batch_size, 1)
+    check_int("chunk_size", chunk_size, 1)
     check_int("checkpoint_every", checkpoint_every, 1)
     check_bool("progress", progress)
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise ArgumentTypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
-    if checkpoint is not None and Path(checkpoint).exists():
-        result = Aggregate.load(checkpoint, graph, rule, composite)
-        if (result.by_class, result.absolute) != (by_class, absolute):
-            raise InputError(f"checkpoint {os.fspath(checkpoint)!r} holds an aggregate with by_class="
-                             f"{result.by_class}, absolute={result.absolute}; asked for {by_class}, {absolute}")
-    else:
-        result = Aggregate(graph, rule, composite, by_class, absolute)
+    group = processes(distributed, graph.device)
+    made = Aggregate(graph, rule, composite, by_class, absolute)
+    made.chunking = (chunk_size, batch_size)
+    result = _start(made, checkpoint, group)
     from tqdm.auto import tqdm
 
-    skip = result.count
-    with tqdm(total=total_samples(data), initial=skip, unit="sample", desc="aggregate", disable=not progress) as bar:
-        for batch in batches(data, target, batch_size, skip):
-            result.update(batch.x, batch.target)
-            bar.update(len(batch.x))
-            if checkpoint is not None and result.batches % checkpoint_every == 0:
-                result.save(checkpoint)
+    mine = chunks(data, target, chunk_size, batch_size, result.chunks + group.rank, group.size)
+    known = chunk_count(data, chunk_size)
+    if known is not None and result.chunks > known:
+        raise InputError(f"checkpoint {os.fspath(checkpoint)!r} holds {result.chunks} chunks of {chunk_size} samples; "
+                         f"data holds {known}: it is not the data set the checkpoint was made from")
+    rounds = itertools.count() if known is None else range(-(-(known - result.chunks) // group.size))
+    empty = torch.zeros_like(result._new_sums().vector())
+    with tqdm(total=total_samples(data), initial=result.count, unit="sample", desc="aggregate",
+              disable=not progress or group.rank != 0) as bar:
+        run = _Run(result, chunk_size, checkpoint, checkpoint_every, group, bar)
+        pending = None
+        for _ in rounds:
+            chunk = next(mine, None)
+            vector = empty if chunk is None else result.chunk_sums(chunk.batches)
+            if pending is not None and run.add(pending()):
+                pending = None
+                break
+            pending = group.gather(vector)
+        if pending is not None:
+            run.add(pending())
     if result.count == 0:
         raise InputError("data holds no samples")
-    if checkpoint is not None:
-        result.save(checkpoint)
+    run.save()
     return result

@@ -46,53 +46,47 @@ def check_target(target: object) -> object:
 
 
 def total_samples(data: object) -> int | None:
-    """Samples in ``data``, when it says (a tensor, or a ``DataLoader`` over a sized data set)."""
+    """Samples in ``data``, when it says (a tensor, a sized data set, or a ``DataLoader`` over one)."""
     if isinstance(data, Tensor):
         return len(data)
-    dataset = getattr(data, "dataset", None)
+    sized = data if isinstance(data, torch.utils.data.Dataset) else getattr(data, "dataset", None)
     try:
-        return len(dataset) if dataset is not None else None
+        return len(sized) if sized is not None else None
     except TypeError:
         return None
 
 
-def batches(data: object, target: object, batch_size: int, skip: int) -> Iterator[Batch]:
-    """The samples of ``data`` after the first ``skip``, in batches.
-
-    A tensor is cut into ``batch_size`` samples; any other iterable yields its own batches, each
-    ``(x, y)`` (``y`` used by ``target='label'``) or a tensor ``x``.
-    """
-    if isinstance(data, Tensor):
-        yield from _tensor_batches(data, target, batch_size, skip)
-        return
-    if not isinstance(data, Iterable):
-        raise ArgumentTypeError(f"data must be a tensor of samples or an iterable of (x, y) batches, "
-                                f"got {type(data).__name__}")
-    position = 0
-    for item in data:
-        x, labels = _split(item, target)
-        end = position + len(x)
-        if end > skip:
-            cut = max(0, skip - position)
-            chosen = labels[cut:] if target == "label" else _per_sample(target, position + cut, end)
-            yield Batch(x[cut:], chosen, position + cut)
-        position = end
-
-
-def _tensor_batches(data: Tensor, target: object, batch_size: int, skip: int) -> Iterator[Batch]:
+def check_samples(data: Tensor, target: object) -> None:
+    """Refuse a tensor of samples that holds none, or ``target`` that does not fit it."""
     if target == "label":
         raise InputError("target='label' needs data that yields (x, y) batches; give per-sample classes as target=")
     if data.dim() == 0 or len(data) == 0:
         raise InputError("data holds no samples")
     if isinstance(target, Tensor) and target.numel() not in (1, len(data)):
         raise InputError(f"target has {target.numel()} entries for {len(data)} samples; give one, or one per sample")
-    for start in range(skip, len(data), batch_size):
-        end = min(start + batch_size, len(data))
-        yield Batch(data[start:end], _per_sample(target, start, end), start)
 
 
-def _split(item: object, target: object) -> tuple[Tensor, Tensor | None]:
-    """``(x, y)`` of one batch from an iterable."""
+def batches(data: object, target: object, batch_size: int) -> Iterator[Batch]:
+    """The samples of ``data`` in batches: a tensor cut into ``batch_size`` samples; any other
+    iterable's own batches, each ``(x, y)`` (``y`` used by ``target='label'``) or a tensor ``x``."""
+    if isinstance(data, Tensor):
+        check_samples(data, target)
+        for start in range(0, len(data), batch_size):
+            end = min(start + batch_size, len(data))
+            yield Batch(data[start:end], per_sample(target, start, end), start)
+        return
+    if not isinstance(data, Iterable):
+        raise ArgumentTypeError(f"data must be a tensor of samples or an iterable of (x, y) batches, "
+                                f"got {type(data).__name__}")
+    position = 0
+    for item in data:
+        x, labels = split_item(item, target)
+        yield Batch(x, labels if target == "label" else per_sample(target, position, position + len(x)), position)
+        position += len(x)
+
+
+def split_item(item: object, target: object) -> tuple[Tensor, Tensor | None]:
+    """``(x, y)`` of one batch: a tensor ``x`` or an ``(x, y)`` pair (``y`` kept for ``target='label'``)."""
     if isinstance(item, Tensor):
         if target == "label":
             raise InputError("target='label' needs data that yields (x, y) batches, got bare tensors")
@@ -108,7 +102,8 @@ def _split(item: object, target: object) -> tuple[Tensor, Tensor | None]:
     raise ArgumentTypeError(f"data must yield tensors or (x, y) pairs of tensors, got {type(item).__name__}")
 
 
-def _per_sample(target: object, start: int, end: int) -> object:
+def per_sample(target: object, start: int, end: int) -> object:
+    """What to explain in samples ``start..end`` of the data set: a slice of per-sample classes, or ``target``."""
     if isinstance(target, Tensor) and target.numel() > 1:
         if target.numel() < end:
             raise InputError(f"target has {target.numel()} entries, fewer than the {end} samples of data")

@@ -16,6 +16,7 @@ Norm qualify; z^B (its bound terms overlap the plain term) does not, and its lev
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -234,6 +235,46 @@ class Sums:
                 else:
                     self.weighted[position].add_(product)
             self.raw[position].clear()
+
+    # -- as one vector ---------------------------------------------------------------------
+    def _lengths(self) -> list[int]:
+        sizes = [self.classes * math.prod(block.sum_shape) for block in self.graph.blocks]
+        return [self.classes, self.nodes.numel(), self.biases.numel(), *sizes]
+
+    def vector(self) -> Tensor:
+        """Every sum in one float64 vector: the counts, node sums, bias sums, then each block's
+        sums with the weights applied (what :meth:`add_vector` and :meth:`load_vector` read)."""
+        self.collapse()
+        parts = [self.counts.to(device=self.nodes.device, dtype=torch.float64), self.nodes.reshape(-1),
+                 self.biases.reshape(-1), *(self._weighted(k).reshape(-1) for k in range(len(self.graph.blocks)))]
+        return torch.cat(parts)
+
+    def samples_in(self, vector: Tensor) -> int:
+        """Samples counted in a :meth:`vector`."""
+        return int(vector[: self.classes].sum())
+
+    def _views(self, vector: Tensor) -> list[Tensor]:
+        pieces = vector.split(self._lengths())
+        blocks = [piece.view(self.classes, *block.sum_shape) for piece, block in zip(pieces[3:], self.graph.blocks)]
+        return [pieces[0], pieces[1].view_as(self.nodes), pieces[2].view_as(self.biases), *blocks]
+
+    def add_vector(self, vector: Tensor) -> None:
+        """Add the sums of a :meth:`vector` to these, element by element."""
+        self.collapse()
+        counts, nodes, biases, *blocks = self._views(vector)
+        self.counts += counts.round().to(device="cpu", dtype=torch.int64)
+        self.nodes += nodes
+        self.biases += biases
+        for position, values in enumerate(blocks):
+            self._weighted(position).add_(values)
+
+    def load_vector(self, vector: Tensor) -> None:
+        """Make these sums the ones of a :meth:`vector`, bit for bit."""
+        counts, nodes, biases, *blocks = self._views(vector)
+        self.counts = counts.round().to(device="cpu", dtype=torch.int64)
+        self.nodes, self.biases = nodes.clone(), biases.clone()
+        self.weighted = [values.clone() for values in blocks]
+        self.raw, self.partial = [{} for _ in self.graph.blocks], [{} for _ in self.graph.blocks]
 
     def edge_values(self, position: int) -> Tensor:
         """``(classes, num_edges)`` of block ``position``, in its edges' order."""

@@ -73,7 +73,7 @@ def taylor_scores(model: nn.Module, data: object, target: object = "label", gran
     sums = {name: torch.zeros(m.weight.shape if granularity == "weight" else len(m.weight), dtype=torch.float64,
                               device=m.weight.device) for name, m in layers.items()}
     count = 0
-    for batch in batches(data, target, batch_size, 0):
+    for batch in batches(data, target, batch_size):
         x = batch.x.detach().clone().requires_grad_(True)
         outputs: dict[str, list[Tensor]] = {name: [] for name in layers}
         hooks = [twin_layers[name].register_forward_hook(lambda _m, _i, out, name=name: outputs[name].append(out))

@@ -48,7 +48,7 @@ def check_criterion(criterion: object) -> str:
 
 def reference_batches(model: nn.Module, data: object, target: object, batch_size: int) -> tuple[Graph, Iterator[Batch]]:
     """The graph of ``model`` (lowered on the first sample of ``data``) and every batch of ``data``."""
-    stream = batches(data, target, batch_size, 0)
+    stream = batches(data, target, batch_size)
     first = next(stream, None)
     if first is None or len(first.x) == 0:
         raise InputError("data holds no samples")
