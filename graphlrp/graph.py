@@ -145,6 +145,8 @@ class Graph:
                 raise InputError(f"{block!r} must go from an earlier level to a later one")
             if block.n_src != self.levels[block.src].size or block.n_dst != self.levels[block.dst].size:
                 raise InputError(f"{block!r} does not match the sizes of levels {block.src} and {block.dst}")
+            if not all(0 <= level < block.dst for level in block.context):
+                raise InputError(f"{block!r} reads context levels {block.context}; they must come before level {block.dst}")
 
     # -- sizes --------------------------------------------------------------------------------
     @property
@@ -305,7 +307,7 @@ class Graph:
         """
         z = None
         for block in self.incoming[level.index]:
-            state = block.prepare(activations[block.src])
+            state = block.prepare(activations[block.src], *(activations[c] for c in block.context))
             if state is not None:
                 states[id(block)] = state
             part = block.forward(activations[block.src], state)

@@ -14,9 +14,12 @@ does the two reductions an LRP rule needs with the kernel that suits that kind:
   messages are these sums times its transformed weight (``slot_weights``), its edges are listed by
   ``edge_slots`` and ``weight_sums`` shapes slot values like the layer's weight.
 
-A block whose edges depend on the sample (max pooling: only the window's winner is connected)
-computes a per-batch ``state`` in :meth:`Block.prepare` during the forward pass; the reductions
-then receive it. Such a block's forward is not its ``matvec`` (``linear_forward`` is False).
+A block whose edges depend on the sample (max pooling: only the window's winner is connected; a
+gate's weights are another branch's values) computes a per-batch ``state`` in
+:meth:`Block.prepare` during the forward pass, from its source activations and those of its
+:attr:`Block.context` levels; the reductions then receive it. Relevance flows only along the
+block's edges, from ``dst`` to ``src``: the context levels receive none through it. Such a block's
+forward is not its ``matvec`` (``linear_forward`` is False).
 
 ``f`` is a rule's weight transform (:mod:`graphlrp.transforms`). A block holds its weights and
 what it derives from them alone (a CSR's transpose, an edge list's sort order), built on first use
@@ -127,6 +130,9 @@ class Block(ABC):
     holds_any_edges: ClassVar[bool] = False
     #: whether the forward pass is ``matvec`` with untransformed weights
     linear_forward: bool = True
+    #: levels, besides ``src``, whose activations :meth:`prepare` reads to make the block's
+    #: per-sample weights (all before ``dst``); they receive no relevance through this block
+    context: tuple[int, ...] = ()
     #: whether the kind was chosen from the weights' density (``block_kind='auto'``) rather than
     #: given: :meth:`graphlrp.Graph.to` decides such a kind again for the device it moves to
     automatic_kind: bool = False
@@ -206,8 +212,9 @@ class Block(ABC):
     def _to(self, device: torch.device | str | None, dtype: torch.dtype | None) -> "Block": ...
 
     # -- shared mechanism -------------------------------------------------------------------
-    def prepare(self, x: Tensor) -> object:
-        """Per-batch state computed from the source activations in the forward pass (none here)."""
+    def prepare(self, x: Tensor, *context: Tensor) -> object:
+        """Per-batch state computed in the forward pass from the source activations ``x`` and the
+        activations of the :attr:`context` levels, in their order (none here)."""
         return None
 
     def select_state(self, state: object, samples: Tensor) -> object:
