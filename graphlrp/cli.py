@@ -11,7 +11,10 @@ Models
 ------
 ``MODEL`` is one of
 
-- a TorchScript file (``torch.jit.save``) of an ``nn.Sequential`` (nested ones too) of the modules
+- a program saved with ``torch.export`` (``torch.export.save(torch.export.export(model, (x,)), 'model.pt2')``),
+  lowered from its ATen operators (:mod:`graphlrp.frontends.exported`): any model that export can
+  record and graphlrp can lower, without its Python code;
+- a TorchScript file (``torch.jit.save``, deprecated by torch) of an ``nn.Sequential`` (nested ones too) of the modules
   graphlrp lowers (:data:`graphlrp.frontends.torchscript.SCRIPTED_TYPES`: ``Linear``,
   ``Conv1d/2d/3d``, max, average and adaptive average pooling, batch norm, element-wise
   activations such as ``ReLU``, ``Flatten``/``Unflatten``, ``Identity``, dropout). A TorchScript
@@ -94,6 +97,7 @@ from .explainer import explain
 from .explanation import Explanation
 from .graph import Graph
 from .frontends import lower
+from .frontends.exported import from_exported
 from .frontends.torchscript import check_rebuild, from_torchscript
 from .rules import Rule
 
@@ -104,8 +108,8 @@ EXIT_FILE = 3
 EXIT_MODEL = 4
 
 EPILOG = """\
-MODEL is a TorchScript file (torch.jit.save) of an nn.Sequential of supported modules, or
-module:function / path/to/file.py:function returning an nn.Module. INPUTS is a .pt (torch.save
+MODEL is a program saved by torch.export.save (.pt2), a TorchScript file (torch.jit.save) of an
+nn.Sequential of supported modules, or module:function / path/to/file.py:function returning an nn.Module. INPUTS is a .pt (torch.save
 of a tensor) or .npy file, batch first.
 
 exit codes (every failure prints one line; --debug adds the traceback):
@@ -302,6 +306,8 @@ def load_model(spec: str) -> LoadedModel:
         saying what it is; nothing in it is unpickled.
     """
     if Path(spec).is_file():
+        if _is_exported_program(Path(spec)):
+            return LoadedModel(_load_exported(Path(spec)))
         scripted = _load_torchscript(Path(spec))
         with _failing("cannot lower the model"):
             return LoadedModel(from_torchscript(scripted), scripted)
@@ -311,8 +317,27 @@ def load_model(spec: str) -> LoadedModel:
 
 
 #: what a model file must be, ending every error about one
-MODEL_FILE_HINT = ("a model file must be a TorchScript file (torch.jit.save(torch.jit.script(model), path)); "
-                   "give any other model as module:function, a function that returns it")
+MODEL_FILE_HINT = ("a model file must be a program saved by torch.export.save (.pt2) or a TorchScript file "
+                   "(torch.jit.save(torch.jit.script(model), path)); give any other model as module:function, "
+                   "a function that returns it")
+
+
+def _is_exported_program(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.export.save`` archive: a zip file holding an ``archive_format`` entry."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.rsplit("/", 1)[-1] == "archive_format" for name in archive.namelist())
+
+
+def _load_exported(path: Path) -> nn.Module:
+    """The module of the program in ``path`` (:func:`~graphlrp.frontends.exported.from_exported`)."""
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:  # torch reports unreadable archives with many kinds of errors
+        raise FileFormatError(f"cannot read {path} as a torch.export program: {_summary(error)}; "
+                              f"{MODEL_FILE_HINT}") from error
+    return from_exported(program)
 
 
 def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
@@ -772,8 +797,9 @@ def run_plot(args: argparse.Namespace) -> None:
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
     """Add what every subcommand takes: the model, the inputs, the rule and the lowering."""
     parser.add_argument("model", metavar="MODEL",
-                        help="TorchScript file (torch.jit.save) of an nn.Sequential of supported modules, or "
-                             "module:function / path/to/file.py:function returning an nn.Module")
+                        help="program saved by torch.export.save (.pt2), TorchScript file (torch.jit.save) of an "
+                             "nn.Sequential of supported modules, or module:function / path/to/file.py:function "
+                             "returning an nn.Module")
     parser.add_argument("inputs", metavar="INPUTS", type=_path_with_suffix(".pt", ".npy"),
                         help="inputs, batch first: .pt (torch.save of a tensor) or .npy")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or notes on stderr")

@@ -251,7 +251,8 @@ def test_a_model_file_of_another_kind_says_what_a_model_file_must_be(root, monke
     assert code == EXIT_FILE
     assert len(err) == 1
     assert f"cannot read {model} as a TorchScript model: {kind}" in err[0]
-    assert "a model file must be a TorchScript file" in err[0] and "module:function" in err[0]
+    assert "a model file must be a program saved by torch.export.save (.pt2) or a TorchScript file" in err[0]
+    assert "module:function" in err[0]
     assert "corrupted" not in err[0]
 
 

@@ -43,6 +43,8 @@ _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsquee
 _PERMUTE_METHODS = {"permute", "transpose"}
 _PERMUTE_FUNCTIONS = {torch.permute, torch.transpose}
 _ADD = {operator.add, torch.add, operator.iadd}
+#: functions that return their argument's values unchanged (a copy, or the tensor itself)
+_IDENTITY_FUNCTIONS = {torch.clone, torch.detach, torch.Tensor.contiguous}
 
 
 @dataclass(frozen=True)
@@ -183,13 +185,13 @@ class _Shapes(torch.fx.Interpreter):
 
 
 def _shapes(gm: torch.fx.GraphModule, example_input: Tensor) -> dict[torch.fx.Node, tuple[int, ...] | None]:
-    """Per-sample shapes of every node, from one run on a copy of the example's first sample."""
+    """Per-sample shapes of every node, from one run on a copy of ``example_input``."""
     interpreter = _Shapes(gm)
     try:
         with torch.no_grad():
-            interpreter.run(example_input[:1].detach().clone())
+            interpreter.run(example_input.detach().clone())
     except Exception as error:  # the model's own code may raise anything
-        raise InputError(f"running the traced model on one sample of example_input (shape "
+        raise InputError(f"running the traced model on a copy of example_input (per-sample shape "
                          f"{tuple(example_input.shape[1:])}) failed: {type(error).__name__}: {error}") from None
     return interpreter.shapes
 
@@ -222,6 +224,8 @@ class _Walker:
     # -- node kinds -----------------------------------------------------------------------------
     def _output(self, node: torch.fx.Node) -> Value:
         returned = node.args[0]
+        if isinstance(returned, (tuple, list)) and len(returned) == 1:  # torch.export returns a tuple
+            returned = returned[0]
         result = self.values.get(returned) if isinstance(returned, torch.fx.Node) else None
         if not isinstance(result, Value):
             kind = type(returned).__name__ if not isinstance(returned, torch.fx.Node) else "a value not computed from the input"
@@ -280,6 +284,8 @@ class _Walker:
         if target is F.dropout:
             if self._kwargs(node, ("input", "p", "training", "inplace")).get("training", True):
                 raise InputError(f"dropout in training mode at {_where(node)}; pass training=False or use nn.Dropout")
+            return self._tensor_arg(node, 0)
+        if target in _IDENTITY_FUNCTIONS:
             return self._tensor_arg(node, 0)
         functional = _FUNCTIONAL.get(target)
         if functional is None:
@@ -395,6 +401,25 @@ def _functional_conv(walker: _Walker, node: torch.fx.Node) -> Value:
                                kwargs.get("groups", 1))
 
 
+def _functional_batch_norm(walker: _Walker, node: torch.fx.Node) -> Value:
+    """``F.batch_norm`` with running statistics (eval): a per-channel scale and shift, folded where it can be."""
+    kwargs = walker._kwargs(node, ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
+                                   "eps"))
+    if kwargs.get("training", False):
+        raise InputError(f"batch norm in training mode at {_where(node)}; put the model in eval mode (model.eval())")
+    value = walker._tensor_arg(node, 0)
+    mean = _parameter(node, kwargs, "running_mean", True)
+    var = _parameter(node, kwargs, "running_var", True)
+    weight, bias = _parameter(node, kwargs, "weight", False), _parameter(node, kwargs, "bias", False)
+    scale = torch.rsqrt(var + kwargs.get("eps", 1e-5))
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    layer_type = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(value.shape)]
+    return walker.builder.batch_norm(node.name, layer_type, value, scale, shift,
+                                     fold=_exclusive(node.args[0], walker.modules))
+
+
 def _functional_pool(module_type: type, names: tuple[str, ...]) -> Callable[[_Walker, torch.fx.Node], Value]:
     def lower_pool(walker: _Walker, node: torch.fx.Node) -> Value:
         kwargs = walker._kwargs(node, ("input", *names))
@@ -416,6 +441,7 @@ _AVG_POOL_PARAMETERS = ("kernel_size", "stride", "padding", "ceil_mode", "count_
 
 _FUNCTIONAL: dict[Any, Callable[[_Walker, torch.fx.Node], Value]] = {
     F.linear: _functional_linear,
+    F.batch_norm: _functional_batch_norm,
     F.conv1d: _functional_conv,
     F.conv2d: _functional_conv,
     F.conv3d: _functional_conv,
@@ -432,9 +458,17 @@ def lower_traced(model: nn.Module, example_input: Tensor, builder: GraphBuilder)
     """Trace ``model`` with ``torch.fx`` and build its graph; returns the output's value.
 
     Every module the traced graph calls is checked to be supported, and every in-place operation
-    to be expressible, before the model runs on (a copy of) the example's first sample.
+    to be expressible, before the model runs on (a copy of) the example's first sample. A
+    ``torch.fx.GraphModule`` (a traced model, or :func:`~graphlrp.frontends.exported.from_exported`'s
+    module) is lowered from its own graph, and shapes are found by running it on (a copy of) the
+    whole example: such a graph may hold the batch size it was made with.
     """
-    gm = _trace(model)
+    if isinstance(model, torch.fx.GraphModule):
+        return _lower_graph(model, example_input, builder, example_input)
+    return _lower_graph(_trace(model), example_input, builder, example_input[:1])
+
+
+def _lower_graph(gm: torch.fx.GraphModule, example_input: Tensor, builder: GraphBuilder, shape_input: Tensor) -> Value:
     modules = dict(gm.named_modules())
     inputs = [node for node in gm.graph.nodes if node.op == "placeholder"]
     if len(inputs) != 1:
@@ -444,4 +478,4 @@ def lower_traced(model: nn.Module, example_input: Tensor, builder: GraphBuilder)
         if node.op == "call_module" and handler_for(modules[node.target]) is None:
             raise unsupported(node.target, modules[node.target])
     check_inplace(gm.graph, modules)
-    return _Walker(gm, builder, example_input, _shapes(gm, example_input)).run()
+    return _Walker(gm, builder, example_input, _shapes(gm, shape_input)).run()

@@ -21,6 +21,7 @@ from ..errors import (
 from ..graph import Graph
 from ..memory import check_budget
 from .builder import GraphBuilder, Value
+from .exported import check_exported_input, from_exported
 from .fx import lower_traced
 from .modules import check_per_sample, handler_for, unsupported
 
@@ -62,7 +63,7 @@ def _is_sequential(model: nn.Module) -> bool:
 
 
 def lower(
-    model: nn.Module,
+    model: nn.Module | torch.export.ExportedProgram,
     example_input: Tensor,
     block_kind: str = "auto",
     max_pool: str = "winner",
@@ -74,9 +75,10 @@ def lower(
 
     Parameters
     ----------
-    model : nn.Module
-        An ``nn.Sequential`` (nested ones too) of supported modules, or any module that
-        ``torch.fx`` can trace (residual additions, concatenations, functional calls, in-place
+    model : nn.Module or torch.export.ExportedProgram
+        An ``nn.Sequential`` (nested ones too) of supported modules, a program saved with
+        ``torch.export`` (``torch.export.load``; lowered from its ATen operators, see
+        :mod:`graphlrp.frontends.exported`), or any module that ``torch.fx`` can trace (residual additions, concatenations, functional calls, in-place
         activations and additions) and that returns one tensor. Supported: ``nn.Linear``,
         ``nn.Conv1d/2d/3d``, max, average and adaptive average pooling, batch norm in eval mode
         (folded into the layer before it when that is a dense or convolution layer whose output
@@ -126,6 +128,10 @@ def lower(
         The graph would exceed ``max_edges`` or ``max_bytes``.
     """
     _check_options(block_kind, max_pool, check, max_edges, max_bytes)
+    if isinstance(model, torch.export.ExportedProgram):
+        model = from_exported(model)
+    if isinstance(model, torch.fx.GraphModule) and isinstance(example_input, Tensor):
+        check_exported_input(model, example_input)
     _check_model(model)
     _check_example(model, example_input)
     with _state_preserved(model):
