@@ -1,7 +1,10 @@
 """Convolution block: weight-shared edges, reductions by convolution and transposed convolution.
 
 A convolution's edges are never materialized for the reductions: ``matvec`` is the convolution
-with the (transformed) kernel and ``rmatvec`` its transpose. ``edges`` lists them on demand by
+with the (transformed) kernel and ``rmatvec`` its transpose. A convolution whose kernel has whole
+output or input channels of zeros (channel pruning) convolves only its live channels, with the
+compacted kernel, and places the result by channel index (:class:`ConvOperand`): its cost falls
+with the live multiply-adds. ``edges`` lists them on demand by
 vectorized index arithmetic: output unit ``(o, *p)`` receives from input unit
 ``(g·C_in/groups + c, *(p·stride − padding + k·dilation))`` for every kernel position ``(c, *k)``
 whose weight is nonzero and whose input position is inside the input (padding gives no edge).
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +24,10 @@ from ..transforms import EdgeIndicator, Ones, Transform
 from .base import SUM_CHUNK_ELEMENTS, StaticBlock, count_after_cast
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+#: compact a kernel when at most this fraction of its ``C_out × C_in`` channel pairs is live: below
+#: it, convolving the live channels and placing them by index beats the whole convolution
+#: (``scripts/bench-pruned-conv``)
+COMPACT_AT_MOST = 0.8
 _CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
 
 
@@ -30,6 +38,15 @@ def _valid_positions(kernel: int, n_in: int, n_out: int, stride: int, padding: i
     offsets = torch.arange(kernel, device=device)
     position = out[None, :] * stride - padding + offsets[:, None] * dilation
     return ((position >= 0) & (position < n_in)).sum(1)
+
+
+def _placed(channels: Tensor, live: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+    """``channels (B, len(live), *spatial)`` placed at channel indices ``live`` of zeros shaped
+    ``(B, *shape)`` (``channels`` itself where every channel is live)."""
+    if live is None:
+        return channels
+    full = channels.new_zeros((len(channels), *shape))
+    return full.index_copy_(1, live, channels)
 
 
 def count_conv_edges(weight: Tensor, in_shape, out_shape, stride, padding, dilation) -> int:
@@ -43,6 +60,21 @@ def count_conv_edges(weight: Tensor, in_shape, out_shape, stride, padding, dilat
         shape[2 + axis] = -1
         counts = counts * valid.reshape(shape)
     return int(counts.sum())
+
+
+@dataclass(frozen=True)
+class ConvOperand:
+    """A (transformed) kernel as the reductions use it.
+
+    ``kernel`` holds the live output and input channels only where ``live_out`` / ``live_in``
+    (channel indices) are given; ``flipped`` is the transposed convolution's kernel as a plain one
+    where that applies (:meth:`ConvBlock._flipped`).
+    """
+
+    kernel: Tensor
+    flipped: Tensor | None
+    live_out: Tensor | None = None
+    live_in: Tensor | None = None
 
 
 class ConvBlock(StaticBlock):
@@ -98,18 +130,31 @@ class ConvBlock(StaticBlock):
     def held(self) -> tuple[Tensor, ...]:
         return (self.weight,)
 
-    def _transformed(self, transform: Transform) -> tuple[Tensor, Tensor | None]:
-        kernel = transform(self.weight)
-        return kernel, self._flipped(kernel, self._uniform(transform))
-
-    def _uniform(self, transform: Transform) -> bool:
-        """Whether ``transform`` gives every kernel entry one value (the flat rule's ones), known from
-        the transform and, once per block, whether every weight is nonzero."""
-        return isinstance(transform, Ones) or (isinstance(transform, EdgeIndicator) and self._no_zero_weight)
+    def _transformed(self, transform: Transform) -> ConvOperand:
+        live_out, live_in = self._live_channels
+        weight = self.weight
+        if live_out is not None:
+            weight = weight.index_select(0, live_out)
+        if live_in is not None:
+            weight = weight.index_select(1, live_in)
+        kernel = transform(weight)
+        uniform = isinstance(transform, Ones) or (isinstance(transform, EdgeIndicator) and bool(weight.ne(0).all()))
+        return ConvOperand(kernel, self._flipped(kernel, uniform), live_out, live_in)
 
     @functools.cached_property
-    def _no_zero_weight(self) -> bool:
-        return bool(torch.count_nonzero(self.weight) == self.weight.numel())
+    def _live_channels(self) -> tuple[Tensor | None, Tensor | None]:
+        """The output and input channels with a nonzero weight, where compacting to them pays
+        (:data:`COMPACT_AT_MOST`; one group only), else ``None``; found once per block."""
+        if self.groups != 1:
+            return None, None
+        nonzero = self.weight.ne(0).flatten(2).any(2)  # (C_out, C_in): channel pairs with an edge
+        rows, columns = nonzero.any(1), nonzero.any(0)
+        live_out, live_in = int(rows.sum()), int(columns.sum())
+        c_out, c_in = nonzero.shape
+        if live_out * live_in > COMPACT_AT_MOST * c_out * c_in or live_out * live_in == 0:
+            return None, None
+        return (torch.nonzero(rows).flatten() if live_out < c_out else None,
+                torch.nonzero(columns).flatten() if live_in < c_in else None)
 
     def _flipped(self, kernel: Tensor, uniform: bool) -> Tensor | None:
         """The kernel of the transposed convolution as a plain one, where that is exact and applies.
@@ -128,23 +173,28 @@ class ConvBlock(StaticBlock):
             return flipped[:, :1].contiguous()
         return flipped
 
-    def _matvec(self, x: Tensor, operand: tuple[Tensor, Tensor | None]) -> Tensor:
-        out = _CONV[self.dims](x.reshape(len(x), *self.in_shape), operand[0], None, self.stride, self.padding,
-                               self.dilation, self.groups)
-        return out.reshape(len(x), self.n_dst)
+    def _matvec(self, x: Tensor, operand: ConvOperand) -> Tensor:
+        planes = x.reshape(len(x), *self.in_shape)
+        if operand.live_in is not None:
+            planes = planes.index_select(1, operand.live_in)
+        out = _CONV[self.dims](planes, operand.kernel, None, self.stride, self.padding, self.dilation, self.groups)
+        return _placed(out, operand.live_out, self.out_shape).reshape(len(x), self.n_dst)
 
-    def _rmatvec(self, s: Tensor, operand: tuple[Tensor, Tensor | None]) -> Tensor:
-        kernel, flipped = operand
+    def _rmatvec(self, s: Tensor, operand: ConvOperand) -> Tensor:
+        kernel, flipped = operand.kernel, operand.flipped
         upper = s.reshape(len(s), *self.out_shape)
+        if operand.live_out is not None:
+            upper = upper.index_select(1, operand.live_out)
         if flipped is not None:
             padding = tuple(d * (k - 1) - p for d, k, p in zip(self.dilation, kernel.shape[2:], self.padding))
             if flipped.shape[1] == 1 < upper.shape[1]:
                 upper = upper.sum(1, keepdim=True)
             out = _CONV[self.dims](upper, flipped, None, 1, padding, self.dilation, 1)
         else:
-            out = _CONV_INPUT_GRAD[self.dims]((len(s), *self.in_shape), kernel, upper, self.stride, self.padding,
+            in_shape = (kernel.shape[1] * self.groups, *self.in_shape[1:])
+            out = _CONV_INPUT_GRAD[self.dims]((len(s), *in_shape), kernel, upper, self.stride, self.padding,
                                               self.dilation, self.groups)
-        return out.reshape(len(s), self.n_src)
+        return _placed(out, operand.live_in, self.in_shape).reshape(len(s), self.n_src)
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._edges is None:
