@@ -144,8 +144,8 @@ class Sums:
                 state = block.select_state(state, rows)
             record = records[block.dst]
             quotients = [chosen(q) for q in record.quotients]
-            if self.absolute and not self._is_separable(record):
-                self._add_magnitudes(position, block, record, inputs[block.src], quotients, state, k)
+            if not block.fixed_slot_weights or (self.absolute and not self._is_separable(record)):
+                self._add_messages(position, block, record, inputs[block.src], quotients, state, k)
             else:
                 self._add_terms(position, block, record, inputs[block.src], quotients, state, k)
 
@@ -199,9 +199,10 @@ class Sums:
                     quotient_used = quotient
                 block.add_message_sums(self._running(position, term.weights)[k], x, quotient_used, factor, state)
 
-    def _add_magnitudes(self, position: int, block: Block, record: LevelRecord, inputs: _Inputs,
-                        quotients: list[Tensor], state: object, k: int) -> None:
-        """``Σ_b |message|`` of every edge from each sample's messages, a chunk of samples at a time."""
+    def _add_messages(self, position: int, block: Block, record: LevelRecord, inputs: _Inputs,
+                      quotients: list[Tensor], state: object, k: int) -> None:
+        """``Σ_b message`` (``Σ_b |message|`` if absolute) of every edge from each sample's messages,
+        a chunk of samples at a time."""
         batch = len(quotients[0]) if quotients else 0
         chunk = max(1, SUM_CHUNK_ELEMENTS // max(1, block.num_edges))
         slots = block.edge_slots()
@@ -220,7 +221,8 @@ class Sums:
                     factor = group.scale * term.sign
                     messages = m.mul_(factor) if messages is None else messages.add_(m, alpha=factor)
             if messages is not None:
-                target.index_add_(0, slots, messages.abs().sum(0, dtype=torch.float64))
+                summed = (messages.abs() if self.absolute else messages).sum(0, dtype=torch.float64)
+                target.index_add_(0, slots, summed)
 
     # -- reading ----------------------------------------------------------------------------
     def collapse(self) -> None:

@@ -139,6 +139,10 @@ class Block(ABC):
     #: whether a product with transformed weights keeps nothing in an :class:`OperandCache` whose
     #: ``keep`` is off (else the transformed weights stay in it until it is cleared)
     transient_transforms: bool = False
+    #: whether a slot's summed messages are ``Σ_b x_bi s_bj`` times one weight for every sample
+    #: (:meth:`add_message_sums` times :meth:`slot_weights`); a kind whose weights are values of the
+    #: sample (a gate) has its messages summed sample by sample (:meth:`edge_messages`) instead
+    fixed_slot_weights: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..activations import IDENTITY, Activation, compose
-from ..blocks import KINDS, Block, ConvBlock, ElementwiseBlock, MaxPoolBlock, SparseBlock, block_from_matrix
+from ..blocks import KINDS, Block, ConvBlock, ElementwiseBlock, GateBlock, MaxPoolBlock, SparseBlock, block_from_matrix
 from ..blocks.conv import count_conv_edges
 from ..errors import InputError, UnsupportedModuleError
 from ..graph import Graph, LayerType, Level
@@ -291,6 +291,69 @@ class GraphBuilder:
                                          self._elementwise_builder(torch.arange(value.size)), _elementwise_cost))
         return Value(shape, dst)
 
+    def scale(self, name: str, value: Value, factor: Tensor) -> Value:
+        """``y = factor · x`` element-wise, ``factor`` a constant broadcast to ``value``'s shape: one
+        edge per element weighing its factor (Zennit's ``Pass`` rule, like an unfolded batch norm)."""
+        weight = _broadcast(name, factor.to(self.dtype), value.shape).reshape(-1).clone()
+        src = self.source(value, f"{name}:input")
+        dst = self._add_level(name, "scale", value.shape, default_rule=Pass())
+        self.specs.append(_BlockSpec(src, dst, weight, self._elementwise_builder(torch.arange(value.size)),
+                                     _elementwise_cost))
+        return Value(value.shape, dst)
+
+    def gate(self, name: str, signal: Value, gate: Value) -> Value:
+        """``y = signal · gate`` element-wise for two computed tensors, broadcast to a common shape.
+
+        A :class:`~graphlrp.blocks.GateBlock` from the signal, whose edge weights in a sample are the
+        gate's values; relevance passes to the signal unchanged (``Pass``), the gate receives none.
+        """
+        try:
+            shape = tuple(torch.broadcast_shapes(signal.shape, gate.shape))
+        except RuntimeError:
+            raise UnsupportedModuleError(f"{name}: cannot multiply tensors of shapes {signal.shape} and "
+                                         f"{gate.shape}") from None
+        index = _broadcast(name, torch.arange(signal.size).reshape(signal.shape), shape).reshape(-1).clone()
+        gate_index = _broadcast(name, torch.arange(gate.size).reshape(gate.shape), shape).reshape(-1).clone()
+        src = self.source(signal, f"{name}:signal")
+        context = self.source(gate, f"{name}:gate")
+        dst = self._add_level(name, "gate", shape, default_rule=Pass())
+        n_src, dtype = signal.size, self.dtype
+
+        def build(s: int, d: int, w: Tensor) -> Block:
+            return GateBlock(s, d, n_src, index.to(w.device), context, gate_index.to(w.device), dtype)
+
+        def cost(w: Tensor) -> tuple[int, int]:
+            return len(index), 2 * len(index) * index.element_size()
+
+        self.specs.append(_BlockSpec(src, dst, torch.ones(1, dtype=self.dtype), build, cost))
+        return Value(shape, dst)
+
+    def through_sigmoid(self, value: Value) -> bool:
+        """Whether ``value``'s nodes all apply a sigmoid or hard sigmoid last (a gate's values in ``[0, 1]``)."""
+        ids = self.node_ids(value)
+        offsets = torch.tensor([level.offset for level in self.levels[1:]], dtype=ids.dtype)
+        owners = torch.unique(torch.bucketize(ids, offsets, right=True)).tolist()
+        last = {self.levels[i].activation.name.rsplit(">", 1)[-1].lower() for i in owners}
+        return bool(last) and last <= {"sigmoid", "hardsigmoid"}
+
+    def reduce(self, name: str, value: Value, dims: tuple[int, ...], keepdim: bool, mean: bool) -> Value:
+        """The sum (``mean``: the average) over per-sample dimensions ``dims``: an edge of weight 1
+        (``1 / n``) from every element to its output, with Zennit's ``Norm`` rule like average pooling."""
+        kept = [1 if d in dims else n for d, n in enumerate(value.shape)]
+        out_index = torch.arange(math.prod(kept)).reshape(kept).expand(value.shape).reshape(-1)
+        count = math.prod(value.shape[d] for d in dims)
+        shape = tuple(kept) if keepdim else tuple(n for d, n in enumerate(value.shape) if d not in dims)
+        src = self.source(value, f"{name}:input")
+        dst = self._add_level(name, layer_type="mean" if mean else "sum", shape=shape, default_rule=Norm())
+        weight = torch.full((value.size,), 1.0 / count if mean else 1.0, dtype=self.dtype)
+        n_src, n_dst, src_idx = value.size, math.prod(shape), torch.arange(value.size)
+
+        def build(s: int, d: int, w: Tensor) -> Block:
+            return SparseBlock.from_edge_list(s, d, n_src, n_dst, src_idx.to(w.device), out_index.to(w.device), w)
+
+        self.specs.append(_BlockSpec(src, dst, weight, build, _edge_list_cost("sparse", n_src, n_dst)))
+        return Value(shape, dst)
+
     # -- renumberings (no nodes, no edges) ------------------------------------------------------
     def node_ids(self, value: Value) -> Tensor:
         """Global node id of every element of ``value``, row-major."""
@@ -313,6 +376,17 @@ class GraphBuilder:
         """Concatenation along per-sample dimension ``dim``."""
         ids = torch.cat([self.node_ids(v).reshape(v.shape) for v in values], dim=dim)
         return Value(tuple(ids.shape), None, ids.reshape(-1))
+
+    def renumber(self, value: Value, view: Callable[[Tensor], object], where: str) -> object:
+        """The result of a view or indexing ``view`` (chunk, split, narrow, select, indexing ...)
+        applied to ``value``: its nodes picked and arranged, as a :class:`Value` or a tuple of them.
+
+        ``view`` takes a batch ``(2, *shape)`` of node ids; it must keep the batch dimension as it is.
+        """
+        ids = self.node_ids(value).reshape(value.shape)
+        step = self._next_offset()
+        batch = torch.stack([ids, ids + step])
+        return _picked(view(batch), step, where)
 
     # -- result -------------------------------------------------------------------------------
     def estimate(self) -> tuple[int, int, int]:
@@ -337,6 +411,28 @@ def _adaptive_windows(in_spatial: tuple[int, ...], out_spatial: tuple[int, ...])
     for axis in per_axis:
         windows = [w + (s,) for w in windows for s in axis]
     return windows
+
+
+def _broadcast(name: str, values: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``values`` broadcast to one sample's ``shape`` (a leading batch dimension of 1 dropped)."""
+    if values.dim() == len(shape) + 1 and values.shape[0] == 1:
+        values = values[0]
+    try:
+        return values.expand(shape)
+    except RuntimeError:
+        raise UnsupportedModuleError(f"{name}: a tensor of shape {tuple(values.shape)} does not broadcast to one "
+                                     f"sample's shape {shape}") from None
+
+
+def _picked(result: object, step: int, where: str) -> object:
+    """:meth:`GraphBuilder.renumber`'s values from a view of a batch of two node-id tensors."""
+    if isinstance(result, (tuple, list)):
+        return tuple(_picked(part, step, where) for part in result)
+    if not isinstance(result, Tensor) or result.dim() == 0 or len(result) != 2 or not bool(
+            (result[1] - result[0] == step).all()):
+        raise UnsupportedModuleError(f"{where} mixes or selects samples of the batch; only per-sample dimensions "
+                                     "may be indexed")
+    return Value(tuple(result.shape[1:]), None, result[0].reshape(-1).clone())
 
 
 def _type_name(layer_type: LayerType) -> str:

@@ -24,6 +24,8 @@ from torch import Tensor
 from ..activations import Activation
 from ..errors import InputError, UnsupportedModuleError
 from .builder import GraphBuilder, Value
+from .fx_ops import DROPOUT_FUNCTIONS, METHODS, NotATensor as _NotATensor, VIEW_FUNCTIONS, VIEW_METHODS
+from .fx_ops import function_lowering, is_stochastic_depth, where as _where
 from .modules import PASSTHROUGH_TYPES, RESHAPE_TYPES, handler_for, unsupported
 
 _ACTIVATION_FUNCTIONS: dict[Any, str] = {
@@ -43,6 +45,7 @@ _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsquee
 _PERMUTE_METHODS = {"permute", "transpose"}
 _PERMUTE_FUNCTIONS = {torch.permute, torch.transpose}
 _ADD = {operator.add, torch.add, operator.iadd}
+_INPLACE_OPERATORS = {operator.iadd, operator.imul, operator.itruediv}
 #: functions that return their argument's values unchanged (a copy, or the tensor itself)
 _IDENTITY_FUNCTIONS = {torch.clone, torch.detach, torch.Tensor.contiguous}
 
@@ -59,10 +62,6 @@ class _Bound:
         return self.fn(z, *self.args, **dict(self.kwargs))
 
 
-class _NotATensor:
-    """A traced value that is not a tensor (a size, a shape entry); only used through shapes."""
-
-
 def _trace(model: nn.Module) -> torch.fx.GraphModule:
     try:
         return torch.fx.symbolic_trace(model)
@@ -71,10 +70,6 @@ def _trace(model: nn.Module) -> torch.fx.GraphModule:
             f"model {type(model).__name__} is neither an nn.Sequential of supported modules nor traceable by "
             f"torch.fx ({type(error).__name__}: {error})"
         ) from None
-
-
-def _where(node: torch.fx.Node) -> str:
-    return f"node {node.name!r} ({node.format_node()})"
 
 
 # -- aliasing: which nodes hold the same tensor ---------------------------------------------------
@@ -91,8 +86,8 @@ def mutated(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.fx.Node
     elif node.op == "call_method":
         changes = node.target.endswith("_") and not node.target.startswith("_")
     elif node.op == "call_function":
-        changes = node.target in _INPLACE_FUNCTIONS or node.target is operator.iadd or (
-            (node.target in _ACTIVATION_FUNCTIONS or node.target is F.dropout) and _inplace_flag(node))
+        changes = node.target in _INPLACE_FUNCTIONS or node.target in _INPLACE_OPERATORS or (
+            (node.target in _ACTIVATION_FUNCTIONS or node.target in DROPOUT_FUNCTIONS) and _inplace_flag(node))
     else:
         changes = False
     return node.args[0] if changes else None
@@ -101,9 +96,10 @@ def mutated(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.fx.Node
 def _is_view(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node`` may return (a view of) its first argument's tensor."""
     if node.op == "call_method":
-        return node.target in _RESHAPE_METHODS or node.target in _PERMUTE_METHODS
+        return node.target in _RESHAPE_METHODS or node.target in _PERMUTE_METHODS or node.target in VIEW_METHODS
     if node.op == "call_function":
-        return node.target in _RESHAPE_FUNCTIONS or node.target in _PERMUTE_FUNCTIONS or node.target is F.dropout
+        return (node.target in _RESHAPE_FUNCTIONS or node.target in _PERMUTE_FUNCTIONS or node.target in VIEW_FUNCTIONS
+                or node.target in DROPOUT_FUNCTIONS or is_stochastic_depth(node.target))
     if node.op == "call_module":
         return isinstance(modules[node.target], RESHAPE_TYPES + PASSTHROUGH_TYPES)
     return False
@@ -198,8 +194,11 @@ def _shapes(gm: torch.fx.GraphModule, example_input: Tensor) -> dict[torch.fx.No
 
 class _Walker:
     def __init__(self, gm: torch.fx.GraphModule, builder: GraphBuilder, example_input: Tensor,
-                 shapes: dict[torch.fx.Node, tuple[int, ...] | None]) -> None:
+                 shapes: dict[torch.fx.Node, tuple[int, ...] | None], gates: dict[str, int]) -> None:
         self.gm = gm
+        #: the gate's operand position of the products named by the caller, and those lowered so far
+        self.gates = gates
+        self.gates_used: set[str] = set()
         self.builder = builder
         self.example = example_input
         self.shapes = shapes
@@ -251,9 +250,13 @@ class _Walker:
                        _exclusive(node.args[0], self.modules))
 
     def _call_method(self, node: torch.fx.Node) -> Any:
+        if node.target in VIEW_METHODS:
+            return METHODS[node.target](self, node)
         if self.shape(node) is None:
             return _NotATensor()
         name = node.target
+        if name in METHODS:
+            return METHODS[name](self, node)
         value = self._tensor_arg(node, 0)
         if name in _RESHAPE_METHODS:
             return self.builder.reshape(value, self.shape(node))
@@ -269,8 +272,13 @@ class _Walker:
 
     def _call_function(self, node: torch.fx.Node) -> Any:
         target = node.target
+        if target in VIEW_FUNCTIONS:
+            return function_lowering(target)(self, node)
         if self.shape(node) is None:
             return _NotATensor()
+        lowering = function_lowering(target)
+        if lowering is not None:
+            return lowering(self, node)
         if target in _ADD:
             return self._add(node)
         if target in _RESHAPE_FUNCTIONS:
@@ -281,10 +289,6 @@ class _Walker:
             return self._activation(node)
         if target in _PERMUTE_FUNCTIONS:
             return self._permute(node, self._tensor_arg(node, 0))
-        if target is F.dropout:
-            if self._kwargs(node, ("input", "p", "training", "inplace")).get("training", True):
-                raise InputError(f"dropout in training mode at {_where(node)}; pass training=False or use nn.Dropout")
-            return self._tensor_arg(node, 0)
         if target in _IDENTITY_FUNCTIONS:
             return self._tensor_arg(node, 0)
         functional = _FUNCTIONAL.get(target)
@@ -454,21 +458,24 @@ _FUNCTIONAL: dict[Any, Callable[[_Walker, torch.fx.Node], Value]] = {
 }
 
 
-def lower_traced(model: nn.Module, example_input: Tensor, builder: GraphBuilder) -> Value:
+def lower_traced(model: nn.Module, example_input: Tensor, builder: GraphBuilder,
+                 gates: dict[str, int] | None = None) -> Value:
     """Trace ``model`` with ``torch.fx`` and build its graph; returns the output's value.
 
     Every module the traced graph calls is checked to be supported, and every in-place operation
     to be expressible, before the model runs on (a copy of) the example's first sample. A
     ``torch.fx.GraphModule`` (a traced model, or :func:`~graphlrp.frontends.exported.from_exported`'s
     module) is lowered from its own graph, and shapes are found by running it on (a copy of) the
-    whole example: such a graph may hold the batch size it was made with.
+    whole example: such a graph may hold the batch size it was made with. ``gates`` names products
+    of two computed tensors (by traced node name) and which operand is the gate.
     """
     if isinstance(model, torch.fx.GraphModule):
-        return _lower_graph(model, example_input, builder, example_input)
-    return _lower_graph(_trace(model), example_input, builder, example_input[:1])
+        return _lower_graph(model, example_input, builder, example_input, gates)
+    return _lower_graph(_trace(model), example_input, builder, example_input[:1], gates)
 
 
-def _lower_graph(gm: torch.fx.GraphModule, example_input: Tensor, builder: GraphBuilder, shape_input: Tensor) -> Value:
+def _lower_graph(gm: torch.fx.GraphModule, example_input: Tensor, builder: GraphBuilder, shape_input: Tensor,
+                 gates: dict[str, int] | None) -> Value:
     modules = dict(gm.named_modules())
     inputs = [node for node in gm.graph.nodes if node.op == "placeholder"]
     if len(inputs) != 1:
@@ -478,4 +485,11 @@ def _lower_graph(gm: torch.fx.GraphModule, example_input: Tensor, builder: Graph
         if node.op == "call_module" and handler_for(modules[node.target]) is None:
             raise unsupported(node.target, modules[node.target])
     check_inplace(gm.graph, modules)
-    return _Walker(gm, builder, example_input, _shapes(gm, shape_input)).run()
+    walker = _Walker(gm, builder, example_input, _shapes(gm, shape_input), dict(gates or {}))
+    output = walker.run()
+    unknown = sorted(set(walker.gates) - walker.gates_used)
+    if unknown:
+        products = sorted(level.name for level in builder.levels if level.layer_type == "gate")
+        raise InputError(f"gates= names {unknown}, which are not products of two computed tensors; the model's "
+                         f"products are {products}")
+    return output

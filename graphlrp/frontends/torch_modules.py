@@ -7,7 +7,7 @@ same, bit for bit, after the call (whether it returns or raises).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 import torch.nn as nn
@@ -70,6 +70,7 @@ def lower(
     check: bool = True,
     max_edges: int | None = None,
     max_bytes: int | None = None,
+    gates: Mapping[str, int] | None = None,
 ) -> Graph:
     """Lower a torch network to a :class:`~graphlrp.Graph` of neurons and weighted edges.
 
@@ -82,8 +83,10 @@ def lower(
         activations and additions) and that returns one tensor. Supported: ``nn.Linear``,
         ``nn.Conv1d/2d/3d``, max, average and adaptive average pooling, batch norm in eval mode
         (folded into the layer before it when that is a dense or convolution layer whose output
-        nothing else uses), element-wise activations (``inplace=True`` too), flatten/reshape/permute,
-        identity and dropout (eval). A module object used several times is lowered at every use.
+        nothing else uses), element-wise activations (``inplace=True`` too), ``mean``/``sum`` over
+        per-sample dimensions, products by constants and of two computed tensors (gates, see
+        ``gates``), flatten/reshape/permute/transpose, chunk/split/unbind/narrow/select and
+        indexing, identity, dropout and stochastic depth (eval). A module object used several times is lowered at every use.
         Pruned layers (``torch.nn.utils.prune``) are lowered with their effective weights; zero
         weights produce no edge. The model is never modified: batch norm or dropout in training mode
         is refused before anything runs, and the model runs only on copies of ``example_input``.
@@ -107,6 +110,13 @@ def lower(
         Refuse a graph whose blocks would hold more bytes (default: half the available memory).
         Both are checked on an estimate, before any block is allocated, and raise
         :class:`~graphlrp.errors.GraphTooLargeError` saying how large the graph would be.
+    gates : mapping of str to int, optional
+        For a product ``a * b`` of two computed tensors, which operand is the gate (0 for ``a``, 1
+        for ``b``), by the product's node name in the traced graph (its level's name). The gate's
+        values become the product's per-sample edge weights and it receives no relevance through
+        the product; the other operand receives all of it. By default the gate is the operand
+        computed by a sigmoid or hard sigmoid (a squeeze-and-excitation gate), else the one that
+        is broadcast over the other, else ``b``.
 
     Returns
     -------
@@ -128,6 +138,7 @@ def lower(
         The graph would exceed ``max_edges`` or ``max_bytes``.
     """
     _check_options(block_kind, max_pool, check, max_edges, max_bytes)
+    _check_gates(gates)
     if isinstance(model, torch.export.ExportedProgram):
         model = from_exported(model)
     if isinstance(model, torch.fx.GraphModule) and isinstance(example_input, Tensor):
@@ -137,9 +148,11 @@ def lower(
     with _state_preserved(model):
         builder = GraphBuilder(block_kind, max_pool, example_input.dtype)
         if _is_sequential(model):
+            if gates:
+                raise InputError(f"gates= names {sorted(gates)}, but an nn.Sequential has no products")
             output = _lower_sequential(model, example_input, builder)
         else:
-            output = lower_traced(model, example_input, builder)
+            output = lower_traced(model, example_input, builder, gates)
         _check_size(builder, max_edges, max_bytes, example_input.device)
         graph = builder.finish(output).to(device=example_input.device)
         if check:
@@ -161,6 +174,17 @@ def _check_options(block_kind, max_pool, check, max_edges, max_bytes) -> None:
             raise ArgumentTypeError(f"{name} must be an int or None, got {type(limit).__name__}")
         if limit < 0:
             raise InputError(f"{name} must be >= 0, got {limit}")
+
+
+def _check_gates(gates: Mapping[str, int] | None) -> None:
+    if gates is None:
+        return
+    if not isinstance(gates, Mapping):
+        raise ArgumentTypeError(f"gates must be a mapping from product names to 0 or 1, got {type(gates).__name__}")
+    for name, position in gates.items():
+        if not isinstance(name, str) or isinstance(position, bool) or position not in (0, 1):
+            raise InputError(f"gates must map product names (str) to the gate's operand position 0 or 1, "
+                             f"got {name!r}: {position!r}")
 
 
 def _check_model(model: nn.Module) -> None:

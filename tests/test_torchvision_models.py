@@ -1,0 +1,58 @@
+"""Every classification model of torchvision: lowered with random weights, checked against its own forward.
+
+Models that need what is not lowered yet are refused, naming the op; :data:`REFUSED` keeps them
+with the reason, so that this test fails loudly when they start to lower.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+torchvision = pytest.importorskip("torchvision")
+
+import graphlrp
+
+#: model name prefix -> the op the refusal names
+REFUSED = {
+    "vit_": "LayerNorm",
+    "swin_": "LayerNorm",
+    "maxvit_": "LayerNorm",
+    "convnext_": "LayerNorm",
+}
+#: one small model per family, run in CI at a tiny input
+REPRESENTATIVES = ["resnet18", "mobilenet_v3_small", "mnasnet0_5", "shufflenet_v2_x0_5", "squeezenet1_1", "efficientnet_b0",
+                   "regnet_y_400mf", "convnext_tiny"]
+
+
+def _refusal(name: str) -> str | None:
+    return next((reason for prefix, reason in REFUSED.items() if name.startswith(prefix)), None)
+
+
+def _lower_and_compare(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(2, 3, size, size)
+    reason = _refusal(name)
+    if reason is not None:
+        with pytest.raises(graphlrp.UnsupportedModuleError, match=reason):
+            graphlrp.lower(model, x)
+        return
+    graph = graphlrp.lower(model, x)  # checks graph(x) against the model on x and a random input
+    with torch.no_grad():
+        expected = model(x)
+    scale = float(expected.abs().max().clamp(min=1.0))
+    torch.testing.assert_close(graph(x), expected, rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("name", REPRESENTATIVES)
+def test_representative_models_lower_exactly(name):
+    _lower_and_compare(name, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", torchvision.models.list_models(module=torchvision.models))
+def test_every_classification_model_lowers_or_is_refused_by_name(name):
+    size = 75 if name.startswith("inception") else 64
+    if name.startswith(("vit_", "swin_", "maxvit_")):
+        size = 224
+    _lower_and_compare(name, size)
