@@ -14,6 +14,7 @@ from .edgelist import EdgeListBlock
 from .conv import ConvBlock
 from .elementwise import ElementwiseBlock
 from .pool import MaxPoolBlock
+from .tokens import LayerNormBlock, TokenLinearBlock
 
 #: every block kind by its name (``kind``), filled when a :class:`Block` subclass that names one
 #: is defined: the kinds of this package, and any a user defines
@@ -52,5 +53,6 @@ def converted(block: Block, kind: str) -> Block:
 
 __all__ = [
     "KINDS", "Block", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
+    "TokenLinearBlock", "LayerNormBlock",
     "general_kinds", "block_from_matrix", "converted",
 ]
