@@ -15,6 +15,7 @@ from .conv import ConvBlock
 from .elementwise import ElementwiseBlock
 from .pool import MaxPoolBlock
 from .tokens import LayerNormBlock, TokenLinearBlock
+from .attention import AttentionBlock
 
 #: every block kind by its name (``kind``), filled when a :class:`Block` subclass that names one
 #: is defined: the kinds of this package, and any a user defines
@@ -53,6 +54,6 @@ def converted(block: Block, kind: str) -> Block:
 
 __all__ = [
     "KINDS", "Block", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
-    "TokenLinearBlock", "LayerNormBlock",
+    "TokenLinearBlock", "LayerNormBlock", "AttentionBlock",
     "general_kinds", "block_from_matrix", "converted",
 ]
