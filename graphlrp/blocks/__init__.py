@@ -15,6 +15,8 @@ from .conv import ConvBlock
 from .elementwise import ElementwiseBlock
 from .pool import MaxPoolBlock
 from .gate import GateBlock
+from .tokens import LayerNormBlock, TokenLinearBlock
+from .attention import AttentionBlock
 
 #: every block kind by its name (``kind``), filled when a :class:`Block` subclass that names one
 #: is defined: the kinds of this package, and any a user defines
@@ -54,5 +56,6 @@ def converted(block: Block, kind: str) -> Block:
 __all__ = [
     "KINDS", "Block", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
     "GateBlock",
+    "TokenLinearBlock", "LayerNormBlock", "AttentionBlock",
     "general_kinds", "block_from_matrix", "converted",
 ]

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..activations import IDENTITY, Activation, compose
-from ..blocks import KINDS, Block, ConvBlock, ElementwiseBlock, GateBlock, MaxPoolBlock, SparseBlock, block_from_matrix
+from ..blocks import (KINDS, Block, ConvBlock, ElementwiseBlock, GateBlock, LayerNormBlock, MaxPoolBlock,
+                      SparseBlock, TokenLinearBlock, block_from_matrix)
 from ..blocks.conv import count_conv_edges
 from ..errors import InputError, UnsupportedModuleError
 from ..graph import Graph, LayerType, Level
@@ -138,11 +139,12 @@ class GraphBuilder:
 
     # -- operations ---------------------------------------------------------------------------
     def linear(self, name: str, layer_type: LayerType, value: Value, weight: Tensor, bias: Tensor | None) -> Value:
-        """``y = W x + b`` over the last (only) dimension of one sample."""
-        if len(value.shape) != 1 or value.shape[0] != weight.shape[1]:
-            hint = " — insert nn.Flatten() before it" if len(value.shape) > 1 else ""
-            raise InputError(f"{name} ({_type_name(layer_type)}) expects {weight.shape[1]} features per sample, "
-                             f"receives shape {value.shape}{hint}")
+        """``y = W x + b`` over the last dimension of one sample (every leading one a token's index)."""
+        if not value.shape or value.shape[-1] != weight.shape[1]:
+            raise InputError(f"{name} ({_type_name(layer_type)}) expects {weight.shape[1]} features in the last "
+                             f"dimension, receives shape {value.shape}")
+        if len(value.shape) > 1:
+            return self.token_linear(name, layer_type, value, weight, bias)
         src = self.source(value, f"{name}:input")
         dst = self._add_level(name, layer_type, (weight.shape[0],), bias)
         kind = self.block_kind
@@ -154,6 +156,43 @@ class GraphBuilder:
 
         self.specs.append(_BlockSpec(src, dst, weight, build, _matrix_cost(kind), weight.shape[0]))
         return Value((weight.shape[0],), dst)
+
+    def token_linear(self, name: str, layer_type: LayerType, value: Value, weight: Tensor,
+                     bias: Tensor | None) -> Value:
+        """``y_t = W x_t + b`` for every token ``t`` of ``value (..., F)``: a weight shared by the tokens."""
+        tokens = value.size // value.shape[-1]
+        src = self.source(value, f"{name}:input")
+        shape = (*value.shape[:-1], weight.shape[0])
+        dst = self._add_level(name, layer_type, shape, None if bias is None else bias.repeat(tokens))
+
+        def build(s: int, d: int, w: Tensor) -> Block:
+            return TokenLinearBlock(s, d, w, tokens)
+
+        def count(w: Tensor) -> int:
+            return tokens * int(torch.count_nonzero(w))
+
+        self.specs.append(_BlockSpec(src, dst, weight, build, _kernel_cost(count)))
+        return Value(shape, dst)
+
+    def layer_norm(self, name: str, layer_type: LayerType, value: Value, features: int, gamma: Tensor | None,
+                   beta: Tensor | None, eps: float, center: bool = True) -> Value:
+        """Layer (``center``) or RMS normalization over the last ``features`` elements of every
+        token, ``σ`` held constant per sample (see :class:`~graphlrp.blocks.LayerNormBlock`)."""
+        tokens = value.size // features
+        src = self.source(value, f"{name}:input")
+        bias = None if beta is None else beta.reshape(-1).to(self.dtype).repeat(tokens)
+        dst = self._add_level(name, layer_type, value.shape, bias)
+        scale = torch.ones(features, dtype=self.dtype) if gamma is None else gamma.reshape(-1).to(self.dtype)
+
+        def build(s: int, d: int, w: Tensor) -> Block:
+            return LayerNormBlock(s, d, w, tokens, eps, center)
+
+        def count(w: Tensor) -> int:
+            per_token = int(torch.count_nonzero(w)) * ((features if features > 1 else 0) if center else 1)
+            return tokens * per_token
+
+        self.specs.append(_BlockSpec(src, dst, scale, build, _kernel_cost(count)))
+        return Value(value.shape, dst)
 
     def conv(self, name: str, layer_type: LayerType, value: Value, weight: Tensor, bias: Tensor | None,
              out_shape: tuple[int, ...], stride, padding, dilation, groups: int) -> Value:

@@ -26,7 +26,7 @@ from ..errors import InputError, UnsupportedModuleError
 from .builder import GraphBuilder, Value
 from .fx_ops import DROPOUT_FUNCTIONS, METHODS, NotATensor as _NotATensor, VIEW_FUNCTIONS, VIEW_METHODS
 from .fx_ops import function_lowering, is_stochastic_depth, where as _where
-from .modules import PASSTHROUGH_TYPES, RESHAPE_TYPES, handler_for, unsupported
+from .modules import PASSTHROUGH_TYPES, RESHAPE_TYPES, handler_for, normalized_features, unsupported
 
 _ACTIVATION_FUNCTIONS: dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.elu: "elu",
@@ -440,12 +440,36 @@ def _functional_pool(module_type: type, names: tuple[str, ...]) -> Callable[[_Wa
     return lower_pool
 
 
+def _functional_norm(center: bool) -> Callable[[_Walker, torch.fx.Node], Value]:
+    """``F.layer_norm`` (``center``) or ``F.rms_norm``: the module's lowering with the call's arguments."""
+    names = ("input", "normalized_shape", "weight", "bias", "eps") if center else ("input", "normalized_shape",
+                                                                                   "weight", "eps")
+    module_type = nn.LayerNorm if center else nn.RMSNorm
+
+    def lower_norm(walker: _Walker, node: torch.fx.Node) -> Value:
+        kwargs = walker._kwargs(node, names)
+        value = walker._tensor_arg(node, 0)
+        normalized = kwargs.get("normalized_shape")
+        normalized = tuple(normalized) if isinstance(normalized, (tuple, list)) else (normalized,)
+        module = module_type(normalized, eps=kwargs.get("eps", 1e-5 if center else None),
+                             elementwise_affine=False)
+        features = normalized_features(node.name, module, value)
+        weight = _parameter(node, kwargs, "weight", False)
+        bias = _parameter(node, kwargs, "bias", False) if center else None
+        eps = module.eps if module.eps is not None else torch.finfo(walker.builder.dtype).eps
+        return walker.builder.layer_norm(node.name, module_type, value, features, weight, bias, eps, center)
+
+    return lower_norm
+
+
 _MAX_POOL_PARAMETERS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 _AVG_POOL_PARAMETERS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 
 _FUNCTIONAL: dict[Any, Callable[[_Walker, torch.fx.Node], Value]] = {
     F.linear: _functional_linear,
     F.batch_norm: _functional_batch_norm,
+    F.layer_norm: _functional_norm(center=True),
+    F.rms_norm: _functional_norm(center=False),
     F.conv1d: _functional_conv,
     F.conv2d: _functional_conv,
     F.conv3d: _functional_conv,

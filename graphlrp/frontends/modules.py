@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import torch
@@ -137,6 +138,29 @@ def _activation(builder: GraphBuilder, path: str, module: nn.Module, value: Valu
     return builder.activation(path, value, Activation(type(module).__name__, out_of_place(module).forward), exclusive)
 
 
+def normalized_features(path: str, module: nn.Module, value: Value) -> int:
+    """The number of elements a layer or RMS normalization normalizes together: its trailing
+    ``normalized_shape``, which must end ``value``'s shape."""
+    shape = tuple(module.normalized_shape)
+    if tuple(value.shape[len(value.shape) - len(shape):]) != shape:
+        raise UnsupportedModuleError(f"{path} ({type(module).__name__}) normalizes the trailing shape {shape}, "
+                                     f"its input has shape {value.shape}")
+    return math.prod(shape)
+
+
+def _layer_norm(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
+    features = normalized_features(path, module, value)
+    return builder.layer_norm(path, type(module), value, features, effective_parameter(module, "weight"),
+                              effective_parameter(module, "bias"), module.eps)
+
+
+def _rms_norm(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
+    features = normalized_features(path, module, value)
+    eps = torch.finfo(builder.dtype).eps if module.eps is None else module.eps
+    return builder.layer_norm(path, type(module), value, features, effective_parameter(module, "weight"), None,
+                              eps, center=False)
+
+
 def _reshape(builder: GraphBuilder, path: str, module: nn.Module, value: Value, out_shape, exclusive) -> Value:
     return builder.reshape(value, out_shape)
 
@@ -160,6 +184,8 @@ def check_per_sample(path: str, module: nn.Module) -> None:
 
 HANDLERS: dict[tuple[type, ...], Handler] = {
     (nn.Linear,): _linear,
+    (nn.LayerNorm,): _layer_norm,
+    (nn.RMSNorm,): _rms_norm,
     (nn.Conv1d, nn.Conv2d, nn.Conv3d): _conv,
     (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d): _max_pool,
     (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d): _avg_pool,
