@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import reductions
+from . import reductions, streaming
 from .composites import Composite
 from .explanation import Explanation
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
-from .export import _numpy, check_bool, check_fraction, check_int, edge_relevance_chunks, edges_holding_mass
+from .export import check_bool, check_fraction, check_int
 from .graph import Graph, Level
 from .memory import check_budget
 from .rules import Rule
@@ -320,7 +320,9 @@ class Circuit:
 def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float = 0.9) -> Circuit:
     """The fewest edges, taken by decreasing ``|relevance|``, that carry ``fraction`` of the total.
 
-    Taking edges greedily is optimal: no smaller set of edges carries the fraction.
+    Taking edges greedily is optimal: no smaller set of edges carries the fraction. Sums are exact
+    and ties go to the earlier edge (:mod:`graphlrp.streaming`); the edges are streamed in two
+    passes, memory holds the circuit and one run of edges.
 
     Parameters
     ----------
@@ -345,15 +347,23 @@ def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float 
     """
     row = _one_sample(explanation, sample)
     check_fraction("fraction", fraction)
-    messages = explanation.edge_relevance(row)
-    magnitude = messages.abs()
-    kept = torch.as_tensor(edges_holding_mass(_numpy(magnitude), fraction), device=messages.device)
-    src, dst, _ = explanation.graph.edges()
-    total = float(magnitude.sum(dtype=torch.float64))  # not rounded to a half type
+
+    def runs() -> Iterator[tuple[int, Tensor, list[Tensor]]]:
+        for run in explanation.message_runs(row):
+            messages = run.messages[0]
+            yield run.start, messages.abs(), [run.src, run.dst, messages]
+
+    chosen = streaming.select(runs, mass=fraction)
+    order = torch.argsort(chosen.magnitudes, descending=True, stable=True)
+    if chosen.payload:
+        src, dst, relevance = (column[order] for column in chosen.payload)
+    else:
+        device = explanation.node_relevance.device
+        src = dst = torch.zeros(0, dtype=torch.long, device=device)
+        relevance = explanation.node_relevance.new_zeros(0)
     return Circuit(
-        explanation, row, kept, src[kept], dst[kept], messages[kept],
-        nodes=torch.unique(torch.cat([src[kept], dst[kept]])),
-        fraction=float(magnitude[kept].sum(dtype=torch.float64)) / total if total > 0 else 1.0,
+        explanation, row, chosen.positions[order].to(src.device), src, dst, relevance,
+        nodes=torch.unique(torch.cat([src, dst])), fraction=chosen.fraction,
     )
 
 
@@ -409,28 +419,30 @@ def level_flow(explanation: Explanation, sample: Samples = None) -> list[dict[st
     list of dict
         One row per (source level, destination level) pair with edges, ordered by the pair:
         ``src_level``, ``dst_level``, ``src_name``, ``dst_name``, ``positive`` and ``negative``
-        (sums of the positive and negative messages) and ``total``. The totals of the rows into
-        a level equal that level's ``relevance_out`` in :meth:`Explanation.conservation`.
+        (sums of the positive and negative messages) and ``total`` (their sum); the two are
+        summed exactly and rounded once. The totals of the rows into a level equal that level's ``relevance_out``
+        in :meth:`Explanation.conservation`. The edges are streamed run by run.
     """
     check_explanation(explanation)
     rows = explanation.sample_rows(sample)
     graph = explanation.graph
-    ranges = _block_ranges(graph)
     pairs = sorted({(b.src, b.dst) for b in graph.blocks})
-    positive = {pair: 0.0 for pair in pairs}
-    negative = {pair: 0.0 for pair in pairs}
-    for messages in edge_relevance_chunks(explanation, rows):
-        for block, (start, stop) in zip(graph.blocks, ranges):
-            part = messages[:, start:stop]
-            positive[block.src, block.dst] += float(part.clamp(min=0).sum())
-            negative[block.src, block.dst] += float(part.clamp(max=0).sum())
-    return [
-        {
+    sums: dict[tuple[int, int], tuple[streaming.Histogram, streaming.Histogram]] = {}
+    for run in explanation.message_runs(rows):
+        pair = (run.block.src, run.block.dst)
+        if pair not in sums:
+            sums[pair] = tuple(streaming.Histogram(run.messages.dtype, run.messages.device) for _ in range(2))
+        messages = run.messages.reshape(-1)
+        sums[pair][0].add(messages.clamp(min=0))
+        sums[pair][1].add(messages.neg().clamp_(min=0))
+    table = []
+    for a, b in pairs:
+        positive, negative = (streaming.as_float(h.total()) for h in sums[a, b]) if (a, b) in sums else (0.0, 0.0)
+        table.append({
             "src_level": a, "dst_level": b, "src_name": graph.levels[a].name, "dst_name": graph.levels[b].name,
-            "positive": positive[a, b], "negative": negative[a, b], "total": positive[a, b] + negative[a, b],
-        }
-        for a, b in pairs
-    ]
+            "positive": positive, "negative": -negative, "total": positive - negative,
+        })
+    return table
 
 
 @dataclass(frozen=True)
@@ -539,7 +551,9 @@ def contrast(
 ) -> list[EdgeContrast]:
     """The ``k`` edges whose relevance differs most between two explanations of one graph.
 
-    E.g. the same input explained for class A and for class B.
+    E.g. the same input explained for class A and for class B. Ranked by ``|difference|``, ties
+    by edge order (the earlier edge first); the edges are streamed run by run (memory: ``k``
+    edges and one run), and compared as they pass (edges and weights must be equal).
 
     Raises
     ------
@@ -554,14 +568,24 @@ def contrast(
     check_explanation(explanation_b, "explanation_b")
     _check_same_graph(explanation_a.graph, explanation_b.graph)
     check_int("k", k, 1)
-    a = explanation_a.edge_relevance(_one_sample(explanation_a, sample))
-    b = explanation_b.edge_relevance(_one_sample(explanation_b, sample))
-    difference = a - b
-    order = torch.argsort(difference.abs(), descending=True, stable=True)[:k]
-    src, dst, _ = explanation_a.graph.edges()
+    best = streaming.TopK(k)
+    runs_b = explanation_b.message_runs(_one_sample(explanation_b, sample))
+    for run_a in explanation_a.message_runs(_one_sample(explanation_a, sample)):
+        run_b = next(runs_b)
+        if not (torch.equal(run_a.src, run_b.src) and torch.equal(run_a.dst, run_b.dst)
+                and torch.equal(run_a.weight, run_b.weight)):
+            raise InputError("the explanations are of different graphs: their edges or weights differ")
+        a, b = run_a.messages[0], run_b.messages[0]
+        difference = a - b
+        positions = torch.arange(run_a.start, run_a.start + len(run_a), device=a.device)
+        best.add(difference.abs(), positions, [run_a.src, run_a.dst, a, b, difference])
+    found = best.result()
+    if found is None:
+        return []
+    _, positions, columns = found
     return [
-        EdgeContrast(e, int(src[e]), int(dst[e]), float(a[e]), float(b[e]), float(difference[e]))
-        for e in order.tolist()
+        EdgeContrast(e, s, d, ra, rb, diff)
+        for e, s, d, ra, rb, diff in zip(positions.tolist(), *(c.tolist() for c in columns))
     ]
 
 
@@ -571,8 +595,8 @@ def _check_same_graph(a: Graph, b: Graph) -> None:
     if (a.num_nodes, a.num_edges) != (b.num_nodes, b.num_edges):
         raise InputError(f"the explanations are of different graphs: {a.num_nodes:,} nodes and {a.num_edges:,} "
                          f"edges against {b.num_nodes:,} nodes and {b.num_edges:,} edges")
-    if not all(torch.equal(x, y) for x, y in zip(a.edges(), b.edges())):
-        raise InputError("the explanations are of different graphs: their edges or weights differ")
+    if [(x.kind, x.src, x.dst, x.num_edges) for x in a.blocks] != [(y.kind, y.src, y.dst, y.num_edges) for y in b.blocks]:
+        raise InputError("the explanations are of different graphs: their blocks differ")
 
 
 # -- data sets ----------------------------------------------------------------------------------
