@@ -31,8 +31,10 @@ from .samples import Samples, check_explanation, is_index
 PathScore = Literal["product", "sum"]
 PATH_SCORES = ("product", "sum")
 
-#: bytes per kept path and per node (three ``(N, k)`` tables) or per edge (candidates while relaxing a level)
+#: bytes per kept path and node, in each of three ``(N, k)`` tables (a score, and how the path continues)
 PATH_BYTES = 8
+#: edges per run when paths are counted
+RUN_EDGES = 1 << 21
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -42,15 +44,6 @@ def _one_sample(explanation: Explanation, sample: int) -> int:
     if not is_index(sample):
         raise ArgumentTypeError(f"sample must be one int, got {sample!r} ({type(sample).__name__})")
     return explanation.sample_rows(sample)[0]
-
-
-def _block_ranges(graph: Graph) -> list[tuple[int, int]]:
-    """``(start, stop)`` of every block's edges in :meth:`Graph.edges` order."""
-    ranges, start = [], 0
-    for block in graph.blocks:
-        ranges.append((start, start + block.num_edges))
-        start += block.num_edges
-    return ranges
 
 
 def _position(level: Level, node: int) -> tuple[int, ...]:
@@ -83,11 +76,15 @@ class Path:
 
 @dataclass
 class _Suffixes:
-    """For every node, the ``k`` best path scores from it to the target, and how each continues."""
+    """For every node, the ``k`` best path scores from it to the target, and how each continues.
+
+    Ranked by score, ties by the first edge's position, then by the continuation's rank.
+    """
 
     value: Tensor  # (N, k) best scores, -inf where there is no path
-    next_edge: Tensor  # (N, k) edge taken first (-1 for none)
-    next_rank: Tensor  # (N, k) which of the edge's destination's paths continues it
+    next_node: Tensor  # (N, k) destination of the edge taken first (-1 for none)
+    next_rank: Tensor  # (N, k) which of that destination's paths continues it
+    next_message: Tensor  # (N, k) the message of the edge taken first
 
 
 def top_paths(
@@ -96,7 +93,9 @@ def top_paths(
     """The ``k`` most relevant paths from any input node to one output node.
 
     Found by dynamic programming over the DAG, level by level backwards from the target, keeping
-    the ``k`` best continuations per node (paths are never enumerated).
+    the ``k`` best continuations per node (paths are never enumerated). Each level's outgoing
+    edges are streamed run by run (:meth:`Explanation.message_runs`): memory holds ``k`` entries
+    per node and one run, never every edge.
 
     Parameters
     ----------
@@ -117,7 +116,9 @@ def top_paths(
     Returns
     -------
     list of Path
-        Best first; ties in no particular order. The work is bounded by the number of paths that
+        Best first; of equal scores, the one from the input node with the lower id first, and
+        of two from one node the one whose first edge comes first in :meth:`Graph.edges` order
+        (the same rule along the rest of the path). The work is bounded by the number of paths that
         reach the target, however large ``k`` is.
 
     Raises
@@ -138,31 +139,32 @@ def top_paths(
     graph = explanation.graph
     relevance = explanation.node_relevance[row].double()
     goal = _target_node(graph, relevance, target)
-    src, dst, _ = graph.edges()
-    k = min(k, _count_paths(graph, src, dst, goal, k))
+    k = min(k, _count_paths(graph, goal, k))
     if k == 0:
         return []
-    check_budget(f"the {k:,} best paths from each of {graph.num_nodes:,} nodes",
-                 PATH_BYTES * k * (3 * graph.num_nodes + 5 * graph.num_edges), None)
-    messages = explanation.edge_relevance(row).double()
-    nonzero = relevance[dst] != 0
-    fraction = torch.where(nonzero, messages / torch.where(nonzero, relevance[dst], 1.0), 0.0)
-    step = fraction.abs() if score == "product" else messages.abs()
-    suffixes = _best_suffixes(graph, src, dst, step, goal, k, score)
+    check_budget(f"the {k:,} best paths from each of {graph.num_nodes:,} nodes", PATH_BYTES * k * 3 * graph.num_nodes,
+                 None)
+    suffixes = _best_suffixes(explanation, row, relevance, goal, k, score)
     first = graph.levels[0]
     starts = suffixes.value[first.offset : first.offset + first.size].flatten()
     order = torch.argsort(starts, descending=True, stable=True)
     paths = []
     for slot in order[starts[order] > float("-inf")][:k].tolist():
-        nodes, edges = _follow(suffixes, dst, first.offset + slot // k, slot % k, goal)
-        index = torch.tensor(edges, dtype=torch.long, device=messages.device)
+        nodes, messages = _follow(suffixes, first.offset + slot // k, slot % k, goal)
+        found = torch.tensor(messages, dtype=torch.float64, device=relevance.device)
         if score == "product":
-            value = float(relevance[goal]) * math.prod(fraction[index].tolist())
+            value = float(relevance[goal]) * math.prod(_fractions(found, relevance[list(nodes[1:])]).tolist())
         else:
-            value = float(messages[index].abs().sum())
+            value = float(found.abs().sum())
         labels = tuple(graph.node_label(v) for v in nodes)
-        paths.append(Path(nodes, labels, value, tuple(messages[index].tolist())))
+        paths.append(Path(nodes, labels, value, tuple(messages)))
     return paths
+
+
+def _fractions(messages: Tensor, relevance: Tensor) -> Tensor:
+    """``m_ij / R_j`` per edge, 0 where ``R_j = 0`` (float64)."""
+    nonzero = relevance != 0
+    return torch.where(nonzero, messages / torch.where(nonzero, relevance, 1.0), 0.0)
 
 
 def _target_node(graph: Graph, relevance: Tensor, target: int | None) -> int:
@@ -177,64 +179,84 @@ def _target_node(graph: Graph, relevance: Tensor, target: int | None) -> int:
     return int(outputs[target])
 
 
-def _count_paths(graph: Graph, src: Tensor, dst: Tensor, goal: int, limit: int) -> int:
+def _count_paths(graph: Graph, goal: int, limit: int) -> int:
     """The number of paths from the input level to ``goal``, or ``limit`` if there are at least that many.
 
-    Counted backwards from ``goal``, level by level, each node's count capped at ``limit``.
+    Counted backwards from ``goal``, level by level over runs of edges, each node's count capped at ``limit``.
     """
-    count = torch.zeros(graph.num_nodes, dtype=torch.float64, device=src.device)
+    count = torch.zeros(graph.num_nodes, dtype=torch.float64, device=graph.device)
     count[goal] = 1.0
-    ranges = _block_ranges(graph)
     for level in reversed(graph.levels[: graph.level_of(goal).index]):
-        for block, (start, stop) in zip(graph.blocks, ranges):
-            if block.src == level.index:
-                count.index_add_(0, src[start:stop], count[dst[start:stop]])
+        for block in graph.blocks:
+            if block.src != level.index:
+                continue
+            src_offset, dst_offset = level.offset, graph.levels[block.dst].offset
+            for run in block.edge_runs(RUN_EDGES):
+                count.index_add_(0, run.src + src_offset, count[run.dst + dst_offset])
         count[level.offset : level.offset + level.size].clamp_(max=limit)
     first = graph.levels[0]
     return int(min(float(count[first.offset : first.offset + first.size].sum()), limit))
 
 
 def _best_suffixes(
-    graph: Graph, src: Tensor, dst: Tensor, step: Tensor, goal: int, k: int, score: PathScore
+    explanation: Explanation, row: int, relevance: Tensor, goal: int, k: int, score: PathScore
 ) -> _Suffixes:
-    """The ``k`` best scores of paths from every node to ``goal``, source levels last to first."""
+    """The ``k`` best scores of paths from every node to ``goal``, source levels last to first,
+    each level's outgoing edges streamed run by run."""
+    graph = explanation.graph
     n = graph.num_nodes
+    index_dtype = torch.int32 if n < 2**31 else torch.long
+    device = relevance.device
     suffixes = _Suffixes(
-        value=step.new_full((n, k), float("-inf")),
-        next_edge=torch.full((n, k), -1, dtype=torch.long, device=step.device),
-        next_rank=torch.full((n, k), -1, dtype=torch.long, device=step.device),
+        value=relevance.new_full((n, k), float("-inf")),
+        next_node=torch.full((n, k), -1, dtype=index_dtype, device=device),
+        next_rank=torch.full((n, k), -1, dtype=torch.int32, device=device),
+        next_message=explanation.node_relevance.new_zeros((n, k)),
     )
     suffixes.value[goal, 0] = 1.0 if score == "product" else 0.0
-    ranges = _block_ranges(graph)
     for level in reversed(graph.levels[: graph.level_of(goal).index]):
-        parts = [torch.arange(*r, device=src.device) for b, r in zip(graph.blocks, ranges) if b.src == level.index]
-        if parts:
-            _relax(level, torch.cat(parts), src, dst, step, k, score, suffixes)
+        blocks = [number for number, block in enumerate(graph.blocks) if block.src == level.index]
+        for run in explanation.message_runs(row, blocks=blocks) if blocks else ():
+            _relax(run.src, run.dst, run.messages[0], relevance, k, score, suffixes)
     return suffixes
 
 
-def _relax(
-    level: Level, edges: Tensor, src: Tensor, dst: Tensor, step: Tensor, k: int, score: PathScore, suffixes: _Suffixes
-) -> None:
-    """Fill the rows of ``level``'s nodes from their outgoing ``edges`` (all destinations are final)."""
-    ahead = suffixes.value[dst[edges]]
-    which, rank = torch.nonzero(ahead > float("-inf"), as_tuple=True)
-    if len(which) == 0:
+def _relax(src: Tensor, dst: Tensor, messages: Tensor, relevance: Tensor, k: int, score: PathScore,
+           suffixes: _Suffixes) -> None:
+    """Merge the paths that start with a run of edges into their sources' rows (destinations are final).
+
+    A candidate (edge, rank) enters only if it beats its source's ``k``-th best so far (the
+    earlier edge wins a tie), and an edge only if its best candidate does: of an edge's
+    candidates, the best comes first.
+    """
+    wide = messages.double()
+    step = _fractions(wide, relevance[dst]).abs() if score == "product" else wide.abs()
+    worst = suffixes.value[src, k - 1]
+    ahead_best = suffixes.value[dst, 0]
+    best = step * ahead_best if score == "product" else step + ahead_best
+    edges = torch.nonzero((ahead_best > float("-inf")) & (best > worst)).flatten()
+    if len(edges) == 0:
         return
+    ahead = suffixes.value[dst[edges]]
+    candidate = step[edges, None] * ahead if score == "product" else step[edges, None] + ahead
+    which, rank = torch.nonzero((ahead > float("-inf")) & (candidate > worst[edges, None]), as_tuple=True)
     edge = edges[which]
-    following = ahead[which, rank]
-    candidate = step[edge] * following if score == "product" else step[edge] + following
-    local = src[edge] - level.offset
-    if k == 1:
-        _, arg = reductions.scatter_max(candidate, local, level.size)
-        nodes = torch.nonzero(arg >= 0).flatten()
-        picked, slots = arg[nodes], torch.zeros_like(nodes)
-    else:
-        picked, nodes, slots = _k_best_per_group(candidate, local, level.size, k)
-    rows = level.offset + nodes
-    suffixes.value[rows, slots] = candidate[picked]
-    suffixes.next_edge[rows, slots] = edge[picked]
-    suffixes.next_rank[rows, slots] = rank[picked]
+    nodes, local = torch.unique(src[edge], return_inverse=True)
+    # the rows' current entries first (they come from earlier edges), then the run's candidates
+    kept = suffixes.value[nodes]
+    held = torch.nonzero(kept > float("-inf"), as_tuple=True)
+    values = torch.cat([kept[held], candidate[which, rank]])
+    group = torch.cat([held[0], local])
+    next_node = torch.cat([suffixes.next_node[nodes][held], dst[edge].to(suffixes.next_node.dtype)])
+    next_rank = torch.cat([suffixes.next_rank[nodes][held], rank.to(torch.int32)])
+    next_message = torch.cat([suffixes.next_message[nodes][held], messages[edge]])
+    picked, rows, slots = _k_best_per_group(values, group, len(nodes), k)
+    rows = nodes[rows]
+    suffixes.value[nodes] = float("-inf")
+    suffixes.value[rows, slots] = values[picked]
+    suffixes.next_node[rows, slots] = next_node[picked]
+    suffixes.next_rank[rows, slots] = next_rank[picked]
+    suffixes.next_message[rows, slots] = next_message[picked]
 
 
 def _k_best_per_group(values: Tensor, group: Tensor, groups: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -249,15 +271,15 @@ def _k_best_per_group(values: Tensor, group: Tensor, groups: int, k: int) -> tup
     return order[keep], grouped[keep], rank[keep]
 
 
-def _follow(suffixes: _Suffixes, dst: Tensor, node: int, rank: int, goal: int) -> tuple[tuple[int, ...], list[int]]:
-    """The nodes and edges of path number ``rank`` from ``node`` to ``goal``."""
-    nodes, edges = [node], []
+def _follow(suffixes: _Suffixes, node: int, rank: int, goal: int) -> tuple[tuple[int, ...], list[float]]:
+    """The nodes and edge messages of path number ``rank`` from ``node`` to ``goal``."""
+    nodes, messages = [node], []
     while node != goal:
-        edge = int(suffixes.next_edge[node, rank])
-        node, rank = int(dst[edge]), int(suffixes.next_rank[node, rank])
+        following = int(suffixes.next_node[node, rank])
+        messages.append(float(suffixes.next_message[node, rank]))
+        node, rank = following, int(suffixes.next_rank[node, rank])
         nodes.append(node)
-        edges.append(edge)
-    return tuple(nodes), edges
+    return tuple(nodes), messages
 
 
 # -- relevant circuit ---------------------------------------------------------------------------

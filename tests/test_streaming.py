@@ -279,6 +279,25 @@ def test_level_flow_is_the_exact_sum_of_the_messages(explanation, small_runs):
         assert row["negative"] == float(sum(Fraction(float(m)) for m in part if m < 0))
 
 
+@pytest.mark.parametrize("score", ["product", "sum"])
+def test_top_paths_do_not_depend_on_the_runs(explanation, score, monkeypatch):
+    found = {}
+    for size in (1, 5, 1 << 21):
+        monkeypatch.setattr(explanation_module, "RUN_ELEMENTS", size)
+        monkeypatch.setattr(analysis, "RUN_EDGES", size)
+        found[size] = [(p.nodes, p.score, p.edge_relevance) for p in analysis.top_paths(explanation, 1, k=6, score=score)]
+    assert found[1] == found[5] == found[1 << 21] and found[1]
+
+
+def test_tied_paths_rank_by_input_node_then_edge_order():
+    # two inputs, each with two equal routes through the hidden layer to one output
+    graph = graphlrp.Graph.from_edges([0, 0, 1, 1, 2, 3], [2, 3, 2, 3, 4, 4], [1.0] * 6, dtype=torch.float64)
+    explanation = graphlrp.explain(graph, torch.ones(1, 2, dtype=torch.float64), target=0)
+    paths = analysis.top_paths(explanation, 0, k=4)
+    assert len({p.score for p in paths}) == 1
+    assert [p.nodes for p in paths] == [(0, 2, 4), (0, 3, 4), (1, 2, 4), (1, 3, 4)]
+
+
 # -- memory: no tensor of every edge ---------------------------------------------------------------
 class LargestAllocation(TorchDispatchMode):
     """Records the largest number of elements of any tensor an operation returns."""
@@ -311,6 +330,7 @@ def test_analyses_never_allocate_every_edge(monkeypatch, channels, side, factor)
     bound = max(level.size for level in graph.levels) * 4 + (1 << 16)
     assert graph.num_edges > factor * bound  # the bound is far below every edge
     monkeypatch.setattr(explanation_module, "RUN_ELEMENTS", 1 << 14)
+    monkeypatch.setattr(analysis, "RUN_EDGES", 1 << 14)
     for block in graph.blocks:
         block.edges()  # listings the blocks keep for their own products are not the analyses'
     for name, run in {
@@ -322,3 +342,6 @@ def test_analyses_never_allocate_every_edge(monkeypatch, channels, side, factor)
         with LargestAllocation() as probe:
             run()
         assert probe.largest < bound, (name, probe.largest, graph.num_edges)
+    with LargestAllocation() as probe:  # k entries per node, and (k candidates per edge of a run) × 2 indices
+        analysis.top_paths(explanation, 0, k=2)
+    assert probe.largest <= max(2 * graph.num_nodes, 4 * (1 << 14)) < graph.num_edges / 1.5
