@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import reductions
+from . import reductions, streaming
 from .composites import Composite
 from .explanation import Explanation
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
-from .export import _numpy, check_bool, check_fraction, check_int, edge_relevance_chunks, edges_holding_mass
+from .export import check_bool, check_fraction, check_int
 from .graph import Graph, Level
 from .memory import check_budget
 from .rules import Rule
@@ -31,8 +31,10 @@ from .samples import Samples, check_explanation, is_index
 PathScore = Literal["product", "sum"]
 PATH_SCORES = ("product", "sum")
 
-#: bytes per kept path and per node (three ``(N, k)`` tables) or per edge (candidates while relaxing a level)
+#: bytes per kept path and node, in each of three ``(N, k)`` tables (a score, and how the path continues)
 PATH_BYTES = 8
+#: edges per run when paths are counted
+RUN_EDGES = 1 << 21
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -42,15 +44,6 @@ def _one_sample(explanation: Explanation, sample: int) -> int:
     if not is_index(sample):
         raise ArgumentTypeError(f"sample must be one int, got {sample!r} ({type(sample).__name__})")
     return explanation.sample_rows(sample)[0]
-
-
-def _block_ranges(graph: Graph) -> list[tuple[int, int]]:
-    """``(start, stop)`` of every block's edges in :meth:`Graph.edges` order."""
-    ranges, start = [], 0
-    for block in graph.blocks:
-        ranges.append((start, start + block.num_edges))
-        start += block.num_edges
-    return ranges
 
 
 def _position(level: Level, node: int) -> tuple[int, ...]:
@@ -83,11 +76,15 @@ class Path:
 
 @dataclass
 class _Suffixes:
-    """For every node, the ``k`` best path scores from it to the target, and how each continues."""
+    """For every node, the ``k`` best path scores from it to the target, and how each continues.
+
+    Ranked by score, ties by the first edge's position, then by the continuation's rank.
+    """
 
     value: Tensor  # (N, k) best scores, -inf where there is no path
-    next_edge: Tensor  # (N, k) edge taken first (-1 for none)
-    next_rank: Tensor  # (N, k) which of the edge's destination's paths continues it
+    next_node: Tensor  # (N, k) destination of the edge taken first (-1 for none)
+    next_rank: Tensor  # (N, k) which of that destination's paths continues it
+    next_message: Tensor  # (N, k) the message of the edge taken first
 
 
 def top_paths(
@@ -96,7 +93,9 @@ def top_paths(
     """The ``k`` most relevant paths from any input node to one output node.
 
     Found by dynamic programming over the DAG, level by level backwards from the target, keeping
-    the ``k`` best continuations per node (paths are never enumerated).
+    the ``k`` best continuations per node (paths are never enumerated). Each level's outgoing
+    edges are streamed run by run (:meth:`Explanation.message_runs`): memory holds ``k`` entries
+    per node and one run, never every edge.
 
     Parameters
     ----------
@@ -117,7 +116,9 @@ def top_paths(
     Returns
     -------
     list of Path
-        Best first; ties in no particular order. The work is bounded by the number of paths that
+        Best first; of equal scores, the one from the input node with the lower id first, and
+        of two from one node the one whose first edge comes first in :meth:`Graph.edges` order
+        (the same rule along the rest of the path). The work is bounded by the number of paths that
         reach the target, however large ``k`` is.
 
     Raises
@@ -138,31 +139,32 @@ def top_paths(
     graph = explanation.graph
     relevance = explanation.node_relevance[row].double()
     goal = _target_node(graph, relevance, target)
-    src, dst, _ = graph.edges()
-    k = min(k, _count_paths(graph, src, dst, goal, k))
+    k = min(k, _count_paths(graph, goal, k))
     if k == 0:
         return []
-    check_budget(f"the {k:,} best paths from each of {graph.num_nodes:,} nodes",
-                 PATH_BYTES * k * (3 * graph.num_nodes + 5 * graph.num_edges), None)
-    messages = explanation.edge_relevance(row).double()
-    nonzero = relevance[dst] != 0
-    fraction = torch.where(nonzero, messages / torch.where(nonzero, relevance[dst], 1.0), 0.0)
-    step = fraction.abs() if score == "product" else messages.abs()
-    suffixes = _best_suffixes(graph, src, dst, step, goal, k, score)
+    check_budget(f"the {k:,} best paths from each of {graph.num_nodes:,} nodes", PATH_BYTES * k * 3 * graph.num_nodes,
+                 None)
+    suffixes = _best_suffixes(explanation, row, relevance, goal, k, score)
     first = graph.levels[0]
     starts = suffixes.value[first.offset : first.offset + first.size].flatten()
     order = torch.argsort(starts, descending=True, stable=True)
     paths = []
     for slot in order[starts[order] > float("-inf")][:k].tolist():
-        nodes, edges = _follow(suffixes, dst, first.offset + slot // k, slot % k, goal)
-        index = torch.tensor(edges, dtype=torch.long, device=messages.device)
+        nodes, messages = _follow(suffixes, first.offset + slot // k, slot % k, goal)
+        found = torch.tensor(messages, dtype=torch.float64, device=relevance.device)
         if score == "product":
-            value = float(relevance[goal]) * math.prod(fraction[index].tolist())
+            value = float(relevance[goal]) * math.prod(_fractions(found, relevance[list(nodes[1:])]).tolist())
         else:
-            value = float(messages[index].abs().sum())
+            value = float(found.abs().sum())
         labels = tuple(graph.node_label(v) for v in nodes)
-        paths.append(Path(nodes, labels, value, tuple(messages[index].tolist())))
+        paths.append(Path(nodes, labels, value, tuple(messages)))
     return paths
+
+
+def _fractions(messages: Tensor, relevance: Tensor) -> Tensor:
+    """``m_ij / R_j`` per edge, 0 where ``R_j = 0`` (float64)."""
+    nonzero = relevance != 0
+    return torch.where(nonzero, messages / torch.where(nonzero, relevance, 1.0), 0.0)
 
 
 def _target_node(graph: Graph, relevance: Tensor, target: int | None) -> int:
@@ -177,64 +179,84 @@ def _target_node(graph: Graph, relevance: Tensor, target: int | None) -> int:
     return int(outputs[target])
 
 
-def _count_paths(graph: Graph, src: Tensor, dst: Tensor, goal: int, limit: int) -> int:
+def _count_paths(graph: Graph, goal: int, limit: int) -> int:
     """The number of paths from the input level to ``goal``, or ``limit`` if there are at least that many.
 
-    Counted backwards from ``goal``, level by level, each node's count capped at ``limit``.
+    Counted backwards from ``goal``, level by level over runs of edges, each node's count capped at ``limit``.
     """
-    count = torch.zeros(graph.num_nodes, dtype=torch.float64, device=src.device)
+    count = torch.zeros(graph.num_nodes, dtype=torch.float64, device=graph.device)
     count[goal] = 1.0
-    ranges = _block_ranges(graph)
     for level in reversed(graph.levels[: graph.level_of(goal).index]):
-        for block, (start, stop) in zip(graph.blocks, ranges):
-            if block.src == level.index:
-                count.index_add_(0, src[start:stop], count[dst[start:stop]])
+        for block in graph.blocks:
+            if block.src != level.index:
+                continue
+            src_offset, dst_offset = level.offset, graph.levels[block.dst].offset
+            for run in block.edge_runs(RUN_EDGES):
+                count.index_add_(0, run.src + src_offset, count[run.dst + dst_offset])
         count[level.offset : level.offset + level.size].clamp_(max=limit)
     first = graph.levels[0]
     return int(min(float(count[first.offset : first.offset + first.size].sum()), limit))
 
 
 def _best_suffixes(
-    graph: Graph, src: Tensor, dst: Tensor, step: Tensor, goal: int, k: int, score: PathScore
+    explanation: Explanation, row: int, relevance: Tensor, goal: int, k: int, score: PathScore
 ) -> _Suffixes:
-    """The ``k`` best scores of paths from every node to ``goal``, source levels last to first."""
+    """The ``k`` best scores of paths from every node to ``goal``, source levels last to first,
+    each level's outgoing edges streamed run by run."""
+    graph = explanation.graph
     n = graph.num_nodes
+    index_dtype = torch.int32 if n < 2**31 else torch.long
+    device = relevance.device
     suffixes = _Suffixes(
-        value=step.new_full((n, k), float("-inf")),
-        next_edge=torch.full((n, k), -1, dtype=torch.long, device=step.device),
-        next_rank=torch.full((n, k), -1, dtype=torch.long, device=step.device),
+        value=relevance.new_full((n, k), float("-inf")),
+        next_node=torch.full((n, k), -1, dtype=index_dtype, device=device),
+        next_rank=torch.full((n, k), -1, dtype=torch.int32, device=device),
+        next_message=explanation.node_relevance.new_zeros((n, k)),
     )
     suffixes.value[goal, 0] = 1.0 if score == "product" else 0.0
-    ranges = _block_ranges(graph)
     for level in reversed(graph.levels[: graph.level_of(goal).index]):
-        parts = [torch.arange(*r, device=src.device) for b, r in zip(graph.blocks, ranges) if b.src == level.index]
-        if parts:
-            _relax(level, torch.cat(parts), src, dst, step, k, score, suffixes)
+        blocks = [number for number, block in enumerate(graph.blocks) if block.src == level.index]
+        for run in explanation.message_runs(row, blocks=blocks) if blocks else ():
+            _relax(run.src, run.dst, run.messages[0], relevance, k, score, suffixes)
     return suffixes
 
 
-def _relax(
-    level: Level, edges: Tensor, src: Tensor, dst: Tensor, step: Tensor, k: int, score: PathScore, suffixes: _Suffixes
-) -> None:
-    """Fill the rows of ``level``'s nodes from their outgoing ``edges`` (all destinations are final)."""
-    ahead = suffixes.value[dst[edges]]
-    which, rank = torch.nonzero(ahead > float("-inf"), as_tuple=True)
-    if len(which) == 0:
+def _relax(src: Tensor, dst: Tensor, messages: Tensor, relevance: Tensor, k: int, score: PathScore,
+           suffixes: _Suffixes) -> None:
+    """Merge the paths that start with a run of edges into their sources' rows (destinations are final).
+
+    A candidate (edge, rank) enters only if it beats its source's ``k``-th best so far (the
+    earlier edge wins a tie), and an edge only if its best candidate does: of an edge's
+    candidates, the best comes first.
+    """
+    wide = messages.double()
+    step = _fractions(wide, relevance[dst]).abs() if score == "product" else wide.abs()
+    worst = suffixes.value[src, k - 1]
+    ahead_best = suffixes.value[dst, 0]
+    best = step * ahead_best if score == "product" else step + ahead_best
+    edges = torch.nonzero((ahead_best > float("-inf")) & (best > worst)).flatten()
+    if len(edges) == 0:
         return
+    ahead = suffixes.value[dst[edges]]
+    candidate = step[edges, None] * ahead if score == "product" else step[edges, None] + ahead
+    which, rank = torch.nonzero((ahead > float("-inf")) & (candidate > worst[edges, None]), as_tuple=True)
     edge = edges[which]
-    following = ahead[which, rank]
-    candidate = step[edge] * following if score == "product" else step[edge] + following
-    local = src[edge] - level.offset
-    if k == 1:
-        _, arg = reductions.scatter_max(candidate, local, level.size)
-        nodes = torch.nonzero(arg >= 0).flatten()
-        picked, slots = arg[nodes], torch.zeros_like(nodes)
-    else:
-        picked, nodes, slots = _k_best_per_group(candidate, local, level.size, k)
-    rows = level.offset + nodes
-    suffixes.value[rows, slots] = candidate[picked]
-    suffixes.next_edge[rows, slots] = edge[picked]
-    suffixes.next_rank[rows, slots] = rank[picked]
+    nodes, local = torch.unique(src[edge], return_inverse=True)
+    # the rows' current entries first (they come from earlier edges), then the run's candidates
+    kept = suffixes.value[nodes]
+    held = torch.nonzero(kept > float("-inf"), as_tuple=True)
+    values = torch.cat([kept[held], candidate[which, rank]])
+    group = torch.cat([held[0], local])
+    next_node = torch.cat([suffixes.next_node[nodes][held], dst[edge].to(suffixes.next_node.dtype)])
+    next_rank = torch.cat([suffixes.next_rank[nodes][held], rank.to(torch.int32)])
+    next_message = torch.cat([suffixes.next_message[nodes][held], messages[edge]])
+    picked, rows, slots = _k_best_per_group(values, group, len(nodes), k)
+    rows = nodes[rows]
+    suffixes.value[nodes] = float("-inf")
+    suffixes.value[rows, slots] = values[picked]
+    suffixes.next_node[rows, slots] = next_node[picked]
+    suffixes.next_rank[rows, slots] = next_rank[picked]
+    suffixes.next_message[rows, slots] = next_message[picked]
 
 
 def _k_best_per_group(values: Tensor, group: Tensor, groups: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -249,15 +271,15 @@ def _k_best_per_group(values: Tensor, group: Tensor, groups: int, k: int) -> tup
     return order[keep], grouped[keep], rank[keep]
 
 
-def _follow(suffixes: _Suffixes, dst: Tensor, node: int, rank: int, goal: int) -> tuple[tuple[int, ...], list[int]]:
-    """The nodes and edges of path number ``rank`` from ``node`` to ``goal``."""
-    nodes, edges = [node], []
+def _follow(suffixes: _Suffixes, node: int, rank: int, goal: int) -> tuple[tuple[int, ...], list[float]]:
+    """The nodes and edge messages of path number ``rank`` from ``node`` to ``goal``."""
+    nodes, messages = [node], []
     while node != goal:
-        edge = int(suffixes.next_edge[node, rank])
-        node, rank = int(dst[edge]), int(suffixes.next_rank[node, rank])
+        following = int(suffixes.next_node[node, rank])
+        messages.append(float(suffixes.next_message[node, rank]))
+        node, rank = following, int(suffixes.next_rank[node, rank])
         nodes.append(node)
-        edges.append(edge)
-    return tuple(nodes), edges
+    return tuple(nodes), messages
 
 
 # -- relevant circuit ---------------------------------------------------------------------------
@@ -320,7 +342,9 @@ class Circuit:
 def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float = 0.9) -> Circuit:
     """The fewest edges, taken by decreasing ``|relevance|``, that carry ``fraction`` of the total.
 
-    Taking edges greedily is optimal: no smaller set of edges carries the fraction.
+    Taking edges greedily is optimal: no smaller set of edges carries the fraction. Sums are exact
+    and ties go to the earlier edge (:mod:`graphlrp.streaming`); the edges are streamed in two
+    passes, memory holds the circuit and one run of edges.
 
     Parameters
     ----------
@@ -345,15 +369,23 @@ def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float 
     """
     row = _one_sample(explanation, sample)
     check_fraction("fraction", fraction)
-    messages = explanation.edge_relevance(row)
-    magnitude = messages.abs()
-    kept = torch.as_tensor(edges_holding_mass(_numpy(magnitude), fraction), device=messages.device)
-    src, dst, _ = explanation.graph.edges()
-    total = float(magnitude.sum(dtype=torch.float64))  # not rounded to a half type
+
+    def runs() -> Iterator[tuple[int, Tensor, list[Tensor]]]:
+        for run in explanation.message_runs(row):
+            messages = run.messages[0]
+            yield run.start, messages.abs(), [run.src, run.dst, messages]
+
+    chosen = streaming.select(runs, mass=fraction)
+    order = torch.argsort(chosen.magnitudes, descending=True, stable=True)
+    if chosen.payload:
+        src, dst, relevance = (column[order] for column in chosen.payload)
+    else:
+        device = explanation.node_relevance.device
+        src = dst = torch.zeros(0, dtype=torch.long, device=device)
+        relevance = explanation.node_relevance.new_zeros(0)
     return Circuit(
-        explanation, row, kept, src[kept], dst[kept], messages[kept],
-        nodes=torch.unique(torch.cat([src[kept], dst[kept]])),
-        fraction=float(magnitude[kept].sum(dtype=torch.float64)) / total if total > 0 else 1.0,
+        explanation, row, chosen.positions[order].to(src.device), src, dst, relevance,
+        nodes=torch.unique(torch.cat([src, dst])), fraction=chosen.fraction,
     )
 
 
@@ -409,28 +441,30 @@ def level_flow(explanation: Explanation, sample: Samples = None) -> list[dict[st
     list of dict
         One row per (source level, destination level) pair with edges, ordered by the pair:
         ``src_level``, ``dst_level``, ``src_name``, ``dst_name``, ``positive`` and ``negative``
-        (sums of the positive and negative messages) and ``total``. The totals of the rows into
-        a level equal that level's ``relevance_out`` in :meth:`Explanation.conservation`.
+        (sums of the positive and negative messages) and ``total`` (their sum); the two are
+        summed exactly and rounded once. The totals of the rows into a level equal that level's ``relevance_out``
+        in :meth:`Explanation.conservation`. The edges are streamed run by run.
     """
     check_explanation(explanation)
     rows = explanation.sample_rows(sample)
     graph = explanation.graph
-    ranges = _block_ranges(graph)
     pairs = sorted({(b.src, b.dst) for b in graph.blocks})
-    positive = {pair: 0.0 for pair in pairs}
-    negative = {pair: 0.0 for pair in pairs}
-    for messages in edge_relevance_chunks(explanation, rows):
-        for block, (start, stop) in zip(graph.blocks, ranges):
-            part = messages[:, start:stop]
-            positive[block.src, block.dst] += float(part.clamp(min=0).sum())
-            negative[block.src, block.dst] += float(part.clamp(max=0).sum())
-    return [
-        {
+    sums: dict[tuple[int, int], tuple[streaming.Histogram, streaming.Histogram]] = {}
+    for run in explanation.message_runs(rows):
+        pair = (run.block.src, run.block.dst)
+        if pair not in sums:
+            sums[pair] = tuple(streaming.Histogram(run.messages.dtype, run.messages.device) for _ in range(2))
+        messages = run.messages.reshape(-1)
+        sums[pair][0].add(messages.clamp(min=0))
+        sums[pair][1].add(messages.neg().clamp_(min=0))
+    table = []
+    for a, b in pairs:
+        positive, negative = (streaming.as_float(h.total()) for h in sums[a, b]) if (a, b) in sums else (0.0, 0.0)
+        table.append({
             "src_level": a, "dst_level": b, "src_name": graph.levels[a].name, "dst_name": graph.levels[b].name,
-            "positive": positive[a, b], "negative": negative[a, b], "total": positive[a, b] + negative[a, b],
-        }
-        for a, b in pairs
-    ]
+            "positive": positive, "negative": -negative, "total": positive - negative,
+        })
+    return table
 
 
 @dataclass(frozen=True)
@@ -539,7 +573,9 @@ def contrast(
 ) -> list[EdgeContrast]:
     """The ``k`` edges whose relevance differs most between two explanations of one graph.
 
-    E.g. the same input explained for class A and for class B.
+    E.g. the same input explained for class A and for class B. Ranked by ``|difference|``, ties
+    by edge order (the earlier edge first); the edges are streamed run by run (memory: ``k``
+    edges and one run), and compared as they pass (edges and weights must be equal).
 
     Raises
     ------
@@ -554,14 +590,24 @@ def contrast(
     check_explanation(explanation_b, "explanation_b")
     _check_same_graph(explanation_a.graph, explanation_b.graph)
     check_int("k", k, 1)
-    a = explanation_a.edge_relevance(_one_sample(explanation_a, sample))
-    b = explanation_b.edge_relevance(_one_sample(explanation_b, sample))
-    difference = a - b
-    order = torch.argsort(difference.abs(), descending=True, stable=True)[:k]
-    src, dst, _ = explanation_a.graph.edges()
+    best = streaming.TopK(k)
+    runs_b = explanation_b.message_runs(_one_sample(explanation_b, sample))
+    for run_a in explanation_a.message_runs(_one_sample(explanation_a, sample)):
+        run_b = next(runs_b)
+        if not (torch.equal(run_a.src, run_b.src) and torch.equal(run_a.dst, run_b.dst)
+                and torch.equal(run_a.weight, run_b.weight)):
+            raise InputError("the explanations are of different graphs: their edges or weights differ")
+        a, b = run_a.messages[0], run_b.messages[0]
+        difference = a - b
+        positions = torch.arange(run_a.start, run_a.start + len(run_a), device=a.device)
+        best.add(difference.abs(), positions, [run_a.src, run_a.dst, a, b, difference])
+    found = best.result()
+    if found is None:
+        return []
+    _, positions, columns = found
     return [
-        EdgeContrast(e, int(src[e]), int(dst[e]), float(a[e]), float(b[e]), float(difference[e]))
-        for e in order.tolist()
+        EdgeContrast(e, s, d, ra, rb, diff)
+        for e, s, d, ra, rb, diff in zip(positions.tolist(), *(c.tolist() for c in columns))
     ]
 
 
@@ -571,8 +617,8 @@ def _check_same_graph(a: Graph, b: Graph) -> None:
     if (a.num_nodes, a.num_edges) != (b.num_nodes, b.num_edges):
         raise InputError(f"the explanations are of different graphs: {a.num_nodes:,} nodes and {a.num_edges:,} "
                          f"edges against {b.num_nodes:,} nodes and {b.num_edges:,} edges")
-    if not all(torch.equal(x, y) for x, y in zip(a.edges(), b.edges())):
-        raise InputError("the explanations are of different graphs: their edges or weights differ")
+    if [(x.kind, x.src, x.dst, x.num_edges) for x in a.blocks] != [(y.kind, y.src, y.dst, y.num_edges) for y in b.blocks]:
+        raise InputError("the explanations are of different graphs: their blocks differ")
 
 
 # -- data sets ----------------------------------------------------------------------------------

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from . import export
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
+from .blocks import Block, EdgeRun
 from .graph import Graph
 from .memory import check_budget
 from .propagate import LevelRecord, Trace, _Inputs, level_balance
@@ -38,6 +39,42 @@ class LevelBalance:
     bias: Tensor
     stabilizer: Tensor
     dropped: Tensor
+
+
+#: edges per run of :meth:`Explanation.message_runs` (divided among the samples asked)
+RUN_ELEMENTS = 1 << 21
+
+
+@dataclass(frozen=True)
+class MessageRun:
+    """The messages of consecutive edges, positions ``start .. start + len - 1`` of :meth:`Graph.edges`.
+
+    Attributes
+    ----------
+    block : Block
+        The block holding the edges.
+    start : int
+        Position of the first edge in :meth:`Graph.edges` order.
+    src, dst : Tensor
+        Global node ids of each edge's ends (int64).
+    weight : Tensor
+        Each edge's weight.
+    messages : Tensor
+        ``(samples, len)``: each edge's relevance message, bit for bit :meth:`Explanation.edge_relevance`'s.
+    contributions : Tensor or None
+        ``(samples, len)``: each edge's ``a_i · w_ij`` when asked for, as :meth:`Explanation.edge_contributions`.
+    """
+
+    block: Block
+    start: int
+    src: Tensor
+    dst: Tensor
+    weight: Tensor
+    messages: Tensor
+    contributions: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.src)
 
 
 class Explanation:
@@ -157,22 +194,78 @@ class Explanation:
         ``inputs`` are the source level's and ``quotients`` the destination level's, for those samples.
         """
         state = block.select_state(self._trace.state(block), index)
-        written = False
+
+        def messages(x: Tensor, s: Tensor, transform, into: Tensor | None) -> Tensor:
+            return block.edge_messages(x, s, transform, state, out=into)
+
+        self._summed_terms(block, inputs, quotients, messages, out)
+
+    def _summed_terms(self, block: Block, inputs: _Inputs, quotients: list[Tensor],
+                      messages: Callable[..., Tensor], out: Tensor | None) -> Tensor:
+        """The messages of the destination level's rule: ``Σ scale · sign · messages(x, s, f)`` over
+        its groups and terms, in ``out`` if given (else a new tensor, or ``None`` for a rule without
+        terms there); ``messages(x, s, f, into)`` gives one term's messages, written into ``into``
+        when that is not ``None``."""
+        written = None
         for group, chosen in zip(self._records[block.dst].groups, quotients):
             for term in group.terms:
                 term_input = inputs(term.inputs)
                 if term_input is None:
                     continue
                 factor = group.scale * term.sign
-                if not written and factor == 1.0:
-                    block.edge_messages(term_input, chosen, term.weights, state, out=out)
-                elif not written:
-                    torch.mul(block.edge_messages(term_input, chosen, term.weights, state), factor, out=out)
+                if written is None and factor == 1.0:
+                    written = messages(term_input, chosen, term.weights, out)
+                elif written is None:
+                    written = torch.mul(messages(term_input, chosen, term.weights, None), factor, out=out)
                 else:
-                    out.add_(block.edge_messages(term_input, chosen, term.weights, state), alpha=factor)
-                written = True
-        if not written:
+                    written.add_(messages(term_input, chosen, term.weights, None), alpha=factor)
+        if written is None and out is not None:
             out.zero_()
+            return out
+        return written
+
+    def message_runs(
+        self, sample: Samples = None, blocks: Sequence[int] | None = None, contributions: bool = False,
+        max_edges: int | None = None,
+    ) -> Iterator[MessageRun]:
+        """The edge relevance of the samples asked, run by run, never every edge at once.
+
+        Runs follow :meth:`Graph.edges` order: block after block (``blocks``, indices into
+        ``graph.blocks`` in the order given, default all), each block's edges in runs of at most
+        ``max_edges`` edges (default :data:`RUN_ELEMENTS` divided among the samples; a kind may
+        keep one destination's edges together). Each run's messages are bit for bit those of
+        :meth:`edge_relevance`, and with ``contributions`` its ``a_i · w_ij`` those of
+        :meth:`edge_contributions`. Memory: one run's edges, its messages, and one level's inputs
+        and quotients.
+        """
+        chosen = self.sample_rows(sample)
+        index = torch.tensor(chosen, dtype=torch.long, device=self.node_relevance.device)
+        limit = max(1, RUN_ELEMENTS // len(chosen)) if max_edges is None else max_edges
+        starts = [0]
+        for block in self.graph.blocks:
+            starts.append(starts[-1] + block.num_edges)
+        levels = self.graph.levels
+        for number in range(len(self.graph.blocks)) if blocks is None else blocks:
+            block = self.graph.blocks[number]
+            if block.num_edges == 0:
+                continue
+            inputs = _Inputs(levels[block.src], self._trace.activations[block.src].index_select(0, index))
+            quotients = [q.index_select(0, index) for q in self._records[block.dst].quotients]
+            state = block.select_state(self._trace.state(block), index)
+            ones = inputs.activation.new_ones((len(chosen), block.n_dst)) if contributions else None
+            for run in block.edge_runs(limit):
+                messages = self._run_messages(block, run, inputs, quotients, state)
+                contribution = block.run_messages(run, inputs.activation, ones, Identity(), state) if contributions else None
+                yield MessageRun(block, starts[number] + run.start, run.src + levels[block.src].offset,
+                                 run.dst + levels[block.dst].offset, run.weight, messages, contribution)
+
+    def _run_messages(self, block: Block, run: EdgeRun, inputs: _Inputs, quotients: list[Tensor],
+                      state: object) -> Tensor:
+        def messages(x: Tensor, s: Tensor, transform, into: Tensor | None) -> Tensor:
+            return block.run_messages(run, x, s, transform, state)
+
+        summed = self._summed_terms(block, inputs, quotients, messages, None)
+        return summed if summed is not None else inputs.activation.new_zeros((len(inputs.activation), len(run)))
 
     def to_networkx(self, sample: Samples = 0, **options) -> "nx.DiGraph":
         """This explanation as a networkx graph; see :func:`graphlrp.export.explanation_to_networkx`."""

@@ -5,8 +5,9 @@
 :func:`write_json` / :func:`read_json` store it and read it back with every attribute exactly as
 it was (floats to the last bit).
 
-Several samples are reduced (``aggregate``) chunk by chunk: no more than :data:`CHUNK_ELEMENTS`
-edge values per array are held at once, never ``samples × edges``.
+Edges are streamed run by run (:meth:`graphlrp.Explanation.message_runs`), several samples
+reduced (``aggregate``) within each run: never every edge's relevance at once, never
+``samples × edges``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import streaming
 from .errors import ArgumentTypeError, FileFormatError, InputError
 from .samples import ExplanationLike, Samples, check_explanation, is_index
 
@@ -88,24 +90,18 @@ def edge_contributions(explanation: ExplanationLike, sample: Samples = None) -> 
 
 
 def _fold(values: Tensor, aggregate: Aggregate) -> Tensor:
-    """Sum over samples (dim 0), of absolute values for ``'mean_abs'``."""
-    return (values.abs() if aggregate == "mean_abs" else values).sum(0)
+    """Sum over samples (dim 0), of absolute values for ``'mean_abs'``: row after row, so that
+    every entry is summed in sample order whatever part of the columns is at hand."""
+    rows = values.abs() if aggregate == "mean_abs" else values
+    total = rows[0].clone()
+    for row in rows[1:]:
+        total += row
+    return total
 
 
 def _reduce(values: Tensor, aggregate: Aggregate, count: int) -> Tensor:
     """Finish an aggregate from its sum over ``count`` samples."""
     return values if aggregate == "sum" else values / count
-
-
-def _edge_values(explanation: ExplanationLike, rows: list[int], aggregate: Aggregate) -> tuple[Tensor, Tensor]:
-    """Aggregated edge relevance and contribution, computed over chunks of samples."""
-    num_edges = explanation.graph.num_edges
-    relevance = explanation.node_relevance.new_zeros(num_edges)
-    contribution = explanation.node_relevance.new_zeros(num_edges)
-    for chunk in _chunks(rows, num_edges):
-        relevance += _fold(explanation.edge_relevance(chunk), aggregate)
-        contribution += _fold(explanation.edge_contributions(chunk), aggregate)
-    return _reduce(relevance, aggregate, len(rows)), _reduce(contribution, aggregate, len(rows))
 
 
 def _node_values(explanation: ExplanationLike, rows: list[int], aggregate: Aggregate) -> dict[str, Tensor]:
@@ -124,13 +120,14 @@ def _node_values(explanation: ExplanationLike, rows: list[int], aggregate: Aggre
 def edges_holding_mass(magnitude: np.ndarray, fraction: float) -> np.ndarray:
     """The fewest entries whose sum reaches ``fraction`` of the total, largest first.
 
-    Taking entries by decreasing magnitude is optimal: no smaller set reaches the fraction.
-    Ties keep index order. An all-zero ``magnitude`` gives no entries.
+    Taking entries by decreasing magnitude is optimal: no smaller set reaches the fraction. Sums
+    are exact (:mod:`graphlrp.streaming`); ties keep index order. An all-zero ``magnitude`` gives
+    no entries.
 
     Parameters
     ----------
     magnitude : ndarray
-        Non-negative values, e.g. ``|edge relevance|``.
+        Non-negative finite values, e.g. ``|edge relevance|``.
     fraction : float
         In ``(0, 1]``.
 
@@ -140,12 +137,14 @@ def edges_holding_mass(magnitude: np.ndarray, fraction: float) -> np.ndarray:
         Indices into ``magnitude``, by decreasing magnitude.
     """
     check_fraction("mass", fraction)
-    order = np.argsort(-magnitude, kind="stable")
-    cumulative = np.cumsum(magnitude[order], dtype=np.float64)  # a half type's sum would stop growing
-    if len(cumulative) == 0 or cumulative[-1] == 0:
-        return order[:0]
-    count = int(np.searchsorted(cumulative, fraction * cumulative[-1], side="left")) + 1
-    return order[: min(count, len(order))]
+    chosen = streaming.select(_one_run(magnitude), mass=fraction)
+    order = np.argsort(-_numpy(chosen.magnitudes), kind="stable")
+    return _numpy(chosen.positions)[order] if len(order) else np.zeros(0, dtype=np.int64)
+
+
+def _one_run(magnitude: np.ndarray) -> streaming.Runs:
+    values = torch.from_numpy(np.ascontiguousarray(magnitude))
+    return lambda: iter([(0, values, [])])
 
 
 def check_fraction(name: str, fraction: float) -> None:
@@ -161,27 +160,24 @@ def select_edges(
 ) -> np.ndarray:
     """Indices (ascending) of the entries that pass every criterion given (all without any).
 
+    The selection of :func:`graphlrp.streaming.select` over one run: the same as over the
+    entries cut into any runs.
+
     Parameters
     ----------
     magnitude : ndarray
-        Non-negative values, e.g. ``|edge relevance|``.
+        Non-negative finite values, e.g. ``|edge relevance|``.
     top_k : int, optional
         Keep the ``top_k`` largest (ties in index order).
     threshold : float, optional
-        Keep those ``>= threshold``.
+        Keep those ``>= threshold`` (compared exactly).
     mass : float, optional
         Keep the fewest, largest first, that hold this fraction of the total
         (:func:`edges_holding_mass`).
     """
     check_selection(top_k, threshold, mass)
-    keep = np.ones(len(magnitude), dtype=bool)
-    if top_k is not None:
-        keep &= _mask(len(magnitude), np.argsort(-magnitude, kind="stable")[: operator.index(top_k)])
-    if threshold is not None:
-        keep &= magnitude >= threshold
-    if mass is not None:
-        keep &= _mask(len(magnitude), edges_holding_mass(magnitude, mass))
-    return np.flatnonzero(keep)
+    chosen = streaming.select(_one_run(magnitude), top_k, threshold, mass)
+    return _numpy(chosen.positions) if len(chosen.positions) else np.zeros(0, dtype=np.int64)
 
 
 def check_selection(top_k: object, threshold: object, mass: object) -> None:
@@ -203,12 +199,6 @@ def check_selection(top_k: object, threshold: object, mass: object) -> None:
             raise InputError("threshold must be a number, got NaN")
     if mass is not None:
         check_fraction("mass", mass)
-
-
-def _mask(n: int, indices: np.ndarray) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    mask[indices] = True
-    return mask
 
 
 # -- building the networkx graph ----------------------------------------------------------------
@@ -235,7 +225,10 @@ def explanation_to_networkx(
     top_k, threshold, mass : optional
         Keep only the edges that matter, by ``|relevance|`` (see :func:`select_edges`): the
         ``top_k`` largest, those ``>= threshold``, the fewest holding the fraction ``mass`` of
-        the total. Given together, an edge must pass all of them. Default: every edge.
+        the total (sums exact; ties by edge order, the earlier edge first). Given together, an
+        edge must pass all of them. Default: every edge. The edges are streamed run by run
+        (:meth:`Explanation.message_runs`): memory holds the kept edges and one run, never
+        every edge's relevance (two passes for ``mass``).
     keep_all_nodes : bool
         Keep every node, not only the endpoints of the kept edges.
 
@@ -272,19 +265,22 @@ def explanation_to_networkx(
     rows = sample_rows(explanation, sample)
     mode: Aggregate = "sum" if is_index(sample) else aggregate
     graph = explanation.graph
-    relevance, contribution = (_numpy(t) for t in _edge_values(explanation, rows, mode))
-    magnitude = np.abs(relevance)
-    kept = select_edges(magnitude, top_k, threshold, mass)
-    src, dst, weight = (_numpy(t) for t in graph.edges())
-    src, dst, columns = _merge_parallel_edges(
-        src[kept], dst[kept], [weight[kept], contribution[kept], relevance[kept]], graph.num_nodes
-    )
+
+    def runs() -> Iterator[tuple[int, Tensor, list[Tensor]]]:
+        for run in explanation.message_runs(rows, contributions=True):
+            relevance = _reduce(_fold(run.messages, mode), mode, len(rows))
+            contribution = _reduce(_fold(run.contributions, mode), mode, len(rows))
+            yield run.start, relevance.abs(), [run.src, run.dst, run.weight, contribution, relevance]
+
+    chosen = streaming.select(runs, top_k, threshold, mass)
+    if chosen.payload:
+        src, dst, *columns = (_numpy(t) for t in chosen.payload)
+    else:
+        src = dst = np.zeros(0, dtype=np.int64)
+        columns = [np.zeros(0) for _ in range(3)]
+    src, dst, columns = _merge_parallel_edges(src, dst, columns, graph.num_nodes)
     nodes = np.arange(graph.num_nodes) if keep_all_nodes else np.unique(np.concatenate([src, dst]))
-    total = float(magnitude.sum())
-    G = nx.DiGraph(
-        samples=tuple(rows), aggregate=mode, edges_total=graph.num_edges,
-        mass_kept=float(magnitude[kept].sum()) / total if total > 0 else 1.0,
-    )
+    G = nx.DiGraph(samples=tuple(rows), aggregate=mode, edges_total=graph.num_edges, mass_kept=chosen.fraction)
     G.add_nodes_from(_node_records(explanation, nodes, _node_values(explanation, rows, mode)))
     G.add_edges_from(_edge_records(src, dst, *columns))
     return G

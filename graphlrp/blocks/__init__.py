@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from . import base
-from .base import Block, OperandCache, StaticBlock
+from .base import Block, EdgeRun, OperandCache, StaticBlock
 from .dense import DenseBlock
 from .sparse import SparseBlock
 from .edgelist import EdgeListBlock
@@ -54,7 +54,7 @@ def converted(block: Block, kind: str) -> Block:
 
 
 __all__ = [
-    "KINDS", "Block", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
+    "KINDS", "Block", "EdgeRun", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
     "GateBlock",
     "TokenLinearBlock", "LayerNormBlock", "AttentionBlock",
     "general_kinds", "block_from_matrix", "converted",

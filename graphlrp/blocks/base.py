@@ -9,6 +9,9 @@ does the two reductions an LRP rule needs with the kernel that suits that kind:
   (a sum over each source's outgoing edges);
 * ``edge_messages``: ``x_i f(w_ij) s_j`` for every edge, for the few samples asked;
 * ``edges``: the block's edges as local ``(src, dst, weight)``;
+* ``edge_runs`` and ``run_messages``: the same edges and messages run by run, consecutive parts of
+  the edge order of bounded size, for analyses that stream over a graph's edges instead of listing
+  them (:mod:`graphlrp.streaming`);
 * ``add_message_sums``: ``Σ_b x_bi s_bj`` over a batch for every *slot* (an edge, or a weight
   position shared by edges), the data-set sums of :mod:`graphlrp.aggregate`; a slot's summed
   messages are these sums times its transformed weight (``slot_weights``), its edges are listed by
@@ -32,7 +35,8 @@ block), or ``None`` to build them for the one call (dense blocks then work panel
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
 
 import torch
 from torch import Tensor
@@ -67,6 +71,50 @@ def edge_products(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: Tensor
         out.copy_(messages)
         return out
     return messages
+
+
+@dataclass(frozen=True)
+class EdgeRun:
+    """Consecutive edges of a block: positions ``start .. start + len(src) - 1`` of its edge order.
+
+    Attributes
+    ----------
+    start : int
+        Position of the run's first edge in :meth:`Block.edges` order.
+    src, dst : Tensor
+        Local source and destination of each edge (int64).
+    weight : Tensor
+        Each edge's weight.
+    """
+
+    start: int
+    src: Tensor
+    dst: Tensor
+    weight: Tensor
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+def runs_of_listing(src: Tensor, dst: Tensor, weight: Tensor, max_edges: int) -> Iterator[EdgeRun]:
+    """Runs of at most ``max_edges`` edges cut from listed edges (views where the lists are)."""
+    for start in range(0, len(weight), max_edges):
+        part = slice(start, start + max_edges)
+        yield EdgeRun(start, src[part].long(), dst[part].long(), weight[part])
+
+
+def destination_ranges(degrees: Tensor, max_edges: int) -> Iterator[tuple[int, int, int]]:
+    """``(first edge, first destination, stop destination)`` of consecutive destination ranges
+    holding at most ``max_edges`` edges each, for edges ordered by destination with ``degrees``
+    edges into each destination; one destination with more edges is a range of its own."""
+    ends = torch.cumsum(degrees.long(), 0)
+    start, first = 0, 0
+    while first < len(degrees):
+        stop = max(int(torch.searchsorted(ends, start + max_edges, right=True)), first + 1)
+        end = int(ends[stop - 1])
+        if end > start:  # ranges of destinations without edges are left out
+            yield start, first, stop
+        start, first = end, stop
 
 
 class OperandCache:
@@ -242,6 +290,21 @@ class Block(ABC):
         """
         src, dst, weight = self.edges()
         return edge_products(x, src, transform(weight), s, dst, out)
+
+    def edge_runs(self, max_edges: int) -> Iterator[EdgeRun]:
+        """The block's edges as consecutive runs of at most ``max_edges`` edges, in edge order.
+
+        Together the runs are :meth:`edges`; a kind that lists its edges on demand (convolutions)
+        lists one run at a time, so no more than a run's edges are held. Here: runs cut from
+        :meth:`edges`.
+        """
+        yield from runs_of_listing(*self.edges(), max_edges)
+
+    def run_messages(
+        self, run: EdgeRun, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None
+    ) -> Tensor:
+        """:meth:`edge_messages` of the run's edges only, ``(B, len(run))``, bit for bit the same."""
+        return edge_products(x, run.src, transform(run.weight), s, run.dst, None)
 
     def max_abs_weight(self) -> float:
         """The largest ``|w_ij|`` of the block's edges (0 without edges); one pass over the weights."""

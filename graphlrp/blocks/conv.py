@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..transforms import EdgeIndicator, Ones, Transform
-from .base import SUM_CHUNK_ELEMENTS, StaticBlock, count_after_cast
+from .base import SUM_CHUNK_ELEMENTS, EdgeRun, StaticBlock, count_after_cast, destination_ranges
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 #: compact a kernel when at most this fraction of its ``C_out × C_in`` channel pairs is live: below
@@ -238,6 +239,21 @@ class ConvBlock(StaticBlock):
         slots = ((group[:, None] * count + position) * out_per_group + within[:, None]) * self._entries + entry[:, None]
         return src[order], dst[order], weight[order], slots[valid][order]
 
+    def edge_runs(self, max_edges: int) -> Iterator[EdgeRun]:
+        """Runs of whole output units, each listed by index arithmetic in :meth:`edges` order.
+
+        Into one output unit the edges come from its kernel entries in row-major order, which is
+        the order of their sources: a run is the grid ``(output units, kernel entries)`` with the
+        entries whose weight is zero or whose input position lies in the padding left out, so no
+        sort is needed and no more than the run's edges are listed.
+        """
+        ones = torch.ones((1, *self.in_shape), dtype=torch.float64, device=self.weight.device)
+        indicator = self.weight.ne(0).to(torch.float64)
+        degrees = _CONV[self.dims](ones, indicator, None, self.stride, self.padding, self.dilation, self.groups)
+        grid = _RunGrid(self)
+        for start, first, stop in destination_ranges(degrees.reshape(-1).round().long(), max_edges):
+            yield EdgeRun(start, *grid.edges_into(first, stop))
+
     # -- sums over samples: one slot per (position, kernel weight), a batched product ----------
     @property
     def _entries(self) -> int:
@@ -295,3 +311,64 @@ class ConvBlock(StaticBlock):
         return ConvBlock(self.src, self.dst, self.weight.to(device=device, dtype=dtype), self.in_shape,
                          self.out_shape, self.stride, self.padding, self.dilation, self.groups,
                          count_after_cast(self._num_edges, self.dtype, dtype))
+
+
+class _RunGrid:
+    """A convolution's edges into a range of output units, by index arithmetic.
+
+    The source of the edge from kernel entry ``e = (c, *k)`` into output unit ``(o, *p)`` is
+    ``entry_offset[o, e] + position_offset[p]``: the input channel's plane and the kernel
+    offset, plus the window's origin; the edge exists where the weight is nonzero and every
+    coordinate ``p·stride − padding + k·dilation`` lies inside the input.
+    """
+
+    def __init__(self, block: ConvBlock) -> None:
+        device = block.weight.device
+        c_out, c_in_group, *kernel = block.weight.shape
+        spatial, out = block.in_shape[1:], block.out_shape[1:]
+        plane_strides = [math.prod(spatial[axis + 1:]) for axis in range(block.dims)]
+        self.positions = math.prod(out)
+        self.weight = block.weight.reshape(c_out, -1)
+        self.nonzero = self.weight.ne(0)
+        entries = torch.arange(self.weight.shape[1], device=device)
+        #: each entry's kernel coordinate along every axis, and each position's output coordinate
+        self.entry_axes = _unravel(entries, kernel)
+        positions = torch.arange(self.positions, device=device)
+        self.position_axes = _unravel(positions, out)
+        group = torch.arange(c_out, device=device)[:, None] // (c_out // block.groups)
+        channel = group * c_in_group + (entries // math.prod(kernel))[None, :]  # input channel, (C_out, E)
+        offset = channel * math.prod(spatial)
+        position_offset = torch.zeros(self.positions, dtype=torch.long, device=device)
+        #: per axis, whether output coordinate ``q`` with kernel coordinate ``k`` reads inside the input
+        self.inside = []
+        for axis in range(block.dims):
+            step = plane_strides[axis]
+            offset = offset + (self.entry_axes[axis] * block.dilation[axis] * step)[None, :]
+            origin = torch.arange(out[axis], device=device) * block.stride[axis] - block.padding[axis]
+            position_offset += origin[self.position_axes[axis]] * step
+            reach = origin[:, None] + torch.arange(kernel[axis], device=device)[None, :] * block.dilation[axis]
+            self.inside.append((reach >= 0) & (reach < spatial[axis]))
+        self.entry_offset = offset
+        self.position_offset = position_offset
+
+    def edges_into(self, first: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Local ``(src, dst, weight)`` of the edges into output units ``first .. stop - 1``, in edge order."""
+        dst = torch.arange(first, stop, device=self.weight.device)
+        channel, position = dst // self.positions, dst % self.positions
+        valid = self.nonzero[channel]
+        for axis, inside in enumerate(self.inside):
+            valid &= inside[self.position_axes[axis][position]][:, self.entry_axes[axis]]
+        src = self.entry_offset[channel] + self.position_offset[position][:, None]
+        weight = self.weight[channel]
+        if bool(valid.all()):
+            return src.reshape(-1), dst.repeat_interleave(valid.shape[1]), weight.reshape(-1)
+        return src[valid], dst[:, None].expand_as(valid)[valid], weight[valid]
+
+
+def _unravel(flat: Tensor, shape: list[int] | tuple[int, ...]) -> list[Tensor]:
+    """The row-major coordinates of ``flat`` indices into ``shape``, one tensor per axis."""
+    coordinates = []
+    for extent in reversed(shape):
+        coordinates.append(flat % extent)
+        flat = flat // extent
+    return coordinates[::-1]

@@ -16,6 +16,8 @@ panel that other threads have just written runs several times slower than one re
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from torch import Tensor
 
@@ -23,7 +25,7 @@ from ..errors import InputError
 from ..layout import in_layout_of, is_node_major
 from ..scratch import scratch
 from ..transforms import Identity, Transform, check_maps_zero_to_zero
-from .base import OperandCache, StaticBlock, count_after_cast
+from .base import EdgeRun, OperandCache, StaticBlock, count_after_cast, destination_ranges
 
 #: transformed weights per panel: 1 MB of float32, which stays in a core's cache
 PANEL_ELEMENTS = 2**18
@@ -167,6 +169,13 @@ class DenseBlock(StaticBlock):
             dst, src = torch.nonzero(self.weight, as_tuple=True)
             self._edges = (src, dst, self.weight[dst, src])
         return self._edges
+
+    def edge_runs(self, max_edges: int) -> Iterator[EdgeRun]:
+        """Runs of whole rows (destinations), each listed from its rows of the matrix alone."""
+        for start, first, stop in destination_ranges(torch.count_nonzero(self.weight, dim=1), max_edges):
+            rows = self.weight[first:stop]
+            dst, src = torch.nonzero(rows, as_tuple=True)
+            yield EdgeRun(start, src, dst + first, rows[dst, src])
 
     def _to(self, device, dtype) -> "DenseBlock":
         return DenseBlock(self.src, self.dst, self.weight.to(device=device, dtype=dtype),

@@ -6,12 +6,14 @@ Work is done in chunks of edges so that no ``(edges × batch)`` tensor is ever a
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from torch import Tensor
 
 from .. import reductions
 from ..transforms import Identity, Transform
-from .base import StaticBlock, edge_products
+from .base import EdgeRun, StaticBlock, edge_products, runs_of_listing
 from .sparse import _as_matrix, sampled_product
 
 #: elements of the largest temporary (chunk of edges × batch) the kernels allocate
@@ -86,6 +88,10 @@ class EdgeListBlock(StaticBlock):
         self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None, out: Tensor | None = None
     ) -> Tensor:
         return edge_products(x, self.src_idx, transform(self.weight), s, self.dst_idx, out)
+
+    def edge_runs(self, max_edges: int) -> Iterator[EdgeRun]:
+        """Runs cut from the held lists (views, indices widened run by run)."""
+        return runs_of_listing(self.src_idx, self.dst_idx, self.weight, max_edges)
 
     # -- sums over samples: one slot per edge --------------------------------------------------
     def add_message_sums(self, out: Tensor, x: Tensor, s: Tensor, alpha: float = 1.0, state: object = None) -> None:

@@ -12,9 +12,9 @@ inputs. The winners are found in the forward pass and kept as the block's state.
 from __future__ import annotations
 
 import functools
-
 import itertools
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from .. import reductions
 from ..errors import InputError
 from ..layout import in_layout_of
 from ..transforms import Transform
-from .base import Block, OperandCache
+from .base import Block, EdgeRun, OperandCache
 from .conv import ConvBlock
 
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -183,10 +183,24 @@ class MaxPoolBlock(Block):
         if self.mode == "proportional":
             return messages
         src, dst, _ = self.edges()
+        return messages.mul_(src[None, :] == self._winner_sources(state)[:, dst])
+
+    def edge_runs(self, max_edges: int) -> Iterator[EdgeRun]:
+        return self.windows.edge_runs(max_edges)
+
+    def run_messages(
+        self, run: EdgeRun, x: Tensor, s: Tensor, transform: Transform, state: Tensor = None
+    ) -> Tensor:
+        messages = super().run_messages(run, x, s, transform)
+        if self.mode == "proportional":
+            return messages
+        return messages.mul_(run.src[None, :] == self._winner_sources(state)[:, run.dst])
+
+    def _winner_sources(self, state: Tensor) -> Tensor:
+        """The local source id of each output's winner, ``(B, n_dst)``, for winners ``state (B, C, P)``."""
         channels = self.in_shape[0]
-        plane_start = torch.arange(self.n_dst, device=s.device) // (self.n_dst // channels) * (self.n_src // channels)
-        winner = state.reshape(len(s), -1) + plane_start  # local source id of each output's winner
-        return messages.mul_(src[None, :] == winner[:, dst])
+        plane_start = torch.arange(self.n_dst, device=state.device) // (self.n_dst // channels) * (self.n_src // channels)
+        return state.reshape(len(state), -1) + plane_start
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.windows.edges()

@@ -14,12 +14,13 @@ result back once (sums accumulate in float32, more precise than the dtype itself
 from __future__ import annotations
 
 import warnings
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from ..transforms import Identity, Transform
-from .base import StaticBlock, edge_products
+from .base import EdgeRun, StaticBlock, edge_products, runs_of_listing
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -187,6 +188,10 @@ class SparseBlock(StaticBlock):
         self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: object = None, out: Tensor | None = None
     ) -> Tensor:
         return edge_products(x, self.col, transform(self.values), s, self.rows(), out)
+
+    def edge_runs(self, max_edges: int) -> Iterator[EdgeRun]:
+        """Runs cut from the CSR's own arrays (no listing of every edge in 64-bit indices)."""
+        return runs_of_listing(self.col, self.rows(), self.values, max_edges)
 
     # -- sums over samples: one slot per edge, ``Sᵀ X`` sampled at the stored pattern ----------
     def add_message_sums(self, out: Tensor, x: Tensor, s: Tensor, alpha: float = 1.0, state: object = None) -> None:
