@@ -159,7 +159,6 @@ def test_an_unexpected_error_is_one_line_without_debug_and_a_traceback_with_it(r
     (["explain", "mlp.pt", "x_1d.npy", "--out", "r.npy"], "got shape (6,)"),
     (["explain", "mlp.pt", "x_empty.npy", "--out", "r.npy"], "got shape (0, 6)"),
     (["explain", "mlp.pt", "x_5_features.npy", "--out", "r.npy"], "cannot lower the model"),
-    (["paths", "mlp.pt", "images.pt"], "(1, 6, 6)"),
     (["plot", "mlp.pt", "x.npy", "--out", "p.png"], "plot needs image-shaped inputs"),
 ])
 def test_inputs_of_the_wrong_shape_exit_4(root, monkeypatch, capsys, argv, message):

@@ -14,10 +14,9 @@ import graphlrp
 
 #: model name prefix -> the op the refusal names
 REFUSED = {
-    "vit_": "LayerNorm",
-    "swin_": "LayerNorm",
-    "maxvit_": "LayerNorm",
-    "convnext_": "LayerNorm",
+    "vit_": "MultiheadAttention",
+    "swin_": "_get_relative_position_bias",
+    "maxvit_": "einsum",
 }
 #: one small model per family, run in CI at a tiny input
 REPRESENTATIVES = ["resnet18", "mobilenet_v3_small", "mnasnet0_5", "shufflenet_v2_x0_5", "squeezenet1_1", "efficientnet_b0",

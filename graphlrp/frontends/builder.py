@@ -323,9 +323,9 @@ class GraphBuilder:
             raise UnsupportedModuleError(f"{name}: cannot add tensors of shapes {[v.shape for v in values]} "
                                          "(broadcasting between computed tensors is not supported)")
         bias = None if constant is None else constant.to(self.dtype).expand(shape).reshape(-1).clone()
+        sources = [self.source(value, f"{name}:operand") for value in values]  # copy levels come first
         dst = self._add_level(name, "sum", shape, bias, default_rule=Norm())
-        for value in values:
-            src = self.source(value, f"{name}:operand")
+        for value, src in zip(values, sources):
             self.specs.append(_BlockSpec(src, dst, torch.ones(value.size, dtype=self.dtype),
                                          self._elementwise_builder(torch.arange(value.size)), _elementwise_cost))
         return Value(shape, dst)

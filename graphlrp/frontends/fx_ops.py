@@ -17,7 +17,7 @@ Every function here lowers one node for the walker of :mod:`graphlrp.frontends.f
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 import torch.fx
@@ -27,8 +27,9 @@ from torch import Tensor
 from ..errors import InputError, UnsupportedModuleError
 from .builder import Value
 
-if TYPE_CHECKING:
-    from .fx import _Walker
+#: the ``torch.fx`` walker of :mod:`graphlrp.frontends.fx` that calls these lowerings (its
+#: ``builder``, ``values`` and ``shape``; not imported, as it imports this module)
+Walker = Any
 
 
 class NotATensor:
@@ -40,12 +41,12 @@ def where(node: torch.fx.Node) -> str:
     return f"node {node.name!r} ({node.format_node()})"
 
 
-def _value_of(walker: "_Walker", argument: Any) -> Any:
+def _value_of(walker: Walker, argument: Any) -> Any:
     return walker.values.get(argument, argument) if isinstance(argument, torch.fx.Node) else argument
 
 
 # -- products -------------------------------------------------------------------------------------
-def _product(walker: "_Walker", node: torch.fx.Node, divide: bool) -> Value:
+def _product(walker: Walker, node: torch.fx.Node, divide: bool) -> Value:
     if node.kwargs:
         raise UnsupportedModuleError(f"a product or division with options is not supported ({where(node)})")
     operands = [_value_of(walker, a) for a in node.args]
@@ -66,7 +67,7 @@ def _product(walker: "_Walker", node: torch.fx.Node, divide: bool) -> Value:
     return walker.builder.scale(node.name, value, 1.0 / factor if divide else factor)
 
 
-def _gate_operand(walker: "_Walker", node: torch.fx.Node, operands: list[Value]) -> int:
+def _gate_operand(walker: Walker, node: torch.fx.Node, operands: list[Value]) -> int:
     """Which operand of a product of two computed tensors is the gate (see the module docstring)."""
     if node.name in walker.gates:
         walker.gates_used.add(node.name)
@@ -80,17 +81,17 @@ def _gate_operand(walker: "_Walker", node: torch.fx.Node, operands: list[Value])
     return 1
 
 
-def _multiply(walker: "_Walker", node: torch.fx.Node) -> Value:
+def _multiply(walker: Walker, node: torch.fx.Node) -> Value:
     return _product(walker, node, divide=False)
 
 
-def _divide(walker: "_Walker", node: torch.fx.Node) -> Value:
+def _divide(walker: Walker, node: torch.fx.Node) -> Value:
     return _product(walker, node, divide=True)
 
 
 # -- reductions -----------------------------------------------------------------------------------
-def _reduction(mean: bool) -> Callable[["_Walker", torch.fx.Node], Value]:
-    def lower_reduction(walker: "_Walker", node: torch.fx.Node) -> Value:
+def _reduction(mean: bool) -> Callable[[Walker, torch.fx.Node], Value]:
+    def lower_reduction(walker: Walker, node: torch.fx.Node) -> Value:
         kwargs = walker._kwargs(node, ("input", "dim", "keepdim"))
         if set(kwargs) - {"input", "dim", "keepdim"} or kwargs.get("dim") is None:
             raise UnsupportedModuleError(f"{'mean' if mean else 'sum'} needs the dimensions to reduce and no other "
@@ -108,7 +109,7 @@ def _reduction(mean: bool) -> Callable[["_Walker", torch.fx.Node], Value]:
 
 
 # -- views and indexing -------------------------------------------------------------------------
-def _renumbering(walker: "_Walker", node: torch.fx.Node) -> Any:
+def _renumbering(walker: Walker, node: torch.fx.Node) -> Any:
     """A view or indexing: applied to a batch of node ids (the picked nodes keep their activations)."""
     source = _value_of(walker, node.args[0]) if node.args else None
     if node.target is operator.getitem and isinstance(source, tuple):
@@ -141,13 +142,13 @@ def _flat(structure: Any) -> list[Any]:
 
 
 # -- identities in eval mode ----------------------------------------------------------------------
-def _dropout(walker: "_Walker", node: torch.fx.Node) -> Value:
+def _dropout(walker: Walker, node: torch.fx.Node) -> Value:
     if walker._kwargs(node, ("input", "p", "training", "inplace")).get("training", True):
         raise InputError(f"dropout in training mode at {where(node)}; pass training=False or use nn.Dropout")
     return walker._tensor_arg(node, 0)
 
 
-def _stochastic_depth(walker: "_Walker", node: torch.fx.Node) -> Value:
+def _stochastic_depth(walker: Walker, node: torch.fx.Node) -> Value:
     if walker._kwargs(node, ("input", "p", "mode", "training")).get("training", True):
         raise InputError(f"stochastic depth in training mode at {where(node)}; call model.eval() first")
     return walker._tensor_arg(node, 0)
@@ -167,13 +168,13 @@ VIEW_FUNCTIONS = frozenset({operator.getitem, torch.chunk, torch.split, torch.un
                             torch.swapaxes, torch.movedim})
 
 #: the lowering of each tensor method handled here
-METHODS: dict[str, Callable[["_Walker", torch.fx.Node], Any]] = {
+METHODS: dict[str, Callable[[Walker, torch.fx.Node], Any]] = {
     "mul": _multiply, "mul_": _multiply, "div": _divide, "div_": _divide,
     "mean": _reduction(True), "sum": _reduction(False),
     **{name: _renumbering for name in VIEW_METHODS},
 }
 #: the lowering of each function handled here
-FUNCTIONS: dict[Any, Callable[["_Walker", torch.fx.Node], Any]] = {
+FUNCTIONS: dict[Any, Callable[[Walker, torch.fx.Node], Any]] = {
     operator.mul: _multiply, operator.imul: _multiply, torch.mul: _multiply,
     operator.truediv: _divide, operator.itruediv: _divide, torch.div: _divide,
     torch.mean: _reduction(True), torch.sum: _reduction(False),
@@ -182,7 +183,7 @@ FUNCTIONS: dict[Any, Callable[["_Walker", torch.fx.Node], Any]] = {
 }
 
 
-def function_lowering(target: Any) -> Callable[["_Walker", torch.fx.Node], Any] | None:
+def function_lowering(target: Any) -> Callable[[Walker, torch.fx.Node], Any] | None:
     """The lowering of a traced function call handled here, or ``None``."""
     if is_stochastic_depth(target):
         return _stochastic_depth
