@@ -19,14 +19,20 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --quiet --disable-pip-version-check)
 
+# test references installed without their dependencies: lxt's explicit rule functions need torch
+# alone, while its package requires transformers, accelerate, bitsandbytes and open_clip
+NO_DEPS_TEST_PACKAGES=("lxt==2.1")
 stamp_key() {
     cat "$ROOT/pyproject.toml"
-    echo "extras=$GRAPHLRP_EXTRAS torch=$TORCH_VERSION torchvision=$TORCHVISION_VERSION"
+    echo "extras=$GRAPHLRP_EXTRAS torch=$TORCH_VERSION torchvision=$TORCHVISION_VERSION no-deps=${NO_DEPS_TEST_PACKAGES[*]}"
 }
 STAMP="$VENV/.graphlrp-installed-$(echo "$GRAPHLRP_EXTRAS" | tr ',' '-')"
 if [ ! -f "$STAMP" ] || [ "$(stamp_key | sha256sum)" != "$(cat "$STAMP")" ]; then
     echo "[setup] installing torch==$TORCH_VERSION and graphlrp[$GRAPHLRP_EXTRAS]"
     "${PIP[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
     "${PIP[@]}" -e "$ROOT[$GRAPHLRP_EXTRAS]"
+    if [[ ",$GRAPHLRP_EXTRAS," == *",test,"* ]]; then
+        "${PIP[@]}" --no-deps "${NO_DEPS_TEST_PACKAGES[@]}"
+    fi
     stamp_key | sha256sum > "$STAMP"
 fi
