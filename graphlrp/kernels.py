@@ -12,7 +12,7 @@ Without numba, or for tensors that are not on the CPU, callers use torch's ops.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -45,6 +45,22 @@ if _numba is not None:
                 out[i, j] = served * relevance[i, j] / (z + (epsilon if z >= 0 else -epsilon))
 
 
+def _launch(kernel: Callable[..., None], *arrays: Any) -> None:
+    """Run a compiled kernel on torch's intra-op thread count, and leave that count as it was.
+
+    numba's OpenMP threading layer shares the process's OpenMP runtime with torch: starting it sets
+    the runtime's thread count to numba's default (every core), which silently undoes a
+    ``torch.set_num_threads`` (one thread per process under ``torchrun``, say). Each launch first
+    gives numba torch's count and puts torch's back if the launch changed it.
+    """
+    threads = torch.get_num_threads()
+    if _numba.get_num_threads() != min(threads, _numba.config.NUMBA_NUM_THREADS):
+        _numba.set_num_threads(min(threads, _numba.config.NUMBA_NUM_THREADS))
+    kernel(*arrays)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def available() -> bool:
     """Whether the compiled kernels are installed and switched on."""
     return _enabled
@@ -75,7 +91,7 @@ def edge_messages_into(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: T
         return False
     if len(src) != len(out) or len(dst) != len(out) or len(weight) != len(out):
         raise InputError(f"edge arrays differ in length: {len(src)}, {len(dst)}, {len(weight)}, {len(out)}")
-    _edge_messages(x.numpy(), src.numpy(), weight.numpy(), s.numpy(), dst.numpy(), out.numpy())
+    _launch(_edge_messages, x.numpy(), src.numpy(), weight.numpy(), s.numpy(), dst.numpy(), out.numpy())
     return True
 
 
@@ -111,7 +127,7 @@ def signed_quotient(relevance: Tensor, denominator: Tensor, epsilon: float, serv
     arrays = [a.numpy() for a in arrays]
     sign = {"all": 0, "positive": 1, "negative": -1}[served]
     relevance_array, denominator_array, forward_array, out_array = arrays
-    _signed_quotient(relevance_array, denominator_array, relevance_array.dtype.type(epsilon), forward_array, sign,
-                     out_array)
+    _launch(_signed_quotient, relevance_array, denominator_array, relevance_array.dtype.type(epsilon), forward_array,
+            sign, out_array)
     return out
 

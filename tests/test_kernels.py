@@ -1,6 +1,9 @@
 """The compiled edge kernel gives bit for bit what torch's ops give, on every block kind."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -79,3 +82,29 @@ def test_fused_quotient_declines_what_it_does_not_handle(monkeypatch):
     assert kernels.signed_quotient(r, z[:, :3], 1e-6) is None
     assert kernels.signed_quotient(r.T.contiguous().T, z, 1e-6) is None  # layouts differ
     assert kernels.signed_quotient(r[:, ::2], z[:, ::2], 1e-6) is None  # no unit stride
+
+
+THREAD_PROBE = """
+import torch
+torch.set_num_threads(1)
+import graphlrp
+from graphlrp import kernels
+model = torch.nn.Sequential(torch.nn.Linear(200, 100), torch.nn.ReLU(), torch.nn.Linear(100, 3)).eval()
+x = torch.randn(200, 200)
+graph = graphlrp.lower(model, x[:1])
+explanation = graphlrp.explain(graph, x, 0)  # the quotients take the compiled kernel (≥ 16384 elements)
+explanation.edge_relevance(0)
+import numba
+print(kernels.available(), numba.threading_layer(), torch.get_num_threads(), numba.get_num_threads())
+"""
+
+
+def test_compiled_kernels_keep_torchs_thread_count():
+    # numba's OpenMP layer, started by the first launch, would reset the shared OpenMP thread count
+    # to every core: a process that asked torch for one thread would silently compute on all
+    found = subprocess.run([sys.executable, "-c", THREAD_PROBE], capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    enabled, layer, torch_threads, numba_threads = found.stdout.split()
+    if enabled != "True":
+        pytest.skip("numba is not installed")
+    assert (torch_threads, numba_threads) == ("1", "1"), f"threading layer {layer}"
