@@ -24,7 +24,7 @@ from . import parameters
 from .chunks import chunk_count, chunks
 from .data import Batch, check_target, classes_of, total_samples
 from .distributed import Processes, processes
-from .sums import Sums
+from .sums import SlotWeights, Sums
 
 FORMAT = "graphlrp.aggregate"
 VERSION = 2
@@ -73,6 +73,7 @@ class Aggregate:
         #: explains every batch (the one :func:`graphlrp.explain` keeps for this graph and rule)
         self.explainer = explainer_for(graph, rule, composite)
         self.rules = [repr(r) for r in self.explainer.rules[1:]]
+        self._slot_weights = SlotWeights(graph, absolute)
         self._sums = self._new_sums()
         #: chunks added (with a checkpoint: the chunks ``0 .. chunks - 1`` of the data set, its ledger)
         self.chunks = 0
@@ -80,7 +81,7 @@ class Aggregate:
         self.chunking: tuple[int, int] | None = None
 
     def _new_sums(self) -> Sums:
-        return Sums(self.graph, len(self.graph.outputs) if self.by_class else 1, self.absolute)
+        return Sums(self.graph, len(self.graph.outputs) if self.by_class else 1, self.absolute, self._slot_weights)
 
     @functools.cached_property
     def fingerprint(self) -> dict[str, object]:
@@ -105,7 +106,11 @@ class Aggregate:
     def chunk_sums(self, batches: Iterable[Batch]) -> Tensor:
         """The float64 sums of one chunk, explained batch by batch, as a vector
         (:meth:`~graphlrp.aggregation.sums.Sums.vector`); nothing is added to the aggregate."""
-        sums = self._new_sums()
+        return self._chunk_sums_in(self._new_sums(), batches)
+
+    def _chunk_sums_in(self, sums: Sums, batches: Iterable[Batch]) -> Tensor:
+        """:meth:`chunk_sums` in ``sums`` (zeroed first); the vector is ``sums``' own storage."""
+        sums.reset()
         for batch in batches:
             classes = classes_of(self.graph, batch.x, batch.target) if isinstance(batch.x, Tensor) else batch.target
             explanation = self.explainer(batch.x, target=classes)
@@ -182,14 +187,7 @@ class Aggregate:
         total = Aggregate(self.graph, self.rule, self.composite, self.by_class, self.absolute)
         total.fingerprint = self.fingerprint
         for part in (self, other):
-            part._sums.collapse()
-            total._sums.counts += part._sums.counts
-            total._sums.nodes += part._sums.nodes
-            total._sums.biases += part._sums.biases
-            for position in range(len(self.graph.blocks)):
-                theirs = part._sums.weighted[position]
-                if theirs is not None:
-                    total._sums._weighted(position).add_(theirs)
+            total._sums.add_sums(part._sums)
         total.chunks = self.chunks + other.chunks
         return total
 
@@ -200,7 +198,7 @@ class Aggregate:
                 "chunks": self.chunks, "chunking": None if self.chunking is None else list(self.chunking),
                 "counts": self._sums.counts, "nodes": self._sums.nodes,
                 "biases": self._sums.biases,
-                "blocks": [self._sums._weighted(k) for k in range(len(self.graph.blocks))]}
+                "blocks": list(self._sums.weighted)}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the aggregate to ``path`` atomically (a temporary file in the same folder, then
@@ -244,7 +242,7 @@ class Aggregate:
         shapes = [(sums.classes, *block.sum_shape) for block in graph.blocks]
         if not isinstance(blocks, list) or [tuple(b.shape) for b in blocks] != shapes:
             raise FileFormatError(f"{os.fspath(path)!r}: the sums do not fit the graph's blocks")
-        sums.counts, sums.nodes, sums.biases, sums.weighted = state["counts"], state["nodes"], state["biases"], blocks
+        sums.load_parts(state["counts"], state["nodes"], state["biases"], blocks)
         made.chunks = int(state["chunks"])
         made.chunking = None if state["chunking"] is None else tuple(int(n) for n in state["chunking"])
         return made
@@ -411,14 +409,17 @@ def aggregate(
         raise InputError(f"checkpoint {os.fspath(checkpoint)!r} holds {result.chunks} chunks of {chunk_size} samples; "
                          f"data holds {known}: it is not the data set the checkpoint was made from")
     rounds = itertools.count() if known is None else range(-(-(known - result.chunks) // group.size))
-    empty = torch.zeros_like(result._new_sums().vector())
+    empty = torch.zeros_like(result._sums.values)
     with tqdm(total=total_samples(data), initial=result.count, unit="sample", desc="aggregate",
               disable=not progress or group.rank != 0) as bar:
         run = _Run(result, chunk_size, checkpoint, checkpoint_every, group, bar)
+        # a chunk's vector is added (and gathered) after the next chunk is explained: two workspaces take turns
+        workspaces = [result._new_sums(), result._new_sums()]
         pending = None
-        for _ in rounds:
+        for turn in rounds:
             chunk = next(mine, None)
-            vector = empty if chunk is None else result.chunk_sums(chunk.batches)
+            workspace = workspaces[turn % 2]
+            vector = empty if chunk is None else result._chunk_sums_in(workspace, chunk.batches)
             if pending is not None and run.add(pending()):
                 pending = None
                 break

@@ -61,54 +61,81 @@ def separable(groups: Sequence[Group]) -> bool:
     return all(_exclusive(terms[i], terms[j]) for i in range(len(terms)) for j in range(i + 1, len(terms)))
 
 
-class Sums:
-    """Float64 sums over samples, per class (one class unless split by class).
+class SlotWeights:
+    """Every block's transformed slot weights in float64 (of magnitudes if ``absolute``), worked out
+    once per aggregate and reused by every chunk's sums."""
 
-    ``nodes`` and ``biases`` are ``(classes, num_nodes)``: node relevance and the relevance each
-    node's bias term absorbed; per block, ``weighted[k]`` holds slot sums with the weights applied
-    and ``raw[k]`` slot sums per weight transform still to be multiplied by it.
+    def __init__(self, graph: Graph, absolute: bool) -> None:
+        self.graph, self.absolute = graph, absolute
+        self._found: dict[tuple[int, Transform], Tensor] = {}
+
+    def __call__(self, position: int, transform: Transform) -> Tensor:
+        key = (position, transform)
+        if key not in self._found:
+            weights = self.graph.blocks[position].slot_weights(transform).to(torch.float64)
+            self._found[key] = weights.abs() if self.absolute else weights
+        return self._found[key]
+
+
+class Sums:
+    """Float64 sums over samples, per class (one class unless split by class), in one vector.
+
+    The vector holds the counts, then ``nodes`` and ``biases`` (``(classes, num_nodes)``: node
+    relevance and the relevance each node's bias term absorbed), then per block ``weighted[k]``,
+    its slot sums with the weights applied; these are views of it. ``running[k]`` holds a block's
+    slot sums per weight transform in the graph's dtype, multiplied by the transformed weights and
+    added to ``weighted[k]`` in float64 every ``FLUSH_SAMPLES`` samples and when the sums are read.
+    Every buffer is allocated once: :meth:`reset` zeroes them for the next chunk.
     """
 
-    def __init__(self, graph: Graph, classes: int, absolute: bool) -> None:
+    def __init__(self, graph: Graph, classes: int, absolute: bool, weights: SlotWeights | None = None) -> None:
         self.graph = graph
         self.absolute = absolute
         self.classes = classes
+        self.weights = weights if weights is not None else SlotWeights(graph, absolute)
         self.counts = torch.zeros(classes, dtype=torch.int64)
-        zeros = torch.zeros((classes, graph.num_nodes), dtype=torch.float64, device=graph.device)
-        self.nodes, self.biases = zeros, zeros.clone()
-        self.weighted: list[Tensor | None] = [None for _ in graph.blocks]
-        self.raw: list[dict[Transform, Tensor]] = [{} for _ in graph.blocks]
-        self.partial: list[dict[Transform, Tensor]] = [{} for _ in graph.blocks]
+        self.values = torch.zeros(sum(self._lengths()), dtype=torch.float64, device=graph.device)
+        _, self.nodes, self.biases, *self.weighted = self._views(self.values)
+        self.running: list[dict[Transform, Tensor]] = [{} for _ in graph.blocks]
+        self._scratch: Tensor | None = None
         self._partial_samples = 0
         self._separable: dict[int, bool] = {}
 
-    def _zeros(self, block: Block, dtype: torch.dtype = torch.float64) -> Tensor:
-        return torch.zeros((self.classes, *block.sum_shape), dtype=dtype, device=self.graph.device)
-
-    def _weighted(self, position: int) -> Tensor:
-        if self.weighted[position] is None:
-            self.weighted[position] = self._zeros(self.graph.blocks[position])
-        return self.weighted[position]
-
     def _running(self, position: int, transform: Transform) -> Tensor:
-        """The running slot sums of a block and weight transform: in the graph's dtype, or float64."""
-        sums = self.partial if self.graph.dtype != torch.float64 else self.raw
-        found = sums[position].get(transform)
+        """The running slot sums of a block and weight transform, in the graph's dtype."""
+        found = self.running[position].get(transform)
         if found is None:
-            found = sums[position][transform] = self._zeros(self.graph.blocks[position], self.graph.dtype
-                                                            if sums is self.partial else torch.float64)
+            block = self.graph.blocks[position]
+            found = self.running[position][transform] = torch.zeros(
+                (self.classes, *block.sum_shape), dtype=self.graph.dtype, device=self.graph.device)
         return found
 
+    def _in_float64(self, sums: Tensor) -> Tensor:
+        """``sums`` as float64: itself, or a copy in a scratch buffer reused by every flush."""
+        if sums.dtype == torch.float64:
+            return sums
+        if self._scratch is None or self._scratch.numel() < sums.numel():
+            self._scratch = torch.empty(sums.numel(), dtype=torch.float64, device=sums.device)
+        return self._scratch[: sums.numel()].view(sums.shape).copy_(sums)
+
     def flush(self) -> None:
-        """Add the sums kept in the graph's dtype to the float64 sums."""
-        for position, partial in enumerate(self.partial):
-            for transform, sums in partial.items():
-                raw = self.raw[position].get(transform)
-                if raw is None:
-                    self.raw[position][transform] = sums.to(torch.float64)
-                else:
-                    raw.add_(sums)
-            partial.clear()
+        """Add the running sums times their transformed weights to the float64 sums, and zero them."""
+        for position, running in enumerate(self.running):
+            for transform, sums in running.items():
+                self.weighted[position].addcmul_(self._in_float64(sums), self.weights(position, transform))
+                sums.zero_()
+        self._partial_samples = 0
+
+    def reset(self) -> None:
+        """Zero every sum, keeping the buffers (for the next chunk)."""
+        self.counts.zero_()
+        self.values.zero_()
+        self._zero_running()
+
+    def _zero_running(self) -> None:
+        for running in self.running:
+            for sums in running.values():
+                sums.zero_()
         self._partial_samples = 0
 
     # -- adding an explanation --------------------------------------------------------------
@@ -206,7 +233,7 @@ class Sums:
         batch = len(quotients[0]) if quotients else 0
         chunk = max(1, SUM_CHUNK_ELEMENTS // max(1, block.num_edges))
         slots = block.edge_slots()
-        target = self._weighted(position)[k].view(-1)
+        target = self.weighted[position][k].view(-1)
         for start in range(0, batch, chunk):
             rows = torch.arange(start, min(start + chunk, batch), device=quotients[0].device)
             part = None if state is None else block.select_state(state, rows)
@@ -226,30 +253,21 @@ class Sums:
 
     # -- reading ----------------------------------------------------------------------------
     def collapse(self) -> None:
-        """Multiply the sums kept per weight transform by their weights, into ``weighted``."""
+        """Bring every running sum into the float64 sums."""
         self.flush()
-        for position, block in enumerate(self.graph.blocks):
-            for transform, sums in self.raw[position].items():
-                weights = block.slot_weights(transform).to(torch.float64)
-                product = sums.mul_(weights.abs() if self.absolute else weights)
-                if self.weighted[position] is None:
-                    self.weighted[position] = product
-                else:
-                    self.weighted[position].add_(product)
-            self.raw[position].clear()
 
     # -- as one vector ---------------------------------------------------------------------
     def _lengths(self) -> list[int]:
         sizes = [self.classes * math.prod(block.sum_shape) for block in self.graph.blocks]
-        return [self.classes, self.nodes.numel(), self.biases.numel(), *sizes]
+        return [self.classes, self.classes * self.graph.num_nodes, self.classes * self.graph.num_nodes, *sizes]
 
     def vector(self) -> Tensor:
         """Every sum in one float64 vector: the counts, node sums, bias sums, then each block's
-        sums with the weights applied (what :meth:`add_vector` and :meth:`load_vector` read)."""
+        sums with the weights applied (what :meth:`add_vector` and :meth:`load_vector` read).
+        It is these sums' own storage, not a copy: it changes when they do."""
         self.collapse()
-        parts = [self.counts.to(device=self.nodes.device, dtype=torch.float64), self.nodes.reshape(-1),
-                 self.biases.reshape(-1), *(self._weighted(k).reshape(-1) for k in range(len(self.graph.blocks)))]
-        return torch.cat(parts)
+        self.values[: self.classes].copy_(self.counts)
+        return self.values
 
     def samples_in(self, vector: Tensor) -> int:
         """Samples counted in a :meth:`vector`."""
@@ -258,30 +276,37 @@ class Sums:
     def _views(self, vector: Tensor) -> list[Tensor]:
         pieces = vector.split(self._lengths())
         blocks = [piece.view(self.classes, *block.sum_shape) for piece, block in zip(pieces[3:], self.graph.blocks)]
-        return [pieces[0], pieces[1].view_as(self.nodes), pieces[2].view_as(self.biases), *blocks]
+        nodes = (self.classes, self.graph.num_nodes)
+        return [pieces[0], pieces[1].view(nodes), pieces[2].view(nodes), *blocks]
 
     def add_vector(self, vector: Tensor) -> None:
         """Add the sums of a :meth:`vector` to these, element by element."""
         self.collapse()
-        counts, nodes, biases, *blocks = self._views(vector)
-        self.counts += counts.round().to(device="cpu", dtype=torch.int64)
-        self.nodes += nodes
-        self.biases += biases
-        for position, values in enumerate(blocks):
-            self._weighted(position).add_(values)
+        self.counts += vector[: self.classes].round().to(device="cpu", dtype=torch.int64)
+        self.values[self.classes :].add_(vector[self.classes :])
+
+    def add_sums(self, other: "Sums") -> None:
+        """Add ``other``'s sums to these, element by element."""
+        self.add_vector(other.vector())
 
     def load_vector(self, vector: Tensor) -> None:
         """Make these sums the ones of a :meth:`vector`, bit for bit."""
-        counts, nodes, biases, *blocks = self._views(vector)
-        self.counts = counts.round().to(device="cpu", dtype=torch.int64)
-        self.nodes, self.biases = nodes.clone(), biases.clone()
-        self.weighted = [values.clone() for values in blocks]
-        self.raw, self.partial = [{} for _ in self.graph.blocks], [{} for _ in self.graph.blocks]
+        self.counts = vector[: self.classes].round().to(device="cpu", dtype=torch.int64)
+        if vector.data_ptr() != self.values.data_ptr():  # (a vector broadcast into these sums' own is read as is)
+            self.values.copy_(vector)
+        self._zero_running()
+
+    def load_parts(self, counts: Tensor, nodes: Tensor, biases: Tensor, blocks: Sequence[Tensor]) -> None:
+        """Make these sums the given counts, node, bias and block sums (shaped as these hold them)."""
+        self.reset()
+        self.counts = counts.to(device="cpu", dtype=torch.int64).clone()
+        for mine, given in zip((self.nodes, self.biases, *self.weighted), (nodes, biases, *blocks)):
+            mine.copy_(given)
 
     def edge_values(self, position: int) -> Tensor:
         """``(classes, num_edges)`` of block ``position``, in its edges' order."""
         self.collapse()
-        block, values = self.graph.blocks[position], self._weighted(position).reshape(self.classes, -1)
+        block, values = self.graph.blocks[position], self.weighted[position].reshape(self.classes, -1)
         if isinstance(block, DenseBlock) and block.num_edges == values.shape[1]:  # every weight an edge, row-major
             return values
         return values[:, block.edge_slots()]
@@ -289,4 +314,4 @@ class Sums:
     def weight_values(self, position: int) -> Tensor:
         """``(classes, *weight shape)`` of block ``position`` (:meth:`Block.weight_sums`)."""
         self.collapse()
-        return self.graph.blocks[position].weight_sums(self._weighted(position))
+        return self.graph.blocks[position].weight_sums(self.weighted[position])
