@@ -409,17 +409,20 @@ def aggregate(
         raise InputError(f"checkpoint {os.fspath(checkpoint)!r} holds {result.chunks} chunks of {chunk_size} samples; "
                          f"data holds {known}: it is not the data set the checkpoint was made from")
     rounds = itertools.count() if known is None else range(-(-(known - result.chunks) // group.size))
-    empty = torch.zeros_like(result._sums.values)
     with tqdm(total=total_samples(data), initial=result.count, unit="sample", desc="aggregate",
               disable=not progress or group.rank != 0) as bar:
         run = _Run(result, chunk_size, checkpoint, checkpoint_every, group, bar)
         # a chunk's vector is added (and gathered) after the next chunk is explained: two workspaces take turns
-        workspaces = [result._new_sums(), result._new_sums()]
+        workspaces: list[Sums] = []
         pending = None
         for turn in rounds:
             chunk = next(mine, None)
-            workspace = workspaces[turn % 2]
-            vector = empty if chunk is None else result._chunk_sums_in(workspace, chunk.batches)
+            if chunk is None:  # this process's share ended before the others': it sends empty sums
+                vector = torch.zeros_like(result._sums.values)
+            else:
+                if len(workspaces) < 2:
+                    workspaces.append(result._new_sums())
+                vector = result._chunk_sums_in(workspaces[turn % len(workspaces)], chunk.batches)
             if pending is not None and run.add(pending()):
                 pending = None
                 break
