@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..activations import Activation
 from ..errors import InputError, UnsupportedModuleError
+from .attention import module_lowering, scaled_dot_product_attention
 from .builder import GraphBuilder, Value
 from .fx_ops import DROPOUT_FUNCTIONS, METHODS, NotATensor as _NotATensor, VIEW_FUNCTIONS, VIEW_METHODS
 from .fx_ops import function_lowering, is_stochastic_depth, where as _where
@@ -242,6 +243,9 @@ class _Walker:
 
     def _call_module(self, node: torch.fx.Node) -> Value:
         module = self.modules[node.target]
+        several = module_lowering(module)
+        if several is not None:
+            return several(self, node, node.target, module)
         handler = handler_for(module)
         if handler is None:
             raise unsupported(node.target, module)
@@ -479,6 +483,7 @@ _FUNCTIONAL: dict[Any, Callable[[_Walker, torch.fx.Node], Value]] = {
     F.avg_pool2d: _functional_pool(nn.AvgPool2d, _AVG_POOL_PARAMETERS),
     F.adaptive_avg_pool1d: _functional_pool(nn.AdaptiveAvgPool1d, ("output_size",)),
     F.adaptive_avg_pool2d: _functional_pool(nn.AdaptiveAvgPool2d, ("output_size",)),
+    F.scaled_dot_product_attention: scaled_dot_product_attention,
 }
 
 
@@ -506,7 +511,8 @@ def _lower_graph(gm: torch.fx.GraphModule, example_input: Tensor, builder: Graph
         names = ", ".join(node.name for node in inputs)
         raise UnsupportedModuleError(f"the model must take one input tensor; its forward takes {len(inputs)} ({names})")
     for node in gm.graph.nodes:
-        if node.op == "call_module" and handler_for(modules[node.target]) is None:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if module is not None and handler_for(module) is None and module_lowering(module) is None:
             raise unsupported(node.target, modules[node.target])
     check_inplace(gm.graph, modules)
     walker = _Walker(gm, builder, example_input, _shapes(gm, shape_input), dict(gates or {}))
