@@ -261,6 +261,8 @@ class _Walker:
         name = node.target
         if name in METHODS:
             return METHODS[name](self, node)
+        if name == "expand" and isinstance(self.values.get(node.args[0]), Tensor):
+            return self._expand_constant(node)
         value = self._tensor_arg(node, 0)
         if name in _RESHAPE_METHODS:
             return self.builder.reshape(value, self.shape(node))
@@ -347,14 +349,30 @@ class _Walker:
     def _cat(self, node: torch.fx.Node) -> Value:
         kwargs = self._kwargs(node, ("tensors", "dim"))
         tensors = node.args[0] if node.args else node.kwargs["tensors"]
-        parts = [self.values.get(t) for t in tensors]
-        if not all(isinstance(p, Value) for p in parts):
-            raise UnsupportedModuleError(f"torch.cat of values not computed from the input at {_where(node)}")
+        parts = [self.values.get(t) if isinstance(t, torch.fx.Node) else t for t in tensors]
+        rank = len(self.shape(node))
+        parts = [p[0] if isinstance(p, Tensor) and p.dim() == rank + 1 and len(p) == 1 else p for p in parts]
+        if not all(isinstance(p, Value) or (isinstance(p, Tensor) and p.dim() == rank) for p in parts) or not any(
+                isinstance(p, Value) for p in parts):
+            raise UnsupportedModuleError(f"torch.cat needs tensors computed from the input, or constants of one "
+                                         f"sample's rank with a batch dimension of 1, at {_where(node)}")
         dim = kwargs.get("dim", 0)
-        dim = dim if dim >= 0 else dim + len(parts[0].shape) + 1
+        dim = dim if dim >= 0 else dim + rank + 1
         if dim == 0:
             raise UnsupportedModuleError(f"torch.cat along the batch dimension is not supported ({_where(node)})")
-        return self.builder.cat(parts, dim - 1)
+        if all(isinstance(p, Value) for p in parts):
+            return self.builder.cat(parts, dim - 1)
+        return self.builder.cat_constant(node.name, parts, dim - 1)
+
+    def _expand_constant(self, node: torch.fx.Node) -> Tensor:
+        """A constant (a class token) expanded over the batch: kept with its batch dimension of 1."""
+        constant = self.values[node.args[0]]
+        rank = len(self.shape(node)) + 1
+        if constant.dim() != rank or len(constant) != 1:
+            raise UnsupportedModuleError(f"expanding a constant of shape {tuple(constant.shape)} is supported only "
+                                         f"over a batch dimension of 1 ({_where(node)})")
+        expanded = constant[0].expand(self.shape(node))
+        return expanded[None].clone()
 
     def _permute(self, node: torch.fx.Node, value: Value) -> Value:
         rank = len(value.shape) + 1
