@@ -26,6 +26,7 @@ from .determinism import deterministic
 from .explainer import Explainer, explain
 from .explanation import Explanation, LevelBalance
 from .aggregation import Aggregate, aggregate
+from .embeddings import embed, token_relevance
 from . import pruning
 from .graph import Graph, Level
 from .frontends import from_neat, from_neat_network, from_networkx, graph_from_edges, graph_to_networkx, lower
@@ -35,6 +36,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Aggregate",
     "aggregate",
+    "embed",
+    "token_relevance",
     "analysis",
     "calibration",
     "ArgumentTypeError",

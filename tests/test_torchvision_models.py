@@ -14,7 +14,6 @@ import graphlrp
 
 #: model name prefix -> the op the refusal names
 REFUSED = {
-    "vit_": "MultiheadAttention",
     "swin_": "_get_relative_position_bias",
     "maxvit_": "einsum",
 }

@@ -4,7 +4,8 @@ The source level is ``V`` and the context levels are ``Q`` and ``K``, all ``(T, 
 token-major; ``A_h = softmax(Q_h K_hᵀ · scale)`` of every head is computed in the forward pass
 and kept as the block's state ``(B, H, T, T)``. The edges ``v_(j, h, c) → o_(i, h, c)`` have the
 per-sample weight ``A_(h, i, j)``; relevance flows only along them, ``Q`` and ``K`` receive none
-through this block (Ali et al., 2022: conservative propagation).
+through this block (Ali et al., 2022: conservative propagation). A causal block masks the keys
+after each query (``A_(h, i, j) = 0`` for ``j > i``), as ``is_causal=True`` does.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class AttentionBlock(Block):
         ``T``, ``H`` and ``d``.
     scale : float
         Factor of the scores before the softmax (``1/√d`` in ``F.scaled_dot_product_attention``).
+    causal : bool
+        Query ``i`` attends to the keys ``j ≤ i`` only.
     dtype, device
         Of the probabilities the block computes.
     """
@@ -40,13 +43,14 @@ class AttentionBlock(Block):
     linear_forward = False
 
     def __init__(self, src: int, dst: int, query: int, key: int, tokens: int, heads: int, head_dim: int,
-                 scale: float | None = None, dtype: torch.dtype = torch.float32,
+                 scale: float | None = None, causal: bool = False, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None) -> None:
         size = tokens * heads * head_dim
         super().__init__(src, dst, size, size)
         self.context = (query, key)
         self.tokens, self.heads, self.head_dim = tokens, heads, head_dim
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+        self.causal = causal
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self._edges: tuple[Tensor, Tensor, Tensor] | None = None
@@ -77,8 +81,11 @@ class AttentionBlock(Block):
 
     def prepare(self, x: Tensor, query: Tensor, key: Tensor) -> Tensor:
         """The probabilities ``A (B, H, T, T)``, row ``i`` over the keys ``j``."""
-        scores = self._heads(query) @ self._heads(key).transpose(-1, -2)
-        return torch.softmax(scores * self.scale, dim=-1)
+        scores = (self._heads(query) @ self._heads(key).transpose(-1, -2)) * self.scale
+        if self.causal:
+            later = torch.ones(self.tokens, self.tokens, dtype=torch.bool, device=scores.device).triu_(1)
+            scores = scores.masked_fill(later, float("-inf"))
+        return torch.softmax(scores, dim=-1)
 
     def select_state(self, state: Tensor, samples: Tensor) -> Tensor:
         return state.index_select(0, samples)
@@ -130,4 +137,4 @@ class AttentionBlock(Block):
     def _to(self, device, dtype) -> "AttentionBlock":
         query, key = self.context
         return AttentionBlock(self.src, self.dst, query, key, self.tokens, self.heads, self.head_dim, self.scale,
-                              dtype or self.dtype, device if device is not None else self.device)
+                              self.causal, dtype or self.dtype, device if device is not None else self.device)

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from ..activations import IDENTITY, Activation, compose
-from ..blocks import (KINDS, Block, ConvBlock, ElementwiseBlock, GateBlock, LayerNormBlock, MaxPoolBlock,
-                      SparseBlock, TokenLinearBlock, block_from_matrix)
+from ..blocks import (KINDS, AttentionBlock, Block, ConvBlock, ElementwiseBlock, GateBlock, LayerNormBlock,
+                      MaxPoolBlock, SparseBlock, TokenLinearBlock, block_from_matrix)
 from ..blocks.conv import count_conv_edges
 from ..errors import InputError, UnsupportedModuleError
 from ..graph import Graph, LayerType, Level
@@ -122,14 +122,18 @@ class GraphBuilder:
         if value.index is None:
             return value.level
         level = self._add_level(name, "copy", value.shape, default_rule=Pass())
+        self._gather(level, value.index)
+        return level
+
+    def _gather(self, level: int, ids: Tensor) -> None:
+        """Weight-1 edges into ``level``: node ``i`` from global node ``ids[i]`` (none where ``ids[i] < 0``)."""
         offsets = [l.offset for l in self.levels]
-        owner = torch.bucketize(value.index, torch.tensor(offsets[1:], device=value.index.device), right=True)
-        for src in torch.unique(owner).tolist():
-            chosen = owner == src
-            local = torch.where(chosen, value.index - offsets[src], torch.zeros_like(value.index))
+        owner = torch.bucketize(ids, torch.tensor(offsets[1:], device=ids.device), right=True)
+        for src in torch.unique(owner[ids >= 0]).tolist():
+            chosen = (owner == src) & (ids >= 0)
+            local = torch.where(chosen, ids - offsets[src], torch.zeros_like(ids))
             weight = chosen.to(self.dtype)
             self.specs.append(_BlockSpec(src, level, weight, self._elementwise_builder(local), _elementwise_cost))
-        return level
 
     def _elementwise_builder(self, local: Tensor) -> Callable[[int, int, Tensor], Block]:
         def build(src: int, dst: int, weight: Tensor) -> Block:
@@ -374,6 +378,50 @@ class GraphBuilder:
         owners = torch.unique(torch.bucketize(ids, offsets, right=True)).tolist()
         last = {self.levels[i].activation.name.rsplit(">", 1)[-1].lower() for i in owners}
         return bool(last) and last <= {"sigmoid", "hardsigmoid"}
+
+    def attention(self, name: str, query: Value, key: Value, value: Value, heads: int, scale: float | None = None,
+                  causal: bool = False) -> Value:
+        """``softmax(Q Kᵀ · scale) V`` per head, the probabilities held constant (CP-LRP; see
+        :class:`~graphlrp.blocks.AttentionBlock`).
+
+        ``query``, ``key`` and ``value`` are ``(T, H · d)`` token-major (head ``h`` the features
+        ``h·d .. h·d + d − 1``); the result is too. ``Q`` and ``K`` become the block's context levels.
+        """
+        if not (len(value.shape) == 2 and query.shape == key.shape == value.shape):
+            raise UnsupportedModuleError(f"{name}: attention needs query, key and value of one shape (tokens, "
+                                         f"features); they have shapes {query.shape}, {key.shape}, {value.shape}")
+        tokens, width = value.shape
+        if width % heads:
+            raise UnsupportedModuleError(f"{name}: {width} features do not split into {heads} heads")
+        head_dim = width // heads
+        context = (self.source(query, f"{name}:query"), self.source(key, f"{name}:key"))
+        src = self.source(value, f"{name}:value")
+        dst = self._add_level(name, "attention", value.shape)
+
+        def build(s: int, d: int, w: Tensor) -> Block:
+            return AttentionBlock(s, d, *context, tokens, heads, head_dim, scale, causal, w.dtype, w.device)
+
+        def cost(w: Tensor) -> tuple[int, int]:
+            return heads * head_dim * tokens * tokens, 0
+
+        self.specs.append(_BlockSpec(src, dst, torch.ones(1, dtype=self.dtype), build, cost))
+        return Value(value.shape, dst)
+
+    def cat_constant(self, name: str, parts: list[Value | Tensor], dim: int) -> Value:
+        """Concatenation along per-sample dimension ``dim`` of computed values and constants (a
+        class token): a ``sum`` level whose constant nodes are biases, the others weight-1 copies."""
+        ids = [self.node_ids(p).reshape(p.shape) if isinstance(p, Value) else
+               torch.full(p.shape, -1, dtype=torch.long) for p in parts]
+        constants = [torch.zeros(p.shape, dtype=self.dtype) if isinstance(p, Value) else p.to(self.dtype)
+                     for p in parts]
+        try:
+            index, bias = torch.cat(ids, dim=dim), torch.cat(constants, dim=dim)
+        except RuntimeError as error:
+            raise UnsupportedModuleError(f"{name}: cannot concatenate shapes {[tuple(p.shape) for p in parts]} "
+                                         f"along dimension {dim}: {error}") from None
+        level = self._add_level(name, "sum", tuple(index.shape), bias.reshape(-1), default_rule=Norm())
+        self._gather(level, index.reshape(-1))
+        return Value(tuple(index.shape), level)
 
     def reduce(self, name: str, value: Value, dims: tuple[int, ...], keepdim: bool, mean: bool) -> Value:
         """The sum (``mean``: the average) over per-sample dimensions ``dims``: an edge of weight 1

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..activations import Activation
 from ..errors import InputError, UnsupportedModuleError
+from .attention import module_lowering, scaled_dot_product_attention
 from .builder import GraphBuilder, Value
 from .fx_ops import DROPOUT_FUNCTIONS, METHODS, NotATensor as _NotATensor, VIEW_FUNCTIONS, VIEW_METHODS
 from .fx_ops import function_lowering, is_stochastic_depth, where as _where
@@ -242,6 +243,9 @@ class _Walker:
 
     def _call_module(self, node: torch.fx.Node) -> Value:
         module = self.modules[node.target]
+        several = module_lowering(module)
+        if several is not None:
+            return several(self, node, node.target, module)
         handler = handler_for(module)
         if handler is None:
             raise unsupported(node.target, module)
@@ -257,6 +261,8 @@ class _Walker:
         name = node.target
         if name in METHODS:
             return METHODS[name](self, node)
+        if name == "expand" and isinstance(self.values.get(node.args[0]), Tensor):
+            return self._expand_constant(node)
         value = self._tensor_arg(node, 0)
         if name in _RESHAPE_METHODS:
             return self.builder.reshape(value, self.shape(node))
@@ -343,14 +349,30 @@ class _Walker:
     def _cat(self, node: torch.fx.Node) -> Value:
         kwargs = self._kwargs(node, ("tensors", "dim"))
         tensors = node.args[0] if node.args else node.kwargs["tensors"]
-        parts = [self.values.get(t) for t in tensors]
-        if not all(isinstance(p, Value) for p in parts):
-            raise UnsupportedModuleError(f"torch.cat of values not computed from the input at {_where(node)}")
+        parts = [self.values.get(t) if isinstance(t, torch.fx.Node) else t for t in tensors]
+        rank = len(self.shape(node))
+        parts = [p[0] if isinstance(p, Tensor) and p.dim() == rank + 1 and len(p) == 1 else p for p in parts]
+        if not all(isinstance(p, Value) or (isinstance(p, Tensor) and p.dim() == rank) for p in parts) or not any(
+                isinstance(p, Value) for p in parts):
+            raise UnsupportedModuleError(f"torch.cat needs tensors computed from the input, or constants of one "
+                                         f"sample's rank with a batch dimension of 1, at {_where(node)}")
         dim = kwargs.get("dim", 0)
-        dim = dim if dim >= 0 else dim + len(parts[0].shape) + 1
+        dim = dim if dim >= 0 else dim + rank + 1
         if dim == 0:
             raise UnsupportedModuleError(f"torch.cat along the batch dimension is not supported ({_where(node)})")
-        return self.builder.cat(parts, dim - 1)
+        if all(isinstance(p, Value) for p in parts):
+            return self.builder.cat(parts, dim - 1)
+        return self.builder.cat_constant(node.name, parts, dim - 1)
+
+    def _expand_constant(self, node: torch.fx.Node) -> Tensor:
+        """A constant (a class token) expanded over the batch: kept with its batch dimension of 1."""
+        constant = self.values[node.args[0]]
+        rank = len(self.shape(node)) + 1
+        if constant.dim() != rank or len(constant) != 1:
+            raise UnsupportedModuleError(f"expanding a constant of shape {tuple(constant.shape)} is supported only "
+                                         f"over a batch dimension of 1 ({_where(node)})")
+        expanded = constant[0].expand(self.shape(node))
+        return expanded[None].clone()
 
     def _permute(self, node: torch.fx.Node, value: Value) -> Value:
         rank = len(value.shape) + 1
@@ -479,6 +501,7 @@ _FUNCTIONAL: dict[Any, Callable[[_Walker, torch.fx.Node], Value]] = {
     F.avg_pool2d: _functional_pool(nn.AvgPool2d, _AVG_POOL_PARAMETERS),
     F.adaptive_avg_pool1d: _functional_pool(nn.AdaptiveAvgPool1d, ("output_size",)),
     F.adaptive_avg_pool2d: _functional_pool(nn.AdaptiveAvgPool2d, ("output_size",)),
+    F.scaled_dot_product_attention: scaled_dot_product_attention,
 }
 
 
@@ -506,7 +529,8 @@ def _lower_graph(gm: torch.fx.GraphModule, example_input: Tensor, builder: Graph
         names = ", ".join(node.name for node in inputs)
         raise UnsupportedModuleError(f"the model must take one input tensor; its forward takes {len(inputs)} ({names})")
     for node in gm.graph.nodes:
-        if node.op == "call_module" and handler_for(modules[node.target]) is None:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if module is not None and handler_for(module) is None and module_lowering(module) is None:
             raise unsupported(node.target, modules[node.target])
     check_inplace(gm.graph, modules)
     walker = _Walker(gm, builder, example_input, _shapes(gm, shape_input), dict(gates or {}))

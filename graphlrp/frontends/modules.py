@@ -214,6 +214,10 @@ def supported_modules() -> str:
 def unsupported(path: str, module: nn.Module) -> UnsupportedModuleError:
     """The error for a module that cannot be lowered."""
     kind = type(module)
+    if isinstance(module, nn.Embedding):
+        return UnsupportedModuleError(f"cannot lower module {path!r} (nn.Embedding): a lookup of token ids has no "
+                                      "edges; lower the model from the embedding output on, with graphlrp.embed "
+                                      "giving its input (see docs/transformers.md)")
     return UnsupportedModuleError(
         f"cannot lower module {path!r} of type {kind.__module__}.{kind.__name__}; supported: {supported_modules()}"
     )

@@ -205,7 +205,11 @@ def _check_example(model: nn.Module, example_input: Tensor) -> None:
     if example_input.shape[0] == 0:
         raise InputError(f"example_input is an empty batch (shape {tuple(example_input.shape)}); give at least one sample")
     if not example_input.is_floating_point():
-        raise InputError(f"example_input must be floating point, got {example_input.dtype}")
+        embedding = next((name for name, m in model.named_modules() if isinstance(m, nn.Embedding)), None)
+        hint = "" if embedding is None else (
+            f"; token ids looked up by nn.Embedding {embedding!r} have no edges: lower the model from the "
+            "embedding output on, with graphlrp.embed giving its input")
+        raise InputError(f"example_input must be floating point, got {example_input.dtype}{hint}")
     tensors = [*model.parameters(), *model.buffers()]
     dtypes = {t.dtype for t in tensors if t.is_floating_point()}
     if dtypes and dtypes != {example_input.dtype}:
