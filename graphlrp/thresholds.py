@@ -129,3 +129,20 @@ def override(device_type: str, density: float) -> Iterator[None]:
             del _overrides[device_type]
         else:
             _overrides[device_type] = previous
+
+
+#: "unroll if kernel density <=" per device type: a convolution lowered with ``block_kind='auto'``
+#: whose kernels hold at most this share of nonzero weights is held as CSR over its unrolled edges
+#: (:class:`graphlrp.blocks.UnrolledConvBlock`). On a 2-core CPU the unrolled CSR products take
+#: 0.05–0.2 of the convolutions' time at 1–3% density and 0.7–1.7 at 10% (``docs/performance.md``);
+#: other devices keep convolutions until measured there.
+UNROLL_CONVOLUTION_AT_MOST: dict[str, float] = {"cpu": 0.05}
+#: the most bytes one unrolled convolution may hold; larger ones stay convolutions
+UNROLL_CONVOLUTION_MAX_BYTES = 256 * 2**20
+
+
+def unrolls_convolution(kernel_density: float, held_bytes: int, device: torch.device | str) -> bool:
+    """Whether a convolution of ``kernel_density`` whose unrolled CSR would hold ``held_bytes``
+    is held unrolled on ``device`` (see :data:`UNROLL_CONVOLUTION_AT_MOST`)."""
+    limit = UNROLL_CONVOLUTION_AT_MOST.get(torch.device(device).type, 0.0)
+    return kernel_density <= limit and held_bytes <= UNROLL_CONVOLUTION_MAX_BYTES

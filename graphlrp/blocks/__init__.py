@@ -9,7 +9,7 @@ from ..errors import InputError
 from . import base
 from .base import Block, EdgeRun, OperandCache, StaticBlock
 from .dense import DenseBlock
-from .sparse import SparseBlock
+from .sparse import SparseBlock, UnrolledConvBlock
 from .edgelist import EdgeListBlock
 from .conv import ConvBlock
 from .elementwise import ElementwiseBlock
@@ -54,7 +54,7 @@ def converted(block: Block, kind: str) -> Block:
 
 
 __all__ = [
-    "KINDS", "Block", "EdgeRun", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
+    "KINDS", "Block", "EdgeRun", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "UnrolledConvBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
     "GateBlock",
     "TokenLinearBlock", "LayerNormBlock", "AttentionBlock",
     "general_kinds", "block_from_matrix", "converted",

@@ -23,6 +23,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..transforms import EdgeIndicator, Ones, Transform
 from .base import SUM_CHUNK_ELEMENTS, EdgeRun, StaticBlock, count_after_cast, destination_ranges
+from .sparse import UnrolledConvBlock
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 #: compact a kernel when at most this fraction of its ``C_out × C_in`` channel pairs is live: below
@@ -202,9 +203,9 @@ class ConvBlock(StaticBlock):
             self._edges = self._enumerate_edges()[:3]
         return self._edges
 
-    def _enumerate_edges(self, with_slots: bool = False) -> tuple[Tensor, ...]:
+    def _enumerate_edges(self, with_slots: bool | str = False) -> tuple[Tensor, ...]:
         """``(src, dst, weight)`` of every edge, ordered by ``(dst, src)``, and with ``with_slots``
-        the slot of each edge in :attr:`sum_shape`."""
+        the slot of each edge in :attr:`sum_shape` (``'kernel'``: its flat position in the kernel)."""
         device = self.weight.device
         c_out, c_in_group = self.weight.shape[:2]
         out_per_group = c_out // self.groups
@@ -233,6 +234,8 @@ class ConvBlock(StaticBlock):
         entry = c
         for axis in range(self.dims):  # the kernel entry within its output channel, row-major
             entry = entry * self.weight.shape[2 + axis] + kernel[axis]
+        if with_slots == "kernel":
+            return src[order], dst[order], weight[order], (o * self._entries + entry)[:, None].expand_as(valid)[valid][order]
         group, within = o // out_per_group, o % out_per_group
         count = positions.shape[0]
         position = torch.arange(count, device=device)[None, :]
@@ -293,6 +296,12 @@ class ConvBlock(StaticBlock):
         groups, count = self.groups, self.n_dst // self.out_shape[0]
         grouped = windows.reshape(batch, groups, self.in_shape[0] // groups, count, math.prod(kernel))
         return grouped.permute(1, 3, 0, 2, 4).reshape(groups * count, batch, self._entries)
+
+    def unrolled(self) -> UnrolledConvBlock:
+        """These edges held as CSR, each remembering its kernel weight (:class:`UnrolledConvBlock`)."""
+        src, dst, weight, kernel_index = self._enumerate_edges(with_slots="kernel")
+        return UnrolledConvBlock.from_edges(self.src, self.dst, self.n_src, self.n_dst, src, dst, weight, kernel_index,
+                                            tuple(self.weight.shape))
 
     def edge_slots(self) -> Tensor:
         if self._slots is None:

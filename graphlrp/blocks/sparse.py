@@ -13,6 +13,7 @@ result back once (sums accumulate in float32, more precise than the dtype itself
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Iterator
 
@@ -217,3 +218,47 @@ class SparseBlock(StaticBlock):
             move(self.crow_t),
             move(self.perm_t),
         )
+
+
+class UnrolledConvBlock(SparseBlock):
+    """A convolution with unstructured-pruned kernels, held as CSR over its unrolled edges.
+
+    Every nonzero kernel weight becomes one edge per output position that reads an input: the
+    products touch only live weights, where a convolution computes every weight of the kernel.
+    Each edge remembers its kernel weight, so that sums per edge fold back into the kernel's shape
+    (:meth:`weight_sums`), as a :class:`~graphlrp.blocks.ConvBlock`'s do.
+    """
+
+    def __init__(self, src: int, dst: int, n_src: int, n_dst: int, crow: Tensor, col: Tensor, values: Tensor,
+                 crow_t: Tensor, perm_t: Tensor, kernel_index: Tensor, kernel_shape: tuple[int, ...]) -> None:
+        super().__init__(src, dst, n_src, n_dst, crow, col, values, crow_t, perm_t)
+        self.kernel_index, self.kernel_shape = kernel_index, tuple(kernel_shape)
+
+    @classmethod
+    def from_edges(cls, src: int, dst: int, n_src: int, n_dst: int, src_idx: Tensor, dst_idx: Tensor, weight: Tensor,
+                   kernel_index: Tensor, kernel_shape: tuple[int, ...]) -> "UnrolledConvBlock":
+        """From the edges of a convolution (``kernel_index``: each edge's flat position in the kernel)."""
+        csr = SparseBlock.from_edge_list(src, dst, n_src, n_dst, src_idx, dst_idx, weight)
+        order = torch.argsort(dst_idx.to(torch.int64) * n_src + src_idx.to(torch.int64))
+        return cls(src, dst, n_src, n_dst, csr.crow, csr.col, csr.values, csr.crow_t, csr.perm_t,
+                   kernel_index.to(device=weight.device, dtype=csr.col.dtype)[order], kernel_shape)
+
+    @classmethod
+    def held_bytes(cls, n_src: int, n_dst: int, num_edges: int, element_size: int) -> int:
+        """A CSR block's bytes and a 4-byte kernel position per edge."""
+        return super().held_bytes(n_src, n_dst, num_edges, element_size) + 4 * num_edges
+
+    def held(self) -> tuple[Tensor, ...]:
+        return (self.kernel_index, *super().held())  # the weights stay last
+
+    def weight_sums(self, values: Tensor) -> Tensor:
+        """Per-edge values summed per kernel weight: ``(..., C_out, C_in / groups, *kernel)``."""
+        flat = values.reshape(-1, values.shape[-1])
+        sums = flat.new_zeros((flat.shape[0], math.prod(self.kernel_shape)))
+        sums.index_add_(1, self.kernel_index.long(), flat)
+        return sums.reshape(*values.shape[:-1], *self.kernel_shape)
+
+    def _to(self, device, dtype) -> "UnrolledConvBlock":
+        moved = super()._to(device, dtype)
+        return UnrolledConvBlock(moved.src, moved.dst, moved.n_src, moved.n_dst, moved.crow, moved.col, moved.values,
+                                 moved.crow_t, moved.perm_t, self.kernel_index.to(device=device), self.kernel_shape)

@@ -17,12 +17,12 @@ from torch import Tensor
 
 from ..activations import IDENTITY, Activation, compose
 from ..blocks import (KINDS, AttentionBlock, Block, ConvBlock, ElementwiseBlock, GateBlock, LayerNormBlock,
-                      MaxPoolBlock, SparseBlock, TokenLinearBlock, block_from_matrix)
+                      MaxPoolBlock, SparseBlock, TokenLinearBlock, UnrolledConvBlock, block_from_matrix)
 from ..blocks.conv import count_conv_edges
 from ..errors import InputError, UnsupportedModuleError
 from ..graph import Graph, LayerType, Level
 from ..rules import Norm, Pass
-from ..thresholds import choose_kind
+from ..thresholds import choose_kind, unrolls_convolution
 
 
 @dataclass(frozen=True)
@@ -206,14 +206,26 @@ class GraphBuilder:
         node_bias = None if bias is None else bias.repeat_interleave(spatial)
         dst = self._add_level(name, layer_type, out_shape, node_bias)
         in_shape = value.shape
-
-        def build(s: int, d: int, w: Tensor) -> Block:
-            return ConvBlock(s, d, w, in_shape, out_shape, stride, padding, dilation, groups)
+        automatic = self.block_kind == "auto"
 
         def count(w: Tensor) -> int:
             return count_conv_edges(w, in_shape, out_shape, stride, padding, dilation)
 
-        self.specs.append(_BlockSpec(src, dst, weight, build, _kernel_cost(count), channels))
+        def unrolls(w: Tensor, edges: int) -> bool:
+            held = UnrolledConvBlock.held_bytes(value.size, math.prod(out_shape), edges, w.element_size())
+            return automatic and unrolls_convolution(int(torch.count_nonzero(w)) / w.numel(), held, w.device)
+
+        def build(s: int, d: int, w: Tensor) -> Block:
+            block = ConvBlock(s, d, w, in_shape, out_shape, stride, padding, dilation, groups)
+            return block.unrolled() if unrolls(w, block.num_edges) else block
+
+        def cost(w: Tensor) -> tuple[int, int]:
+            edges = count(w)
+            if unrolls(w, edges):
+                return edges, UnrolledConvBlock.held_bytes(value.size, math.prod(out_shape), edges, w.element_size())
+            return edges, w.numel() * w.element_size()
+
+        self.specs.append(_BlockSpec(src, dst, weight, build, cost, channels))
         return Value(tuple(out_shape), dst)
 
     def avg_pool(self, name: str, layer_type: LayerType, value: Value, out_shape: tuple[int, ...], kernel,
