@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..layout import in_layout_of
 from ..transforms import Identity, Transform
-from .base import Block, OperandCache, StaticBlock
+from .base import Block, EdgeRun, OperandCache, StaticBlock
 
 
 def _tokens(v: Tensor, features: int) -> Tensor:
@@ -146,7 +146,7 @@ class LayerNormBlock(Block):
 
     @functools.cached_property
     def num_edges(self) -> int:
-        return len(self.edges()[0])
+        return self.tokens * int(torch.count_nonzero(self._static_matrix()))
 
     @property
     def nbytes(self) -> int:
@@ -228,6 +228,12 @@ class LayerNormBlock(Block):
             out.copy_(messages)
             return out
         return messages
+
+    def run_messages(self, run: EdgeRun, x: Tensor, s: Tensor, transform: Transform = Identity(),
+                     state: Tensor = None) -> Tensor:
+        """:meth:`edge_messages` of the run's edges, each weight times its token's ``1/σ``."""
+        per_sample = transform(run.weight * state[:, run.dst // self.features])
+        return x.index_select(1, run.src).mul_(per_sample).mul_(s.index_select(1, run.dst))
 
     def _to(self, device, dtype) -> "LayerNormBlock":
         return LayerNormBlock(self.src, self.dst, self.gamma.to(device=device, dtype=dtype), self.tokens, self.eps,
