@@ -138,12 +138,38 @@ def explained_mlp(seed: int = 0):
     return graphlrp.explain(graphlrp.lower(model, x, block_kind="sparse"), x, target=0, rule=rules.AlphaBeta(2, 1))
 
 
+class Gated(nn.Module):
+    """A squeeze-and-excitation gate (per-sample edge weights) after a weight-pruned convolution
+    (held unrolled) and a layer norm over the channels (per-sample 1/σ)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.squeeze, self.norm = nn.Linear(4, 4), nn.LayerNorm(4)
+        self.head = nn.Linear(4 * 8 * 8, 5)
+        with torch.no_grad():
+            self.conv.weight.view(-1)[3:].zero_()
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        y = y * torch.sigmoid(self.squeeze(y.mean((2, 3))))[:, :, None, None]
+        return self.head(self.norm(y.permute(0, 2, 3, 1)).flatten(1))
+
+
+def explained_gated(seed: int = 0):
+    torch.manual_seed(seed)
+    model = Gated().double().eval()
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    return graphlrp.explain(graphlrp.lower(model, x), x, target=2, rule=rules.Epsilon())
+
+
 EXPLANATIONS = {
     "cnn": lambda: explained_cnn(),
     "cnn-sparse-zplus": lambda: explained_cnn("sparse", rules.ZPlus()),
     "cnn-edges-gamma": lambda: explained_cnn("edges", rules.Gamma(0.25)),
     "cnn-dense-alphabeta": lambda: explained_cnn("dense", rules.AlphaBeta(2, 1)),
     "mlp-float32": explained_mlp,
+    "gated": explained_gated,
     **{f"dag{seed}": (lambda seed=seed: explained_dag(seed)) for seed in range(4)},
 }
 

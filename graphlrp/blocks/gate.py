@@ -14,8 +14,8 @@ from torch import Tensor
 
 from .. import reductions
 from ..layout import in_layout_of
-from ..transforms import Transform
-from .base import Block, OperandCache
+from ..transforms import Identity, Transform
+from .base import Block, EdgeRun, OperandCache
 
 
 class GateBlock(Block):
@@ -94,6 +94,11 @@ class GateBlock(Block):
         if out is None:
             return messages
         return out.copy_(messages)
+
+    def run_messages(self, run: EdgeRun, x: Tensor, s: Tensor, transform: Transform = Identity(),
+                     state: Tensor = None) -> Tensor:
+        """:meth:`edge_messages` of the run's edges, each weighing its destination's gate value."""
+        return x.index_select(1, run.src).mul_(transform(state.index_select(1, run.dst))).mul_(s.index_select(1, run.dst))
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         """Every destination's edge from its source, with weight 1 (in a sample, it weighs the gate's value)."""
