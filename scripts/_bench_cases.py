@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -17,6 +19,9 @@ from zennit.core import BasicHook, Composite as ZennitComposite, ParamMod, Stabi
 
 import graphlrp
 from _bench_util import Target, Timing, time_interleaved, time_once
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from zennit_twins import TracedMergeBatchNorm, twin_layer_map, zennit_twin  # noqa: E402  (the tests' Zennit reference)
 
 #: calls in a row per library for the steady-state times (``ratio, runs of 5``)
 RUN_LENGTH = 5
@@ -121,6 +126,33 @@ EPSILON_PLUS_FLAT = RuleSpec(
     lambda: zennit.composites.EpsilonPlusFlat(first_map=[(zennit.types.Linear, EdgeFlat())]),
 )
 MLP_RULES = (EPSILON, ZPLUS, ALPHA_BETA, GAMMA, EPSILON_PLUS_FLAT)
+#: EpsilonPlusFlat on a torchvision model: Zennit explains its traced twin (batch norms merged,
+#: residual sums as Zennit's ``Sum``), as the agreement tests do
+EPSILON_PLUS_FLAT_TWIN = RuleSpec(
+    "EpsilonPlusFlat",
+    lambda: {"composite": graphlrp.composites.EpsilonPlusFlat()},
+    lambda: zennit.composites.EpsilonPlusFlat(layer_map=twin_layer_map(), canonizers=[TracedMergeBatchNorm()]),
+)
+
+
+def torchvision_model(name: str) -> Callable[[], nn.Module]:
+    """A torchvision classifier with random weights and batch-norm statistics; batch norms with a tiny
+    ``eps``, as Zennit's merged batch norm still divides by ``√(1 + eps)``."""
+    def build() -> nn.Module:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.running_mean.normal_(0, 0.5)
+                    module.running_var.uniform_(0.5, 2.0)
+                    module.weight.normal_(1, 0.3)
+                    module.bias.normal_(0, 0.3)
+                    module.eps = 1e-12
+        return model.eval()
+
+    return build
 
 
 # -- cases ------------------------------------------------------------------------------------
@@ -140,6 +172,8 @@ class ModelCase:
     prune_amount: float | None = None
     targets: dict[str, float] = field(default_factory=dict)
     gradient_target: float | None = None
+    #: the model Zennit explains, made from the built one (default: the same)
+    zennit_model: Callable[[nn.Module], nn.Module] | None = None
 
 
 @dataclass
@@ -250,8 +284,9 @@ def _set_up(case: ModelCase, result: CaseResult) -> _Setup:
     except graphlrp.UnsupportedModuleError as error:
         conv = "Conv" in str(error)
         result.skipped = "convolutions not yet lowered" if conv else f"not lowered: {error}"
-    reference = baked_copy(model)
-    return _Setup(model, plain, reference, copy.deepcopy(reference).double(), x, target, onehot, graph)
+    zennit_model = model if case.zennit_model is None else case.zennit_model(model)
+    reference = baked_copy(zennit_model)
+    return _Setup(zennit_model, plain, reference, copy.deepcopy(reference).double(), x, target, onehot, graph)
 
 
 def _time_rule(spec: RuleSpec, setup: _Setup, timing: Timing, baselines: bool) -> tuple[dict[str, float], dict[str, float]]:
@@ -323,8 +358,9 @@ def _mlp_targets(prune_amount: float | None, batch: int) -> tuple[dict[str, floa
     return {spec.name: limit for spec in MLP_RULES}, None
 
 
-def model_cases(quick: bool) -> list[ModelCase]:
-    """The MLP cases (dense, pruned 90 % and 99 %; batch 64, and batch 1 unless quick) and LeNet-5."""
+def model_cases(quick: bool, torchvision_sizes: tuple[int, ...] = ()) -> list[ModelCase]:
+    """The MLP cases (dense, pruned 90 % and 99 %; batch 64, and batch 1 unless quick), LeNet-5, and
+    ResNet-18 and MobileNetV2 at batch 1 and 8 at each of ``torchvision_sizes`` (square inputs)."""
     cases = []
     for batch in (64,) if quick else (1, 64):
         for amount in (None, 0.9, 0.99):
@@ -334,4 +370,9 @@ def model_cases(quick: bool) -> list[ModelCase]:
                                    targets, gradient_target))
     cases.append(ModelCase("LeNet-5, batch 64", lenet5, (1, 28, 28), 64, (EPSILON_PLUS_FLAT,),
                            targets={EPSILON_PLUS_FLAT.name: 0.5}))
+    for size in torchvision_sizes:
+        for name in ("resnet18", "mobilenet_v2"):
+            for batch in (1, 8):
+                cases.append(ModelCase(f"{name} {size}×{size}, batch {batch}", torchvision_model(name), (3, size, size),
+                                       batch, (EPSILON_PLUS_FLAT_TWIN,), zennit_model=zennit_twin))
     return cases
