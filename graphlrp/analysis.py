@@ -35,6 +35,12 @@ PATH_SCORES = ("product", "sum")
 PATH_BYTES = 8
 #: edges per run when paths are counted
 RUN_EDGES = 1 << 21
+#: above this ``k``, :func:`top_paths` counts the paths first (one pass over the edges) and keeps
+#: no more than that many per node
+COUNT_PATHS_ABOVE = 16
+#: relative slack of the bound an edge must reach to be relaxed (covers the rounding of a path's
+#: score computed in another order), and an absolute one for scores near the subnormal range
+BOUND_SLACK, BOUND_FLOOR = 1e-9, 1e-290
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -139,12 +145,14 @@ def top_paths(
     graph = explanation.graph
     relevance = explanation.node_relevance[row].double()
     goal = _target_node(graph, relevance, target)
-    k = min(k, _count_paths(graph, goal, k))
-    if k == 0:
-        return []
+    if k > COUNT_PATHS_ABOVE:
+        k = min(k, _count_paths(graph, goal, k))
+        if k == 0:
+            return []
     check_budget(f"the {k:,} best paths from each of {graph.num_nodes:,} nodes", PATH_BYTES * k * 3 * graph.num_nodes,
                  None)
-    suffixes = _best_suffixes(explanation, row, relevance, goal, k, score)
+    prefixes = _best_prefixes(explanation, row, relevance, goal, score)
+    suffixes = _best_suffixes(explanation, row, relevance, goal, k, score, prefixes)
     first = graph.levels[0]
     starts = suffixes.value[first.offset : first.offset + first.size].flatten()
     order = torch.argsort(starts, descending=True, stable=True)
@@ -198,11 +206,54 @@ def _count_paths(graph: Graph, goal: int, limit: int) -> int:
     return int(min(float(count[first.offset : first.offset + first.size].sum()), limit))
 
 
+def _steps(dst: Tensor, messages: Tensor, relevance: Tensor, score: PathScore) -> Tensor:
+    """What each edge adds to a path's score (float64): ``|m_ij / R_j|`` or ``|m_ij|``."""
+    wide = messages.double()
+    return _fractions(wide, relevance[dst]).abs() if score == "product" else wide.abs()
+
+
+def _extended(step: Tensor, value: Tensor, score: PathScore) -> Tensor:
+    """Scores ``value`` extended by edges of ``step`` (-inf stays -inf, never NaN)."""
+    extended = step * value if score == "product" else step + value
+    return torch.where(value > float("-inf"), extended, float("-inf"))
+
+
+def _best_prefixes(explanation: Explanation, row: int, relevance: Tensor, goal: int, score: PathScore) -> Tensor:
+    """For every node, the best score of a path from an input node to it (-inf for none).
+
+    One forward pass over the blocks below ``goal``'s level, by ascending source level: a node's
+    incoming edges all come from lower levels, so its score is final before its edges leave.
+    """
+    graph = explanation.graph
+    prefixes = relevance.new_full((graph.num_nodes,), float("-inf"))
+    first = graph.levels[0]
+    prefixes[first.offset : first.offset + first.size] = 1.0 if score == "product" else 0.0
+    top = graph.level_of(goal).index
+    blocks = sorted((b for b, block in enumerate(graph.blocks) if block.dst <= top), key=lambda b: graph.blocks[b].src)
+    for run in explanation.message_runs(row, blocks=blocks) if blocks else ():
+        step = _steps(run.dst, run.messages[0], relevance, score)
+        prefixes.scatter_reduce_(0, run.dst, _extended(step, prefixes[run.src], score), "amax")
+    return prefixes
+
+
+def _slackened(bound: float) -> float:
+    """A score just below ``bound``: what an edge must reach to be relaxed, safe against rounding."""
+    return bound - abs(bound) * BOUND_SLACK - BOUND_FLOOR
+
+
 def _best_suffixes(
-    explanation: Explanation, row: int, relevance: Tensor, goal: int, k: int, score: PathScore
+    explanation: Explanation, row: int, relevance: Tensor, goal: int, k: int, score: PathScore, prefixes: Tensor
 ) -> _Suffixes:
     """The ``k`` best scores of paths from every node to ``goal``, source levels last to first,
-    each level's outgoing edges streamed run by run."""
+    each level's outgoing edges streamed run by run.
+
+    Only edges that can lie on one of the ``k`` best paths overall are relaxed: the best path
+    through edge ``i → j`` scores at most ``prefix_i ⊗ f_ij ⊗ suffix_j`` (best path into ``i``,
+    the edge, best path from ``j``), and once a node ``v`` holds ``k`` paths to the goal, the ``k``
+    best overall score at least ``prefix_v ⊗ (its k-th best)``. An edge below that bound is on none
+    of them, and dropping it removes only paths that score strictly less than any kept one, so
+    the ranking (ties included) is unchanged.
+    """
     graph = explanation.graph
     n = graph.num_nodes
     index_dtype = torch.int32 if n < 2**31 else torch.long
@@ -214,27 +265,32 @@ def _best_suffixes(
         next_message=explanation.node_relevance.new_zeros((n, k)),
     )
     suffixes.value[goal, 0] = 1.0 if score == "product" else 0.0
+    floor = float("-inf")  # every one of the k best paths overall scores at least this
     for level in reversed(graph.levels[: graph.level_of(goal).index]):
         blocks = [number for number, block in enumerate(graph.blocks) if block.src == level.index]
         for run in explanation.message_runs(row, blocks=blocks) if blocks else ():
-            _relax(run.src, run.dst, run.messages[0], relevance, k, score, suffixes)
+            _relax(run.src, run.dst, run.messages[0], relevance, k, score, suffixes, prefixes, _slackened(floor))
+        nodes = slice(level.offset, level.offset + level.size)
+        kth = _extended(suffixes.value[nodes, k - 1], prefixes[nodes], score)
+        if len(kth):
+            floor = max(floor, float(kth.max()))
     return suffixes
 
 
 def _relax(src: Tensor, dst: Tensor, messages: Tensor, relevance: Tensor, k: int, score: PathScore,
-           suffixes: _Suffixes) -> None:
+           suffixes: _Suffixes, prefixes: Tensor, floor: float) -> None:
     """Merge the paths that start with a run of edges into their sources' rows (destinations are final).
 
-    A candidate (edge, rank) enters only if it beats its source's ``k``-th best so far (the
-    earlier edge wins a tie), and an edge only if its best candidate does: of an edge's
-    candidates, the best comes first.
+    An edge enters only if the best path through it can reach ``floor`` (with the best path
+    into its source, ``prefixes``); a candidate (edge, rank) only if it beats its source's
+    ``k``-th best so far (the earlier edge wins a tie), and an edge only if its best candidate
+    does: of an edge's candidates, the best comes first.
     """
-    wide = messages.double()
-    step = _fractions(wide, relevance[dst]).abs() if score == "product" else wide.abs()
+    step = _steps(dst, messages, relevance, score)
     worst = suffixes.value[src, k - 1]
-    ahead_best = suffixes.value[dst, 0]
-    best = step * ahead_best if score == "product" else step + ahead_best
-    edges = torch.nonzero((ahead_best > float("-inf")) & (best > worst)).flatten()
+    best = _extended(step, suffixes.value[dst, 0], score)
+    through = _extended(best, prefixes[src], score)
+    edges = torch.nonzero((best > worst) & (through >= floor)).flatten()
     if len(edges) == 0:
         return
     ahead = suffixes.value[dst[edges]]
