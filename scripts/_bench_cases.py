@@ -21,6 +21,7 @@ import graphlrp
 from _bench_util import Target, Timing, time_interleaved, time_once
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_cnn import randomize_batch_norms  # noqa: E402
 from zennit_twins import TracedMergeBatchNorm, twin_layer_map, zennit_twin  # noqa: E402  (the tests' Zennit reference)
 
 #: calls in a row per library for the steady-state times (``ratio, runs of 5``)
@@ -142,14 +143,10 @@ def torchvision_model(name: str) -> Callable[[], nn.Module]:
         import torchvision
 
         model = torchvision.models.get_model(name, weights=None)
-        with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.running_mean.normal_(0, 0.5)
-                    module.running_var.uniform_(0.5, 2.0)
-                    module.weight.normal_(1, 0.3)
-                    module.bias.normal_(0, 0.3)
-                    module.eps = 1e-12
+        randomize_batch_norms(model)
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eps = 1e-12
         return model.eval()
 
     return build
