@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..layout import in_layout_of
 from ..transforms import Identity, Transform
-from .base import Block, EdgeRun, OperandCache
+from .base import Block, EdgeRun, OperandCache, sample_edge_products
 
 
 class AttentionBlock(Block):
@@ -125,18 +125,14 @@ class AttentionBlock(Block):
     ) -> Tensor:
         src, dst, _ = self.edges()
         weight = transform(state.reshape(len(state), -1).index_select(1, self._edge_probability))
-        messages = x.index_select(1, src).mul_(weight).mul_(s.index_select(1, dst))
-        if out is not None:
-            out.copy_(messages)
-            return out
-        return messages
+        return sample_edge_products(x, src, weight, s, dst, out)
 
     def run_messages(self, run: EdgeRun, x: Tensor, s: Tensor, transform: Transform = Identity(),
                      state: Tensor = None) -> Tensor:
         """:meth:`edge_messages` of the run's edges, the sample's ``A_(h, i, j)`` their weights."""
         positions = self._edge_probability[run.start : run.start + len(run.src)]
         weight = transform(state.reshape(len(state), -1).index_select(1, positions))
-        return x.index_select(1, run.src).mul_(weight).mul_(s.index_select(1, run.dst))
+        return sample_edge_products(x, run.src, weight, s, run.dst)
 
     def max_abs_weight(self) -> float:
         return 1.0  # probabilities

@@ -73,6 +73,16 @@ def edge_products(x: Tensor, src: Tensor, weight: Tensor, s: Tensor, dst: Tensor
     return messages
 
 
+def sample_edge_products(x: Tensor, src: Tensor, weights: Tensor, s: Tensor, dst: Tensor,
+                         out: Tensor | None = None) -> Tensor:
+    """``x[:, src] · weights · s[:, dst]`` per edge with a weight per sample, ``weights (B, E)``
+    (the edges of sample-dependent blocks), written into ``out`` when given."""
+    messages = x.index_select(1, src).mul_(weights).mul_(s.index_select(1, dst))
+    if out is not None:
+        return out.copy_(messages)
+    return messages
+
+
 @dataclass(frozen=True)
 class EdgeRun:
     """Consecutive edges of a block: positions ``start .. start + len(src) - 1`` of its edge order.

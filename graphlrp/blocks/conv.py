@@ -235,7 +235,8 @@ class ConvBlock(StaticBlock):
         for axis in range(self.dims):  # the kernel entry within its output channel, row-major
             entry = entry * self.weight.shape[2 + axis] + kernel[axis]
         if with_slots == "kernel":
-            return src[order], dst[order], weight[order], (o * self._entries + entry)[:, None].expand_as(valid)[valid][order]
+            kernel_index = (o * self._entries + entry)[:, None].expand_as(valid)[valid]
+            return src[order], dst[order], weight[order], kernel_index[order]
         group, within = o // out_per_group, o % out_per_group
         count = positions.shape[0]
         position = torch.arange(count, device=device)[None, :]

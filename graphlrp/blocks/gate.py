@@ -15,7 +15,7 @@ from torch import Tensor
 from .. import reductions
 from ..layout import in_layout_of
 from ..transforms import Identity, Transform
-from .base import Block, EdgeRun, OperandCache
+from .base import Block, EdgeRun, OperandCache, sample_edge_products
 
 
 class GateBlock(Block):
@@ -98,7 +98,7 @@ class GateBlock(Block):
     def run_messages(self, run: EdgeRun, x: Tensor, s: Tensor, transform: Transform = Identity(),
                      state: Tensor = None) -> Tensor:
         """:meth:`edge_messages` of the run's edges, each weighing its destination's gate value."""
-        return x.index_select(1, run.src).mul_(transform(state.index_select(1, run.dst))).mul_(s.index_select(1, run.dst))
+        return sample_edge_products(x, run.src, transform(state.index_select(1, run.dst)), s, run.dst)
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         """Every destination's edge from its source, with weight 1 (in a sample, it weighs the gate's value)."""

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..layout import in_layout_of
 from ..transforms import Identity, Transform
-from .base import Block, EdgeRun, OperandCache, StaticBlock
+from .base import Block, EdgeRun, OperandCache, StaticBlock, sample_edge_products
 
 
 def _tokens(v: Tensor, features: int) -> Tensor:
@@ -222,18 +222,12 @@ class LayerNormBlock(Block):
         self, x: Tensor, s: Tensor, transform: Transform = Identity(), state: Tensor = None, out: Tensor | None = None
     ) -> Tensor:
         src, dst, weight = self.edges()
-        per_sample = transform(weight * state[:, dst // self.features])
-        messages = x.index_select(1, src).mul_(per_sample).mul_(s.index_select(1, dst))
-        if out is not None:
-            out.copy_(messages)
-            return out
-        return messages
+        return sample_edge_products(x, src, transform(weight * state[:, dst // self.features]), s, dst, out)
 
     def run_messages(self, run: EdgeRun, x: Tensor, s: Tensor, transform: Transform = Identity(),
                      state: Tensor = None) -> Tensor:
         """:meth:`edge_messages` of the run's edges, each weight times its token's ``1/σ``."""
-        per_sample = transform(run.weight * state[:, run.dst // self.features])
-        return x.index_select(1, run.src).mul_(per_sample).mul_(s.index_select(1, run.dst))
+        return sample_edge_products(x, run.src, transform(run.weight * state[:, run.dst // self.features]), s, run.dst)
 
     def _to(self, device, dtype) -> "LayerNormBlock":
         return LayerNormBlock(self.src, self.dst, self.gamma.to(device=device, dtype=dtype), self.tokens, self.eps,
