@@ -66,6 +66,11 @@ SETUP = textwrap.dedent("""
             "stream": graphlrp.aggregate(graph, stream(), "label", rule=rules.Epsilon(0.01), by_class=True, **common),
             "absolute": graphlrp.aggregate(graph, x, "predicted", rule=rules.AlphaBeta(2.0, 1.0), absolute=True,
                                            **common),
+            # a chunk per sample: runs of 4, 2 and 1 chunks for 1, 2 and 3 processes (16 for the stream)
+            "runs": graphlrp.aggregate(graph, x, labels, rule=rules.Epsilon(1e-6), chunk_size=1, batch_size=1,
+                                       progress=False, **kwargs),
+            "stream runs": graphlrp.aggregate(graph, stream(), "label", rule=rules.Epsilon(1e-6), chunk_size=1,
+                                              batch_size=1, progress=False, **kwargs),
         }
 
 

@@ -5,7 +5,8 @@ of its edges' messages with the block's own kernel (:mod:`graphlrp.aggregation.s
 holding ``samples × edges``; :class:`Aggregate` reads them per node, per edge and per parameter
 of the user's model (:mod:`graphlrp.aggregation.parameters`). The data set is cut into chunks by
 sample index (:mod:`graphlrp.aggregation.chunks`), which the processes of a ``torchrun`` job share
-(:mod:`graphlrp.aggregation.distributed`), every one of them returning one process's bits.
+(:mod:`graphlrp.aggregation.distributed`); the chunks' sums are added in a fixed tree over chunk
+index (:mod:`graphlrp.aggregation.tree`), so every process returns one process's bits.
 """
 from .core import Aggregate, aggregate
 

@@ -15,6 +15,7 @@ Where the chunks come from:
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -32,6 +33,31 @@ class Chunk:
 
     index: int
     batches: Iterable[Batch]
+
+
+@dataclass(frozen=True)
+class Share:
+    """The chunks one process explains: runs of ``span`` consecutive chunks from chunk ``start``,
+    the runs ``offset, offset + step, offset + 2·step, …``.
+
+    Run ``j`` holds the chunks ``[start + j·span, start + (j + 1)·span)``.
+    """
+
+    start: int
+    span: int
+    offset: int = 0
+    step: int = 1
+
+    def __contains__(self, index: int) -> bool:
+        return index >= self.start and ((index - self.start) // self.span) % self.step == self.offset
+
+    def indices(self, count: int) -> Iterator[int]:
+        """The chunks of this share among chunks ``0 .. count - 1``, in order."""
+        for run in itertools.count(self.offset, self.step):
+            first = self.start + run * self.span
+            if first >= count:
+                return
+            yield from range(first, min(first + self.span, count))
 
 
 def _by_index(data: object) -> tuple[Dataset, Callable[[list], object]] | None:
@@ -53,8 +79,8 @@ def chunk_count(data: object, size: int) -> int | None:
     return None if samples is None else -(-samples // size)
 
 
-def chunks(data: object, target: object, size: int, batch_size: int, first: int, step: int) -> Iterator[Chunk]:
-    """Chunks ``first, first + step, first + 2·step, …`` of ``data``, as long as it has samples for them.
+def chunks(data: object, target: object, size: int, batch_size: int, share: Share) -> Iterator[Chunk]:
+    """The chunks of ``share`` that ``data`` has samples for, in order.
 
     Parameters
     ----------
@@ -64,27 +90,22 @@ def chunks(data: object, target: object, size: int, batch_size: int, first: int,
         As checked by :func:`~graphlrp.aggregation.data.check_target`.
     size, batch_size : int
         Samples per chunk, and per batch within a chunk.
-    first, step : int
-        The first chunk wanted and the distance between wanted chunks.
+    share : Share
+        The chunks wanted.
     """
     if isinstance(data, Tensor):
-        return _tensor_chunks(data, target, size, batch_size, first, step)
+        return _tensor_chunks(data, target, size, batch_size, share)
     found = _by_index(data)
     if found is not None:
-        return _dataset_chunks(*found, target, size, batch_size, first, step)
+        return _dataset_chunks(*found, target, size, batch_size, share)
     if not isinstance(data, Iterable):
         raise ArgumentTypeError(f"data must be a tensor of samples, a data set or an iterable of (x, y) batches, "
                                 f"got {type(data).__name__}")
-    return _stream_chunks(data, target, size, batch_size, first, step)
-
-
-def _wanted(index: int, first: int, step: int) -> bool:
-    return index >= first and (index - first) % step == 0
+    return _stream_chunks(data, target, size, batch_size, share)
 
 
 # -- by index -----------------------------------------------------------------------------------
-def _tensor_chunks(data: Tensor, target: object, size: int, batch_size: int, first: int,
-                   step: int) -> Iterator[Chunk]:
+def _tensor_chunks(data: Tensor, target: object, size: int, batch_size: int, share: Share) -> Iterator[Chunk]:
     check_samples(data, target)
 
     def explained(start: int, end: int) -> Iterator[Batch]:
@@ -92,12 +113,12 @@ def _tensor_chunks(data: Tensor, target: object, size: int, batch_size: int, fir
             stop = min(begin + batch_size, end)
             yield Batch(data[begin:stop], per_sample(target, begin, stop), begin)
 
-    for index in range(first, chunk_count(data, size), step):
+    for index in share.indices(chunk_count(data, size)):
         yield Chunk(index, explained(index * size, min((index + 1) * size, len(data))))
 
 
 def _dataset_chunks(dataset: Dataset, collate: Callable[[list], object], target: object, size: int,
-                    batch_size: int, first: int, step: int) -> Iterator[Chunk]:
+                    batch_size: int, share: Share) -> Iterator[Chunk]:
     samples = len(dataset)
 
     def explained(start: int, end: int) -> Iterator[Batch]:
@@ -106,7 +127,7 @@ def _dataset_chunks(dataset: Dataset, collate: Callable[[list], object], target:
             x, labels = split_item(collate([dataset[i] for i in range(begin, stop)]), target)
             yield Batch(x, labels if target == "label" else per_sample(target, begin, stop), begin)
 
-    for index in range(first, -(-samples // size), step):
+    for index in share.indices(-(-samples // size)):
         yield Chunk(index, explained(index * size, min((index + 1) * size, samples)))
 
 
@@ -127,10 +148,9 @@ def _pieces(data: Iterable, target: object, size: int) -> Iterator[tuple[int, li
         yield index, pieces
 
 
-def _stream_chunks(data: Iterable, target: object, size: int, batch_size: int, first: int,
-                   step: int) -> Iterator[Chunk]:
+def _stream_chunks(data: Iterable, target: object, size: int, batch_size: int, share: Share) -> Iterator[Chunk]:
     for index, pieces in _pieces(data, target, size):
-        if _wanted(index, first, step):
+        if index in share:
             yield Chunk(index, _rebatched(pieces, target, index * size, batch_size))
 
 

@@ -8,7 +8,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -21,13 +21,14 @@ from ..graph import Graph
 from ..memory import check_budget
 from ..rules import Rule
 from . import parameters
-from .chunks import chunk_count, chunks
+from .chunks import Chunk, Share, chunk_count, chunks
 from .data import Batch, check_target, classes_of, total_samples
 from .distributed import Processes, processes
 from .sums import SlotWeights, Sums
+from .tree import ChunkTree
 
 FORMAT = "graphlrp.aggregate"
-VERSION = 2
+VERSION = 3
 
 
 def _fingerprint(graph: Graph) -> dict[str, object]:
@@ -79,6 +80,8 @@ class Aggregate:
         self.chunks = 0
         #: ``(chunk_size, batch_size)`` of :func:`aggregate`'s chunks (``None`` for sums made otherwise)
         self.chunking: tuple[int, int] | None = None
+        #: :func:`aggregate`'s chunk sums as its tree holds them (what a checkpoint resumes from)
+        self.tree: ChunkTree | None = None
 
     def _new_sums(self) -> Sums:
         return Sums(self.graph, len(self.graph.outputs) if self.by_class else 1, self.absolute, self._slot_weights)
@@ -198,7 +201,8 @@ class Aggregate:
                 "chunks": self.chunks, "chunking": None if self.chunking is None else list(self.chunking),
                 "counts": self._sums.counts, "nodes": self._sums.nodes,
                 "biases": self._sums.biases,
-                "blocks": list(self._sums.weighted)}
+                "blocks": list(self._sums.weighted),
+                "tree": [] if self.tree is None else [[*node, sums] for node, sums in self.tree.items()]}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the aggregate to ``path`` atomically (a temporary file in the same folder, then
@@ -245,6 +249,10 @@ class Aggregate:
         sums.load_parts(state["counts"], state["nodes"], state["biases"], blocks)
         made.chunks = int(state["chunks"])
         made.chunking = None if state["chunking"] is None else tuple(int(n) for n in state["chunking"])
+        if made.chunking is not None:
+            made.tree = ChunkTree()
+            for level, index, vector in state["tree"]:
+                made.tree.add(int(level), int(index), vector, owned=True)
         return made
 
     def __repr__(self) -> str:
@@ -270,7 +278,7 @@ def _resumed(checkpoint: str | os.PathLike | None, made: Aggregate) -> Aggregate
 
 
 def _start(made: Aggregate, checkpoint: str | os.PathLike | None, group: Processes) -> Aggregate:
-    """The aggregate to continue on every process: rank 0 reads the checkpoint and sends what it holds."""
+    """The aggregate to continue on every process: rank 0 reads the checkpoint and sends its tree."""
     result, failure = made, None
     if group.rank == 0:
         try:
@@ -281,42 +289,94 @@ def _start(made: Aggregate, checkpoint: str | os.PathLike | None, group: Process
         if failure is not None:
             raise failure
         return result
-    done = group.broadcast_object(failure if failure is not None else result.chunks)
-    if isinstance(done, BaseException):
-        raise done
-    if done:
-        vector = group.broadcast(result._sums.vector() if group.rank == 0 else made._sums.vector())
-        if group.rank != 0:
-            result._sums.load_vector(vector)
-            result.chunks = done
+    held = group.broadcast_object(failure if failure is not None else
+                                  (result.chunks, [node for node, _ in result.tree.items()]))
+    if isinstance(held, BaseException):
+        raise held
+    if group.rank == 0:
+        for _, sums in result.tree.items():
+            group.broadcast(sums)
+    else:
+        result.chunks = held[0]
+        for level, index in held[1]:
+            result.tree.add(level, index, group.broadcast(torch.empty_like(made._sums.values)), owned=True)
     return result
 
 
-class _Run:
-    """What every round of an aggregation does after its chunks are explained: add them in chunk
-    order, move the progress bar, save the checkpoint when due."""
+def _run_length(known: int | None, done: int, size: int, checkpoint_every: int | None) -> int:
+    """Consecutive chunks a process explains between two exchanges: a power of two that divides
+    ``done`` (so every run is one node of the chunk tree), at most :data:`LONGEST_RUN`, at most
+    ``checkpoint_every / size`` with a checkpoint, and short enough for :data:`FEWEST_ROUNDS`
+    rounds when the number of chunks is ``known``."""
+    longest = LONGEST_RUN
+    if checkpoint_every is not None:
+        longest = min(longest, checkpoint_every // size)
+    if known is not None:
+        longest = min(longest, (known - done) // (size * FEWEST_ROUNDS))
+    length = 1
+    while 2 * length <= longest and done % (2 * length) == 0:
+        length *= 2
+    return length
 
-    def __init__(self, result: Aggregate, chunk_size: int, checkpoint: str | os.PathLike | None,
+
+#: the most consecutive chunks a process explains before the processes exchange their sums
+LONGEST_RUN = 16
+#: rounds a data set of known length is shared in at least (in the last one some processes may have no run)
+FEWEST_ROUNDS = 4
+
+
+def _up_to(mine: Iterator[Chunk], end: int) -> Iterator[Chunk]:
+    """The chunks of ``mine`` before chunk ``end``, taken no further than chunk ``end - 1``."""
+    for chunk in mine:
+        yield chunk
+        if chunk.index == end - 1:
+            return
+
+
+class _Rounds:
+    """What the processes do with a round's runs after they are explained: add each run's sums to
+    the tree, move the progress bar, save the checkpoint when due."""
+
+    def __init__(self, result: Aggregate, run_length: int, checkpoint: str | os.PathLike | None,
                  checkpoint_every: int, group: Processes, bar: object) -> None:
-        self.result, self.chunk_size, self.bar = result, chunk_size, bar
+        self.result, self.group, self.bar = result, group, bar
+        self.level, self.first = run_length.bit_length() - 1, result.chunks // run_length
+        self.run_samples = run_length * result.chunking[0]
         self.checkpoint = checkpoint if group.rank == 0 else None
         self.checkpoint_every, self.saved = checkpoint_every, result.chunks
 
-    def add(self, vectors: list[Tensor]) -> bool:
-        """Add a round's chunk sums (in rank order, which is chunk order); whether the data ended in it."""
-        ended = False
-        for vector in vectors:
+    def run_index(self, turn: int, rank: int) -> int:
+        """The tree node (at the runs' level) of the run process ``rank`` explains in round ``turn``."""
+        return self.first + turn * self.group.size + rank
+
+    def add(self, turn: int, sent: Tensor, received: Callable[[], list[Tensor]]) -> bool:
+        """Add the run sums of round ``turn`` (this process ``sent``; ``received`` waits for every
+        process's, in rank order); whether the data ended in it."""
+        ended, tree = False, self.result.tree
+        for rank, vector in enumerate(received()):
             samples = self.result._sums.samples_in(vector)
             if samples:
-                self.result.add_chunk(vector)
+                tree.add(self.level, self.run_index(turn, rank), vector, owned=True)
+                self.result.chunks += -(-samples // self.result.chunking[0])
                 self.bar.update(samples)
-            ended = ended or samples < self.chunk_size
+            elif self.group.size > 1:
+                tree.release(vector)
+            ended = ended or samples < self.run_samples
+        if self.group.size > 1:
+            tree.release(sent)  # every process's sums arrived in buffers of their own
         if self.checkpoint is not None and self.result.chunks - self.saved >= self.checkpoint_every:
             self.save()
         return ended
 
+    def finish(self) -> None:
+        """Make the aggregate's sums the tree's total."""
+        total = self.result.tree.total()
+        if total is not None:
+            self.result._sums.load_vector(total)
+
     def save(self) -> None:
         if self.checkpoint is not None:
+            self.finish()
             self.result.save(self.checkpoint)
             self.saved = self.result.chunks
 
@@ -339,9 +399,10 @@ def aggregate(
     """Relevance per node, edge and parameter summed over a data set, at about the cost of explaining it.
 
     The data set is cut into chunks of ``chunk_size`` samples by sample index, each explained in
-    batches of ``batch_size`` and summed in float64 on its own; the chunks' sums are added in
-    chunk order. The result depends on the data, ``chunk_size`` and ``batch_size`` alone: the
-    same bits on one process and on any number of them (:mod:`graphlrp.aggregation.chunks`).
+    batches of ``batch_size`` and summed in float64 on its own; the chunks' sums are added in a
+    fixed binary tree over chunk index (:mod:`graphlrp.aggregation.tree`). The result depends on
+    the data, ``chunk_size`` and ``batch_size`` alone: the same bits on one process and on any
+    number of them (:mod:`graphlrp.aggregation.chunks`).
 
     Parameters
     ----------
@@ -375,9 +436,10 @@ def aggregate(
         Share the work between the processes of the default ``torch.distributed`` process group:
         ``None`` (default) when one is initialised, ``True`` also initialising it from the
         environment (as ``torchrun`` sets it; NCCL for a graph on a GPU, else gloo), ``False``
-        never. Process ``r`` of ``W`` explains the chunks ``k + r, k + r + W, …`` (``k``: the
-        chunks a checkpoint holds), the processes exchange their chunks' sums after every round
-        of ``W`` chunks, and every process returns the same aggregate.
+        never. The chunks from ``k`` on (``k``: the chunks a checkpoint holds) are cut into runs
+        of consecutive chunks; process ``r`` of ``W`` explains the runs ``r, r + W, …``, the
+        processes exchange one vector per run after every round of ``W`` runs, and every process
+        returns the same aggregate.
 
     Returns
     -------
@@ -399,36 +461,39 @@ def aggregate(
         raise ArgumentTypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
     group = processes(distributed, graph.device)
     made = Aggregate(graph, rule, composite, by_class, absolute)
-    made.chunking = (chunk_size, batch_size)
+    made.chunking, made.tree = (chunk_size, batch_size), ChunkTree()
     result = _start(made, checkpoint, group)
     from tqdm.auto import tqdm
 
-    mine = chunks(data, target, chunk_size, batch_size, result.chunks + group.rank, group.size)
     known = chunk_count(data, chunk_size)
     if known is not None and result.chunks > known:
         raise InputError(f"checkpoint {os.fspath(checkpoint)!r} holds {result.chunks} chunks of {chunk_size} samples; "
                          f"data holds {known}: it is not the data set the checkpoint was made from")
-    rounds = itertools.count() if known is None else range(-(-(known - result.chunks) // group.size))
+    run_length = _run_length(known, result.chunks, group.size, None if checkpoint is None else checkpoint_every)
+    mine = chunks(data, target, chunk_size, batch_size, Share(result.chunks, run_length, group.rank, group.size))
+    per_round = run_length * group.size
+    rounds = itertools.count() if known is None else range(-(-(known - result.chunks) // per_round))
     with tqdm(total=total_samples(data), initial=result.count, unit="sample", desc="aggregate",
               disable=not progress or group.rank != 0) as bar:
-        run = _Run(result, chunk_size, checkpoint, checkpoint_every, group, bar)
-        # a chunk's vector is added (and gathered) after the next chunk is explained: two workspaces take turns
-        workspaces: list[Sums] = []
-        pending = None
+        run = _Rounds(result, run_length, checkpoint, checkpoint_every, group, bar)
+        workspace: Sums | None = None
+        pending = None  # a round's sums are added (and exchanged) while the next round is explained
         for turn in rounds:
-            chunk = next(mine, None)
-            if chunk is None:  # this process's share ended before the others': it sends empty sums
+            index = run.run_index(turn, group.rank)
+            explained = ChunkTree(result.tree.spare)
+            for chunk in _up_to(mine, (index + 1) * run_length):
+                workspace = workspace if workspace is not None else result._new_sums()
+                explained.add(0, chunk.index, result._chunk_sums_in(workspace, chunk.batches))
+            vector = explained.pop(run.level, index)
+            if vector is None:  # this process's share ended before the others': it sends empty sums
                 vector = torch.zeros_like(result._sums.values)
-            else:
-                if len(workspaces) < 2:
-                    workspaces.append(result._new_sums())
-                vector = result._chunk_sums_in(workspaces[turn % len(workspaces)], chunk.batches)
-            if pending is not None and run.add(pending()):
+            if pending is not None and run.add(*pending):
                 pending = None
                 break
-            pending = group.gather(vector)
+            pending = (turn, vector, group.gather(vector, functools.partial(result.tree.buffer, vector)))
         if pending is not None:
-            run.add(pending())
+            run.add(*pending)
+    run.finish()
     if result.count == 0:
         raise InputError("data holds no samples")
     run.save()

@@ -28,14 +28,16 @@ class Processes:
     rank: int
     size: int
 
-    def gather(self, vector: Tensor) -> Callable[[], list[Tensor]]:
+    def gather(self, vector: Tensor, into: Callable[[], Tensor]) -> Callable[[], list[Tensor]]:
         """Start sending ``vector`` to every process; the returned function waits and gives every
-        process's vector, in rank order (the work in between overlaps the exchange)."""
+        process's vector, in rank order (the work in between overlaps the exchange). They are
+        received into buffers shaped like ``vector`` that ``into()`` gives (on one process:
+        ``vector`` itself)."""
         if self.size == 1:
             return lambda: [vector]
         import torch.distributed as dist
 
-        received = [torch.empty_like(vector) for _ in range(self.size)]
+        received = [into() for _ in range(self.size)]
         work = dist.all_gather(received, vector.contiguous(), async_op=True)
 
         def wait() -> list[Tensor]:
