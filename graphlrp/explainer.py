@@ -101,11 +101,19 @@ class Explainer:
         self._workspace.clear()
 
     def __call__(self, x: Tensor, target: int | Sequence[int] | Tensor | None = None,
-                 output_relevance: Tensor | None = None) -> Explanation:
+                 output_relevance: Tensor | None = None, *, input_relevance: bool = True) -> Explanation:
         """Explain the graph's output for the batch ``x``; see :func:`graphlrp.explain` for the
-        arguments, the result and the errors."""
+        arguments, the result and the errors.
+
+        ``input_relevance=False`` leaves the input level's relevance zero and skips the products
+        that would move it there (the last backward step): every other level's relevance, and
+        every edge's message, are the same. Data-set aggregation uses it where the summed input
+        relevance follows from the summed edge messages.
+        """
+        _check_flag("input_relevance", input_relevance)
+        skipped = frozenset() if input_relevance else frozenset({self.graph.levels[0].index})
         with deterministic_mode() if self.deterministic else nullcontext():
-            return _explain(self.graph, self._workspace, self.rules, x, target, output_relevance)
+            return _explain(self.graph, self._workspace, self.rules, x, target, output_relevance, skipped)
 
     def __repr__(self) -> str:
         return (f"Explainer({self.composite!r}, cache_weights={self.cache_weights}, "
@@ -207,8 +215,9 @@ def explain(
 
 
 def _explain(graph: Graph, workspace: Workspace, level_rules: Sequence[Rule | None], x: Tensor,
-             target: object, output_relevance: Tensor | None) -> Explanation:
-    """LRP of ``graph`` for the batch ``x`` with ``level_rules``, keeping what it can in ``workspace``."""
+             target: object, output_relevance: Tensor | None, skipped: frozenset[int] = frozenset()) -> Explanation:
+    """LRP of ``graph`` for the batch ``x`` with ``level_rules``, keeping what it can in ``workspace``;
+    the relevance of the levels ``skipped`` is left zero (:func:`~graphlrp.propagate.redistribute_level`)."""
     workspace.check_range(graph, level_rules)
     trace = run_forward(graph, workspace, x, level_rules, check_finite=False)
     targets = _check_request(trace.output, target, output_relevance)
@@ -219,7 +228,8 @@ def _explain(graph: Graph, workspace: Workspace, level_rules: Sequence[Rule | No
     views = [node_relevance[:, l.offset : l.offset + l.size] for l in graph.levels]
     records: list[LevelRecord | None] = [None] * len(graph.levels)
     for level in reversed(graph.levels[1:]):
-        records[level.index] = redistribute_level(graph, workspace, level, level_rules[level.index], trace, views)
+        records[level.index] = redistribute_level(graph, workspace, level, level_rules[level.index], trace, views,
+                                                  skipped)
     trace.release()
     _check_finite(graph, x, trace.output, node_relevance, level_rules)
     _own_copy_of_input(trace, x)

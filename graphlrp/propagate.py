@@ -223,11 +223,13 @@ def _served(group: Group, z_forward: Tensor) -> Tensor | None:
 
 
 def redistribute_level(
-    graph: Graph, workspace: Workspace, level: Level, rule: Rule, trace: Trace, relevance: list[Tensor]
+    graph: Graph, workspace: Workspace, level: Level, rule: Rule, trace: Trace, relevance: list[Tensor],
+    skipped: frozenset[int] = frozenset(),
 ) -> LevelRecord:
     """Move the relevance of ``level``'s nodes to the sources of its incoming edges under ``rule``.
 
-    ``relevance`` holds one ``(B, n)`` tensor per level; the sources' entries are added to in place.
+    ``relevance`` holds one ``(B, n)`` tensor per level; the sources' entries are added to in place,
+    except those of the levels ``skipped`` (their products are not made; the record is complete).
     The products the rule needs and how they combine come from the level's plan (:mod:`graphlrp.plan`).
     """
     z_forward = trace.preactivations[level.index]
@@ -251,6 +253,8 @@ def redistribute_level(
         record.quotients.append(_quotient(rule, group_plan.group, r_level, denominator, z_forward))
     for redistribution in plan.redistributions:
         block = incoming[redistribution.block]
+        if block.src in skipped:
+            continue
         factor, quotient = _combined_quotient(redistribution.terms, record.quotients)
         back = block.rmatvec(quotient, redistribution.weights, trace.state(block), workspace.operands(block))
         relevance[block.src].addcmul_(trace.source(graph, block.src)(redistribution.inputs), back, value=factor)

@@ -145,3 +145,24 @@ def test_a_model_instead_of_its_graph_is_refused_with_advice():
     explainer = graphlrp.Explainer(cnn_graph()[0])
     with pytest.raises(ArgumentTypeError, match="cache_weights must be True or False"):
         explainer.cache_weights = 1
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse", "edges"])
+def test_without_input_relevance_every_other_level_and_every_message_is_unchanged(kind):
+    model = make_mlp([6, 9, 7, 4], nn.ReLU, seed=4)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    graph = graphlrp.lower(model, x, block_kind=kind)
+    explainer = graphlrp.Explainer(graph, composite=composites.EpsilonGammaBox(low=-3.0, high=3.0))
+    full, skipped = explainer(x, target=1), explainer(x, target=1, input_relevance=False)
+    first = graph.levels[0]
+    inputs = slice(first.offset, first.offset + first.size)
+    assert not bool(skipped.node_relevance[:, inputs].any()) and bool(full.node_relevance[:, inputs].any())
+    assert torch.equal(skipped.node_relevance[:, first.size :], full.node_relevance[:, first.size :])
+    messages = skipped.edge_relevance()
+    assert torch.equal(messages, full.edge_relevance())
+    # the input level's relevance is what its outgoing messages add up to, sample by sample
+    src = graph.blocks[0].edges()[0]
+    rebuilt = torch.zeros(len(x), first.size, dtype=torch.float64).index_add_(1, src, messages[:, : len(src)])
+    assert torch.allclose(rebuilt, full.node_relevance[:, inputs], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ArgumentTypeError, match="input_relevance"):
+        explainer(x, target=1, input_relevance="no")

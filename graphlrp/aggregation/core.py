@@ -116,7 +116,7 @@ class Aggregate:
         sums.reset()
         for batch in batches:
             classes = classes_of(self.graph, batch.x, batch.target) if isinstance(batch.x, Tensor) else batch.target
-            explanation = self.explainer(batch.x, target=classes)
+            explanation = self.explainer(batch.x, target=classes, input_relevance=not sums.inputs_from_edges)
             sums.add(explanation, classes if self.by_class else None)
         return sums.vector()
 
@@ -143,7 +143,7 @@ class Aggregate:
     def node_relevance(self) -> Tensor:
         """Relevance of every node summed over the samples (of ``|relevance|`` if ``absolute``),
         ``(num_nodes,)`` in global node id order; ``(num_classes, num_nodes)`` by class."""
-        return self._shaped(self._sums.nodes.clone())
+        return self._shaped(self._sums.node_values())
 
     @property
     def bias_relevance(self) -> Tensor:
@@ -199,7 +199,7 @@ class Aggregate:
         self._sums.collapse()
         return {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, **self._settings(),
                 "chunks": self.chunks, "chunking": None if self.chunking is None else list(self.chunking),
-                "counts": self._sums.counts, "nodes": self._sums.nodes,
+                "counts": self._sums.counts, "nodes": self._sums.node_values(),
                 "biases": self._sums.biases,
                 "blocks": list(self._sums.weighted),
                 "tree": [] if self.tree is None else [[*node, sums] for node, sums in self.tree.items()]}

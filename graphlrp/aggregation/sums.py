@@ -61,6 +61,19 @@ def separable(groups: Sequence[Group]) -> bool:
     return all(_exclusive(terms[i], terms[j]) for i in range(len(terms)) for j in range(i + 1, len(terms)))
 
 
+def inputs_from_edges(graph: Graph, absolute: bool) -> bool:
+    """Whether the input level's summed relevance follows from its outgoing edges' summed messages.
+
+    A source node's relevance is the sum of the messages leaving it, sample by sample, so its sum
+    over samples is the sum of those edges' summed messages: where every block leaving the input
+    level keeps one slot per edge (not a convolution's shared kernel) with fixed weights, and not
+    for sums of magnitudes (``|Σ_j m_ij| ≠ Σ_j |m_ij|``).
+    """
+    first = graph.levels[0].index
+    leaving = [block for block in graph.blocks if block.src == first]
+    return bool(leaving) and not absolute and all(b.slot_per_edge and b.fixed_slot_weights for b in leaving)
+
+
 class SlotWeights:
     """Every block's transformed slot weights in float64 (of magnitudes if ``absolute``), worked out
     once per aggregate and reused by every chunk's sums."""
@@ -100,6 +113,9 @@ class Sums:
         self._scratch: Tensor | None = None
         self._partial_samples = 0
         self._separable: dict[int, bool] = {}
+        #: whether the input level's node sums are read from the sums of the edges leaving it (then
+        #: the explanations need not move relevance onto the input level, and these sums hold none)
+        self.inputs_from_edges = inputs_from_edges(graph, absolute)
 
     def _running(self, position: int, transform: Transform) -> Tensor:
         """The running slot sums of a block and weight transform, in the graph's dtype."""
@@ -302,6 +318,20 @@ class Sums:
         self.counts = counts.to(device="cpu", dtype=torch.int64).clone()
         for mine, given in zip((self.nodes, self.biases, *self.weighted), (nodes, biases, *blocks)):
             mine.copy_(given)
+
+    def node_values(self) -> Tensor:
+        """``(classes, num_nodes)`` node sums, the input level's read from its edges' sums where
+        :attr:`inputs_from_edges` (a new tensor)."""
+        self.collapse()
+        values = self.nodes.clone()
+        if self.inputs_from_edges:
+            first = self.graph.levels[0]
+            inputs = values[:, first.offset : first.offset + first.size]
+            inputs.zero_()
+            for position, block in enumerate(self.graph.blocks):
+                if block.src == first.index:
+                    inputs += block.source_sums(self.weighted[position])
+        return values
 
     def edge_values(self, position: int) -> Tensor:
         """``(classes, num_edges)`` of block ``position``, in its edges' order."""

@@ -201,6 +201,9 @@ class Block(ABC):
     #: (:meth:`add_message_sums` times :meth:`slot_weights`); a kind whose weights are values of the
     #: sample (a gate) has its messages summed sample by sample (:meth:`edge_messages`) instead
     fixed_slot_weights: ClassVar[bool] = True
+    #: whether every slot of :attr:`sum_shape` is one edge, so that :meth:`source_sums` can split
+    #: the slot sums by source node (not where edges share a slot, as a convolution's kernel)
+    slot_per_edge: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -351,6 +354,17 @@ class Block(ABC):
     def weight_sums(self, values: Tensor) -> Tensor:
         """Slot values ``(..., *sum_shape)`` shaped like the layer's weight: here one per edge."""
         return values
+
+    def source_sums(self, values: Tensor) -> Tensor:
+        """Slot values ``(..., *sum_shape)`` added over the edges leaving each source node,
+        ``(..., n_src)``; for kinds with :attr:`slot_per_edge` only."""
+        if not self.slot_per_edge:
+            raise TypeError(f"{type(self).__name__}'s slots are shared between edges: their sums cannot be split "
+                            "by source node")
+        lead = values.shape[: values.dim() - len(self.sum_shape)]
+        per_edge = values.reshape(*lead, -1)[..., self.edge_slots()]
+        out = per_edge.new_zeros((*lead, self.n_src))
+        return out.index_add_(-1, self.edges()[0], per_edge)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Block":
         """A copy of the block on ``device`` with weights of ``dtype`` (self if nothing changes)."""

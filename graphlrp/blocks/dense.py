@@ -49,6 +49,7 @@ class DenseBlock(StaticBlock):
     """
 
     kind = "dense"
+    slot_per_edge = True
     transient_transforms = True
     prefers_node_major = True
     holds_any_edges = True
@@ -163,6 +164,9 @@ class DenseBlock(StaticBlock):
 
     def weight_sums(self, values: Tensor) -> Tensor:
         return values
+
+    def source_sums(self, values: Tensor) -> Tensor:
+        return values.sum(-2)
 
     def edges(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._edges is None:

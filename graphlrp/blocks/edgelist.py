@@ -24,6 +24,7 @@ class EdgeListBlock(StaticBlock):
     """Edges held as local index lists and weights (duplicates must already be merged)."""
 
     kind = "edges"
+    slot_per_edge = True
     operand_layout = "node"  # gathers and scatters along dim 0 of (n, B)
     prefers_node_major = True
     holds_any_edges = True

@@ -90,6 +90,7 @@ class SparseBlock(StaticBlock):
     """
 
     kind = "sparse"
+    slot_per_edge = True
     operand_layout = "node"  # torch's CSR product takes and gives (n, B) operands
     prefers_node_major = True
     holds_any_edges = True
