@@ -322,7 +322,7 @@ def _run_length(known: int | None, done: int, size: int, checkpoint_every: int |
 #: the most consecutive chunks a process explains before the processes exchange their sums
 LONGEST_RUN = 16
 #: rounds a data set of known length is shared in at least (in the last one some processes may have no run)
-FEWEST_ROUNDS = 4
+FEWEST_ROUNDS = 2
 
 
 def _up_to(mine: Iterator[Chunk], end: int) -> Iterator[Chunk]:
