@@ -187,9 +187,10 @@ class GraphBuilder:
         bias = None if beta is None else beta.reshape(-1).to(self.dtype).repeat(tokens)
         dst = self._add_level(name, layer_type, value.shape, bias)
         scale = torch.ones(features, dtype=self.dtype) if gamma is None else gamma.reshape(-1).to(self.dtype)
+        weight_shape = None if gamma is None else tuple(gamma.shape)
 
         def build(s: int, d: int, w: Tensor) -> Block:
-            return LayerNormBlock(s, d, w, tokens, eps, center)
+            return LayerNormBlock(s, d, w, tokens, eps, center, weight_shape)
 
         def count(w: Tensor) -> int:
             per_token = int(torch.count_nonzero(w)) * ((features if features > 1 else 0) if center else 1)
