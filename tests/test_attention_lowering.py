@@ -52,11 +52,11 @@ class SDPAModel(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.head(out.transpose(1, 2).flatten(1))
 
-    def reference(self, x: torch.Tensor, target: int) -> torch.Tensor:
+    def reference(self, x: torch.Tensor, target: int, attend=_cp_attention) -> torch.Tensor:
         x = x.detach().requires_grad_()
         q, k, v = lf.linear_epsilon(x, self.qkv.weight, self.qkv.bias, EPS).chunk(3, dim=-1)
         q, k, v = (t.reshape(t.shape[0], T, H, E // H).transpose(1, 2) for t in (q, k, v))
-        out = lf.linear_epsilon(_cp_attention(q, k, v, self.causal).transpose(1, 2).flatten(1), self.head.weight,
+        out = lf.linear_epsilon(attend(q, k, v, self.causal).transpose(1, 2).flatten(1), self.head.weight,
                                 self.head.bias, EPS)
         out.backward(_seeded(out, target))
         return x.grad
@@ -82,7 +82,7 @@ class MHAModel(nn.Module):
             out = self.attention(query, memory, memory, need_weights=False)[0].transpose(1, 0)
         return self.head((x + out).flatten(1))
 
-    def reference(self, x: torch.Tensor, target: int) -> torch.Tensor:
+    def reference(self, x: torch.Tensor, target: int, attend=_cp_attention) -> torch.Tensor:
         x = x.detach().requires_grad_()
         a = self.attention
         memory = lf.linear_epsilon(x, self.keys.weight, self.keys.bias, EPS) if self.keys is not None else x
@@ -93,7 +93,7 @@ class MHAModel(nn.Module):
         biases = a.in_proj_bias.chunk(3) if a.in_proj_bias is not None else (None,) * 3
         q, k, v = (lf.linear_epsilon(inp, w, b, EPS) for inp, w, b in zip((x, memory, memory), weights, biases))
         q, k, v = (t.reshape(t.shape[0], T, H, E // H).transpose(1, 2) for t in (q, k, v))
-        attended = _cp_attention(q, k, v).transpose(1, 2).reshape(len(x), T, E)
+        attended = attend(q, k, v).transpose(1, 2).reshape(len(x), T, E)
         out = lf.linear_epsilon(attended, a.out_proj.weight, a.out_proj.bias, EPS)
         out = lf.linear_epsilon(lf.add2(x, out, epsilon=EPS).flatten(1), self.head.weight, self.head.bias, EPS)
         out.backward(_seeded(out, target))

@@ -1,7 +1,8 @@
 """Summed over a data set, the relevance of layer-norm parameters and of the edges of blocks weighted
-per sample (layer norm's ``1/σ``, attention's probabilities): ``aggregate`` against the brute-force
-sum of every sample's edge messages and bias relevance (``explain``), on the tiny BERT-like encoder
-and the tiny ViT, in float64; exact conservation at a normalization with LRP-0."""
+per sample (layer norm's ``1/σ``, attention's probabilities; AttnLRP's products and softmax):
+``aggregate`` against the brute-force sum of every sample's edge messages and bias relevance
+(``explain``), on the tiny BERT-like encoder and the tiny ViT, in float64; exact conservation at a
+normalization with LRP-0."""
 import pytest
 import torch
 import torch.nn as nn
@@ -71,20 +72,45 @@ def test_norm_parameters_are_the_summed_messages_of_the_edges_sharing_them(case)
             assert f"{path}.bias" not in found
 
 
+PER_SAMPLE = {"cp-lrp": {"layer_norm", "attention"},
+              "attnlrp": {"layer_norm", "head_product", "softmax", "softmax_remainder"}}
+
+
+@pytest.mark.parametrize("attention", list(PER_SAMPLE))
 @pytest.mark.parametrize("case", [_encoder_case, _vit_case], ids=["bert-like", "vit"])
-def test_summed_edge_relevance_of_per_sample_weighted_blocks_equals_the_brute_force_sum(case):
+def test_summed_edge_relevance_of_per_sample_weighted_blocks_equals_the_brute_force_sum(case, attention):
     model, x = case()
-    graph = graphlrp.lower(model, x)
+    graph = graphlrp.lower(model, x, attention=attention)
     aggregated = graphlrp.aggregate(graph, x, 1, rule=RULE, progress=False).edge_relevance()
     per_block, _ = _brute_force(graph, graphlrp.explain(graph, x, target=1, rule=RULE))
     start = 0
     kinds = set()
     for block, expected in zip(graph.blocks, per_block):
-        if block.kind in ("layer_norm", "attention"):  # every edge its own slot
+        if block.kind in PER_SAMPLE[attention]:  # every edge its own slot
             kinds.add(block.kind)
             torch.testing.assert_close(aggregated[start: start + block.num_edges], expected, rtol=1e-9, atol=1e-12)
         start += block.num_edges
-    assert kinds == {"layer_norm", "attention"}
+    assert kinds == PER_SAMPLE[attention]
+
+
+def test_attnlrp_gives_the_query_and_key_projections_relevance():
+    """Under AttnLRP the packed in_proj_weight's q and k parts are the summed messages of their
+    per-token Linears, no longer zero."""
+    model, x = _encoder_case()
+    graph = graphlrp.lower(model, x, attention="attnlrp")
+    found = graphlrp.aggregate(graph, x, 1, rule=RULE, progress=False).parameter_relevance()
+    assert {n: tuple(p.shape) for n, p in model.named_parameters() if n != "position"} == {
+        n: tuple(v.shape) for n, v in found.items()}
+    per_block, _ = _brute_force(graph, graphlrp.explain(graph, x, target=1, rule=RULE))
+    levels = {level.name: level for level in graph.levels}
+    for part, role in enumerate("qkv"):
+        position = next(k for k, b in enumerate(graph.blocks) if b.dst == levels[f"layers.0.attention:{role}"].index)
+        block = graph.blocks[position]
+        expected = torch.zeros(block.weight.numel(), dtype=torch.float64).index_add_(0, block.edge_slots(),
+                                                                                 per_block[position])
+        got = found["layers.0.attention.in_proj_weight"].chunk(3)[part]
+        assert got.abs().sum() > 1e-6
+        torch.testing.assert_close(got, expected.reshape(block.weight.shape), rtol=1e-9, atol=1e-12)
 
 
 def test_norm_weight_and_bias_relevance_add_up_to_the_levels_relevance_with_lrp0():

@@ -43,7 +43,7 @@ from torch import Tensor
 from ..graph import Graph, Level
 
 #: string layer types of levels without parameters
-STRUCTURAL = ("input", "copy", "sum", "attention")
+STRUCTURAL = ("input", "copy", "sum", "attention", "attention_scores", "softmax", "constant")
 #: the projections of an ``nn.MultiheadAttention``, in the order of its packed parameters
 _PROJECTIONS = ("q", "k", "v")
 
