@@ -447,7 +447,9 @@ class GraphBuilder:
         scores = self._add_level(f"{name}:scores", "attention_scores", (heads, tokens, tokens))
         constant = self._add_level(f"{name}:constant", "constant", (1,), torch.ones(1, dtype=self.dtype),
                                    default_rule=Epsilon(0.0))
-        probabilities = self._add_level(f"{name}:probabilities", "softmax", (heads, tokens, tokens))
+        # Proposition 3.1 as LXT applies it: no stabilizer (the probabilities are positive)
+        probabilities = self._add_level(f"{name}:probabilities", "softmax", (heads, tokens, tokens),
+                                        default_rule=Epsilon(0.0))
         out = self._add_level(name, "attention", shape)
 
         def product(src: int, dst: int, other: int, left: HeadMatrices, right: HeadMatrices, result: HeadMatrices,
