@@ -97,6 +97,7 @@ from .explainer import explain
 from .explanation import Explanation
 from .graph import Graph
 from .frontends import lower
+from .frontends.builder import ATTENTION_RULES
 from .frontends.exported import from_exported
 from .frontends.torchscript import check_rebuild, from_torchscript
 from .rules import Rule
@@ -630,7 +631,7 @@ def _lower(args: argparse.Namespace, model: LoadedModel, example: Tensor) -> Gra
     """Lower the model on ``example``; a TorchScript model's rebuild is checked against it there."""
     with _failing("cannot lower the model", LOWER_BUILTINS):
         graph = lower(model.module, example, block_kind=args.block_kind, max_pool=args.max_pool,
-                      max_edges=args.max_edges)
+                      max_edges=args.max_edges, attention=args.attention)
         if model.scripted is not None:
             check_rebuild(model.scripted, model.module, example)
     return graph
@@ -838,6 +839,9 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
                                "to the inputs (default: %(default)s)")
     lowering.add_argument("--block-kind", choices=("auto", *general_kinds()), default="auto",
                           help="how dense layers' edges are stored (default: %(default)s: by density)")
+    lowering.add_argument("--attention", choices=ATTENTION_RULES, default="cp-lrp",
+                          help="attention's rule: the probabilities held constant (cp-lrp), or relevance "
+                               "through the softmax into queries and keys too (attnlrp) (default: %(default)s)")
     lowering.add_argument("--max-edges", type=_int_at_least(1), metavar="N",
                           help="refuse (exit code 4) a graph with more edges (default: no limit; graphs larger "
                                "than half the available memory are always refused)")

@@ -52,31 +52,37 @@ class SDPAModel(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.head(out.transpose(1, 2).flatten(1))
 
-    def reference(self, x: torch.Tensor, target: int) -> torch.Tensor:
+    def reference(self, x: torch.Tensor, target: int, attend=_cp_attention) -> torch.Tensor:
         x = x.detach().requires_grad_()
         q, k, v = lf.linear_epsilon(x, self.qkv.weight, self.qkv.bias, EPS).chunk(3, dim=-1)
         q, k, v = (t.reshape(t.shape[0], T, H, E // H).transpose(1, 2) for t in (q, k, v))
-        out = lf.linear_epsilon(_cp_attention(q, k, v, self.causal).transpose(1, 2).flatten(1), self.head.weight,
+        out = lf.linear_epsilon(attend(q, k, v, self.causal).transpose(1, 2).flatten(1), self.head.weight,
                                 self.head.bias, EPS)
         out.backward(_seeded(out, target))
         return x.grad
 
 
 class MHAModel(nn.Module):
-    """A residual self-attention block; with ``kdim`` the keys and values come from another projection."""
+    """A residual self-attention block; with ``kdim`` the keys and values come from another
+    projection; with ``batch_first=False`` the module works on ``(T, B, E)``, the batch moved there
+    and back by transposes."""
 
-    def __init__(self, kdim: int | None = None, bias: bool = True) -> None:
+    def __init__(self, kdim: int | None = None, bias: bool = True, batch_first: bool = True) -> None:
         super().__init__()
         self.keys = nn.Linear(E, kdim) if kdim else None
-        self.attention = nn.MultiheadAttention(E, H, batch_first=True, kdim=kdim, vdim=kdim, bias=bias)
+        self.attention = nn.MultiheadAttention(E, H, batch_first=batch_first, kdim=kdim, vdim=kdim, bias=bias)
         self.head = nn.Linear(T * E, 3)
 
     def forward(self, x):
         memory = self.keys(x) if self.keys is not None else x
-        out, _ = self.attention(x, memory, memory, need_weights=False)
+        if self.attention.batch_first:
+            out, _ = self.attention(x, memory, memory, need_weights=False)
+        else:
+            query, memory = x.transpose(0, 1), memory.permute(1, 0, 2)
+            out = self.attention(query, memory, memory, need_weights=False)[0].transpose(1, 0)
         return self.head((x + out).flatten(1))
 
-    def reference(self, x: torch.Tensor, target: int) -> torch.Tensor:
+    def reference(self, x: torch.Tensor, target: int, attend=_cp_attention) -> torch.Tensor:
         x = x.detach().requires_grad_()
         a = self.attention
         memory = lf.linear_epsilon(x, self.keys.weight, self.keys.bias, EPS) if self.keys is not None else x
@@ -87,7 +93,7 @@ class MHAModel(nn.Module):
         biases = a.in_proj_bias.chunk(3) if a.in_proj_bias is not None else (None,) * 3
         q, k, v = (lf.linear_epsilon(inp, w, b, EPS) for inp, w, b in zip((x, memory, memory), weights, biases))
         q, k, v = (t.reshape(t.shape[0], T, H, E // H).transpose(1, 2) for t in (q, k, v))
-        attended = _cp_attention(q, k, v).transpose(1, 2).reshape(len(x), T, E)
+        attended = attend(q, k, v).transpose(1, 2).reshape(len(x), T, E)
         out = lf.linear_epsilon(attended, a.out_proj.weight, a.out_proj.bias, EPS)
         out = lf.linear_epsilon(lf.add2(x, out, epsilon=EPS).flatten(1), self.head.weight, self.head.bias, EPS)
         out.backward(_seeded(out, target))
@@ -109,8 +115,9 @@ def _x(batch: int = 3) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("model", [SDPAModel(causal=False), SDPAModel(causal=True), MHAModel(),
-                                   MHAModel(kdim=5), MHAModel(bias=False)],
-                         ids=["sdpa", "sdpa-causal", "mha", "mha-kdim", "mha-no-bias"])
+                                   MHAModel(kdim=5), MHAModel(bias=False), MHAModel(batch_first=False),
+                                   MHAModel(kdim=5, batch_first=False)],
+                         ids=["sdpa", "sdpa-causal", "mha", "mha-kdim", "mha-no-bias", "mha-tbe", "mha-tbe-kdim"])
 def test_forward_and_relevance_equal_lxt_cp_lrp(model):
     model = _perturbed(model)
     x = _x()
@@ -150,11 +157,42 @@ class _Configured(nn.Module):
     (_Configured(attn_mask=torch.zeros(T, T, dtype=torch.bool)), "attn_mask"),
     (_Configured(key_padding_mask=torch.zeros(1, T, dtype=torch.bool)), "key_padding_mask"),
     (_Configured(reads_weights=True), "attention weights"),
-    (_Configured(batch_first=False), "batch_first=False"),
+    (_Configured(batch_first=False), "batch_first=False: its query must have the batch in dimension 1"),
 ])
 def test_multihead_attention_options_are_refused_by_name(model, named):
     with pytest.raises(UnsupportedModuleError, match=named):
         graphlrp.lower(model.double().eval(), _x())
+
+
+class _Moved(nn.Module):
+    """A ``(T, B, E)`` tensor read by something other than ``MultiheadAttention(batch_first=False)``."""
+
+    def __init__(self, reader: str) -> None:
+        super().__init__()
+        self.reader = reader
+        self.attention = nn.MultiheadAttention(E, H, batch_first=self.reader == "batch-first-attention")
+        self.linear = nn.Linear(E, E)
+
+    def forward(self, x):
+        moved = x.transpose(0, 1)
+        if self.reader == "linear":
+            return self.linear(moved).transpose(0, 1).flatten(1)
+        if self.reader == "output":
+            return moved
+        if self.reader == "sum":
+            return (moved + moved).transpose(0, 1).flatten(1)
+        return self.attention(moved, moved, moved)[0].flatten(1)
+
+
+@pytest.mark.parametrize("reader, named", [
+    ("linear", "'linear' .* reads a tensor whose batch is dimension 1"),
+    ("output", "'output' .* reads a tensor whose batch is dimension 1"),
+    ("sum", "'add' .* reads a tensor whose batch is dimension 1"),
+    ("batch-first-attention", "batch_first=True, but its query has the batch in dimension 1"),
+])
+def test_a_moved_batch_is_refused_outside_multihead_attention(reader, named):
+    with pytest.raises(UnsupportedModuleError, match=named):
+        graphlrp.lower(_Moved(reader).double().eval(), _x())
 
 
 def test_sdpa_with_a_mask_or_dropout_is_refused_by_name():

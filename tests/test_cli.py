@@ -261,6 +261,46 @@ def test_errors_in_process(workspace, monkeypatch, capsys, argv, code, message):
     assert message in capsys.readouterr().err
 
 
+ATTENTION_SOURCE = '''
+import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.head(self.attention(x, x, x, need_weights=False)[0].flatten(1))
+
+
+def make():
+    torch.manual_seed(4)
+    return Model()
+'''
+
+
+@pytest.mark.parametrize("attention", ["cp-lrp", "attnlrp"])
+def test_attention_option_chooses_the_attention_rule(tmp_path, monkeypatch, attention):
+    (tmp_path / "attention_model.py").write_text(ATTENTION_SOURCE)
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(5))
+    torch.save(x, tmp_path / "x.pt")
+    monkeypatch.chdir(tmp_path)
+    code = main(["explain", "attention_model.py:make", "x.pt", "--out", "r.pt", "--target", "1", "--quiet",
+                 "--attention", attention])
+    assert code == EXIT_OK
+    namespace: dict = {}
+    exec(ATTENTION_SOURCE, namespace)
+    model = namespace["make"]().eval()
+    expected = graphlrp.explain(graphlrp.lower(model, x, attention=attention), x, target=1).input_relevance
+    torch.testing.assert_close(torch.load(tmp_path / "r.pt"), expected)
+    other = "attnlrp" if attention == "cp-lrp" else "cp-lrp"
+    different = graphlrp.explain(graphlrp.lower(model, x, attention=other), x, target=1).input_relevance
+    assert not torch.allclose(different, expected)
+
+
 def test_help_lists_the_subcommands_and_exit_codes(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

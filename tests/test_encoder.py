@@ -96,7 +96,7 @@ def _cp(q, k, v, causal):
     return lxt_rules.epsilon_lrp(lambda values: probabilities @ values, EPS, v)
 
 
-def _attend(layer: Layer, x):
+def _attend(layer: Layer, x, core):
     if layer.causal:
         weights, biases, out = layer.qkv.weight.chunk(3), layer.qkv.bias.chunk(3), layer.out
     else:
@@ -104,15 +104,17 @@ def _attend(layer: Layer, x):
         weights, biases, out = a.in_proj_weight.chunk(3), a.in_proj_bias.chunk(3), a.out_proj
     q, k, v = (lf.linear_epsilon(x, w, b, EPS).reshape(len(x), T, HEADS, -1).transpose(1, 2)
                for w, b in zip(weights, biases))
-    return _linear(out, _cp(q, k, v, layer.causal).transpose(1, 2).reshape(len(x), T, E))
+    return _linear(out, core(q, k, v, layer.causal).transpose(1, 2).reshape(len(x), T, E))
 
 
-def lxt_token_relevance(model: Encoder, ids, target: int):
+def lxt_token_relevance(model: Encoder, ids, target: int, core=_cp):
+    """Token relevance by LXT's rule functions, ``core(q, k, v, causal)`` the attention's (CP-LRP
+    by default)."""
     x = model.tokens(ids).detach().requires_grad_()
     body = model.body
     y = lxt_rules.epsilon_lrp(lambda t: t + body.position, EPS, x)
     for layer in body.layers:
-        y = lf.add2(y, _attend(layer, _norm(layer.norm1, y)), epsilon=EPS)
+        y = lf.add2(y, _attend(layer, _norm(layer.norm1, y), core), epsilon=EPS)
         mlp = layer.mlp
         y = lf.add2(y, _linear(mlp[2], lxt_rules.identity(F.gelu, _linear(mlp[0], _norm(layer.norm2, y)))),
                     epsilon=EPS)

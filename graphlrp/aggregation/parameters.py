@@ -16,6 +16,11 @@ under the names of ``model.named_parameters()``:
 * a module used twice: the sum over both uses; functional layers (``F.linear``, ``F.conv2d``
   traced by ``torch.fx``): under the traced node's name;
 * a per-token ``nn.Linear``: its weight's edges and its bias summed over the tokens;
+* ``nn.LayerNorm`` and ``nn.RMSNorm`` (and ``F.layer_norm``, ``F.rms_norm`` with a weight):
+  ``"<path>.weight"`` shaped like ``γ``, the messages of every edge into feature ``j`` (they
+  share ``γ_j``) summed over the tokens and samples, and ``"<path>.bias"`` shaped like ``β``, its
+  bias term's relevance summed over the tokens; a normalization without ``γ`` (or ``β``) reports
+  none;
 * ``nn.MultiheadAttention``: ``"<path>.in_proj_weight"`` ``(3E, E)`` and ``"<path>.in_proj_bias"``
   ``(3E,)`` (the ``q``, ``k``, ``v`` projections stacked as the module packs them; with ``kdim`` or
   ``vdim`` other than ``E``: ``"<path>.q_proj_weight"``, ``k_proj_weight``, ``v_proj_weight``), and
@@ -27,6 +32,7 @@ order), and per level, ``"levels.<i>.bias"`` ``(nodes,)``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,7 +43,7 @@ from torch import Tensor
 from ..graph import Graph, Level
 
 #: string layer types of levels without parameters
-STRUCTURAL = ("input", "copy", "sum", "attention")
+STRUCTURAL = ("input", "copy", "sum", "attention", "attention_scores", "softmax", "constant")
 #: the projections of an ``nn.MultiheadAttention``, in the order of its packed parameters
 _PROJECTIONS = ("q", "k", "v")
 
@@ -62,6 +68,17 @@ def _learned(layer_type: object) -> bool:
 def _per_token(level: Level) -> bool:
     """Whether ``level`` is a linear layer's (its bias shared by the tokens of a sequence)."""
     return _is_projection(level) or (isinstance(level.layer_type, type) and issubclass(level.layer_type, nn.Linear))
+
+
+def _is_norm(level: Level) -> bool:
+    """Whether ``level`` is a layer or RMS normalization's (a ``layer_norm`` block)."""
+    return isinstance(level.layer_type, type) and issubclass(level.layer_type, (nn.LayerNorm, nn.RMSNorm))
+
+
+def _norm_shapes(graph: Graph) -> dict[int, tuple[int, ...]]:
+    """The shape of ``γ`` and ``β`` of every normalization level (its block's normalized shape)."""
+    return {block.dst: block.weight_shape or (block.features,) for block in graph.blocks
+            if _is_norm(graph.levels[block.dst])}
 
 
 def _is_projection(level: Level) -> bool:
@@ -95,6 +112,9 @@ def entries(graph: Graph) -> list[Entry]:
             path, part = _projection(level)
             name = f"{path}.in_proj_weight" if packed[path] else f"{path}.{_PROJECTIONS[part]}_proj_weight"
             found.append(Entry(name, block=position, part=part if packed[path] else None))
+        elif _is_norm(level):
+            if block.weight_shape is not None:
+                found.append(Entry(f"{level.name}.weight", block=position))
         elif _learned(level.layer_type):
             is_norm = issubclass(level.layer_type, nn.modules.batchnorm._BatchNorm)
             found.append(Entry(f"{level.name}.weight", block=position, per_channel=is_norm))
@@ -106,6 +126,8 @@ def entries(graph: Graph) -> list[Entry]:
         if _is_projection(level):
             path, part = _projection(level)
             found.append(Entry(f"{path}.in_proj_bias", level=level.index, part=part))
+        elif _is_norm(level):
+            found.append(Entry(f"{level.name}.bias", level=level.index))
         elif _learned(level.layer_type):
             conv_or_norm = not issubclass(level.layer_type, nn.Linear)
             found.append(Entry(f"{level.name}.bias", level=level.index, per_channel=conv_or_norm))
@@ -126,6 +148,7 @@ def collect(graph: Graph, block_values: Callable[[int], Tensor], edge_values: Ca
     twice) are added."""
     named: dict[str, Tensor] = {}
     stacked: dict[str, dict[int, Tensor]] = {}
+    norms = _norm_shapes(graph)
     for entry in entries(graph):
         if entry.per_edge:
             values = edge_values(entry.block)
@@ -138,6 +161,10 @@ def collect(graph: Graph, block_values: Callable[[int], Tensor], edge_values: Ca
             values = level_values(level)
             if entry.per_channel:
                 values = per_channel(values, level)
+            elif level.index in norms:  # one bias per normalized element, shared by the tokens
+                shape = norms[level.index]
+                values = values.reshape(*values.shape[:-1], -1, math.prod(shape)).sum(-2)
+                values = values.reshape(*values.shape[:-1], *shape)
             elif len(level.shape) > 1 and _per_token(level):  # one bias per feature, shared by the tokens
                 values = values.reshape(*values.shape[:-1], -1, level.shape[-1]).sum(-2)
         if entry.part is not None:

@@ -17,6 +17,7 @@ from .pool import MaxPoolBlock
 from .gate import GateBlock
 from .tokens import LayerNormBlock, TokenLinearBlock
 from .attention import AttentionBlock
+from .attnlrp import HeadMatrices, HeadProductBlock, SoftmaxBlock, SoftmaxRemainderBlock
 
 #: every block kind by its name (``kind``), filled when a :class:`Block` subclass that names one
 #: is defined: the kinds of this package, and any a user defines
@@ -57,5 +58,6 @@ __all__ = [
     "KINDS", "Block", "EdgeRun", "OperandCache", "StaticBlock", "DenseBlock", "SparseBlock", "UnrolledConvBlock", "EdgeListBlock", "ConvBlock", "ElementwiseBlock", "MaxPoolBlock",
     "GateBlock",
     "TokenLinearBlock", "LayerNormBlock", "AttentionBlock",
+    "HeadMatrices", "HeadProductBlock", "SoftmaxBlock", "SoftmaxRemainderBlock",
     "general_kinds", "block_from_matrix", "converted",
 ]

@@ -41,6 +41,8 @@ class AttentionBlock(Block):
 
     kind = "attention"
     linear_forward = False
+    #: an edge's weight is the sample's probability: its messages are summed sample by sample
+    fixed_slot_weights = False
 
     def __init__(self, src: int, dst: int, query: int, key: int, tokens: int, heads: int, head_dim: int,
                  scale: float | None = None, causal: bool = False, dtype: torch.dtype = torch.float32,

@@ -198,8 +198,9 @@ class Block(ABC):
     #: ``keep`` is off (else the transformed weights stay in it until it is cleared)
     transient_transforms: bool = False
     #: whether a slot's summed messages are ``Σ_b x_bi s_bj`` times one weight for every sample
-    #: (:meth:`add_message_sums` times :meth:`slot_weights`); a kind whose weights are values of the
-    #: sample (a gate) has its messages summed sample by sample (:meth:`edge_messages`) instead
+    #: (:meth:`add_message_sums` times :meth:`slot_weights`); a kind whose weights depend on the
+    #: sample (a gate, attention's probabilities, layer norm's ``1/σ``) has its messages summed
+    #: sample by sample (:meth:`edge_messages`) instead
     fixed_slot_weights: ClassVar[bool] = True
     #: whether every slot of :attr:`sum_shape` is one edge, so that :meth:`source_sums` can split
     #: the slot sums by source node (not where edges share a slot, as a convolution's kernel)

@@ -120,24 +120,33 @@ class LayerNormBlock(Block):
         Added to the variance (mean square for RMS) before the square root.
     center : bool
         Subtract each token's mean (layer normalization); ``False`` for RMS normalization.
+    weight_shape : tuple of int, optional
+        The shape of the layer's ``γ`` parameter (its normalized shape), or ``None`` for a layer
+        without one (``gamma`` is then ones).
 
     Notes
     -----
     The state, ``1/σ`` of every token ``(B, T)``, is computed in :meth:`prepare`. The identity
     transform (the ε and LRP-0 rules) reduces without listing the edges (centering is ``x − mean``);
-    any other transform works on the ``n × n`` matrix of every token and sample.
+    any other transform works on the ``n × n`` matrix of every token and sample. Summed over
+    samples, every edge is a slot of its own (its weight includes the sample's ``1/σ``);
+    :meth:`weight_sums` adds the edges into each feature ``j``, which share ``γ_j``.
     """
 
     kind = "layer_norm"
     linear_forward = False
+    #: an edge's weight includes the sample's ``1/σ``: its messages are summed sample by sample
+    fixed_slot_weights = False
 
-    def __init__(self, src: int, dst: int, gamma: Tensor, tokens: int, eps: float, center: bool = True) -> None:
+    def __init__(self, src: int, dst: int, gamma: Tensor, tokens: int, eps: float, center: bool = True,
+                 weight_shape: tuple[int, ...] | None = None) -> None:
         n = len(gamma)
         super().__init__(src, dst, tokens * n, tokens * n)
         self.gamma = gamma
         self.tokens = tokens
         self.eps = float(eps)
         self.center = center
+        self.weight_shape = None if weight_shape is None else tuple(weight_shape)
         self._edges: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
@@ -229,6 +238,13 @@ class LayerNormBlock(Block):
         """:meth:`edge_messages` of the run's edges, each weight times its token's ``1/σ``."""
         return sample_edge_products(x, run.src, transform(run.weight * state[:, run.dst // self.features]), s, run.dst)
 
+    def weight_sums(self, values: Tensor) -> Tensor:
+        """Edge values ``(..., num_edges)`` summed per destination feature, the edges that share
+        ``γ_j``: shaped like ``γ`` (:attr:`weight_shape`, else ``(n,)``)."""
+        feature = self.edges()[1] % self.features
+        sums = values.new_zeros((*values.shape[:-1], self.features)).index_add_(-1, feature, values)
+        return sums.reshape(*values.shape[:-1], *(self.weight_shape or (self.features,)))
+
     def _to(self, device, dtype) -> "LayerNormBlock":
         return LayerNormBlock(self.src, self.dst, self.gamma.to(device=device, dtype=dtype), self.tokens, self.eps,
-                              self.center)
+                              self.center, self.weight_shape)

@@ -7,12 +7,15 @@ held constant, ``Q`` and ``K`` context levels without relevance):
   the heads moved next to each token's features (a renumbering), the block, and the result moved
   back; ``is_causal`` and ``scale`` are handled, ``attn_mask``, ``dropout_p > 0`` and
   ``enable_gqa`` are refused by name;
-* ``nn.MultiheadAttention`` (``batch_first=True``) on ``(T, E)``: its packed ``in_proj_weight``
+* ``nn.MultiheadAttention`` on ``(T, E)`` per sample: its packed ``in_proj_weight``
   split into three per-token Linears ``q``, ``k``, ``v`` (or its ``q/k/v_proj_weight`` when
   ``kdim``/``vdim`` differ), the block over the heads, and ``out_proj`` as a per-token Linear. Its
   tuple output is ``(output, weights)``; the weights cannot be used (``need_weights`` is refused
-  when they are read). ``key_padding_mask``, ``attn_mask``, ``is_causal``, ``add_bias_kv``,
-  ``add_zero_attn`` and ``batch_first=False`` are refused by name.
+  when they are read). With ``batch_first=False`` its inputs are ``(T, B, E)`` tensors whose batch
+  a transpose or permute moved to dimension 1 (:class:`~graphlrp.frontends.fx_ops.BatchMoved`):
+  the same blocks, its output in that layout too, so that moving the batch back to dimension 0 is
+  again a renumbering. ``key_padding_mask``, ``attn_mask``, ``is_causal``, ``add_bias_kv`` and
+  ``add_zero_attn`` are refused by name.
 
 The levels of a ``MultiheadAttention`` at ``path`` are ``path:q``, ``path:k``, ``path:v`` (of
 layer type ``nn.MultiheadAttention``), ``path`` (the attention) and ``path.out_proj``, so that
@@ -30,7 +33,7 @@ import torch.nn as nn
 
 from ..errors import InputError, UnsupportedModuleError
 from .builder import Value
-from .fx_ops import NotATensor, where
+from .fx_ops import BatchMoved, NotATensor, where
 from .modules import effective_parameter
 
 #: the walker of :mod:`graphlrp.frontends.fx` (not imported, as it imports this module)
@@ -88,12 +91,33 @@ def scaled_dot_product_attention(walker: Walker, node: torch.fx.Node) -> Value:
     return builder.permute(builder.reshape(out, (tokens, heads, head_dim)), (1, 0, 2))
 
 
+def _in_layout(node: torch.fx.Node, arguments: dict[str, Any], kind: str, batch_first: bool) -> list[Value]:
+    """The query, key and value with the batch in front: as given (``batch_first``), or the
+    ``(T, B, E)`` tensors of ``batch_first=False`` (:class:`BatchMoved`, batch in dimension 1)."""
+    inputs = []
+    for name in ("query", "key", "value"):
+        given = arguments.get(name)
+        if batch_first and isinstance(given, BatchMoved):
+            raise UnsupportedModuleError(f"{kind} has batch_first=True, but its {name} has the batch in dimension "
+                                         f"{given.dim} at {where(node)}")
+        if not batch_first:
+            if not isinstance(given, BatchMoved) or given.dim != 1:
+                found = f"dimension {given.dim}" if isinstance(given, BatchMoved) else "dimension 0"
+                raise UnsupportedModuleError(f"{kind} has batch_first=False: its {name} must have the batch in "
+                                             f"dimension 1, (tokens, batch, features), e.g. x.transpose(0, 1); it "
+                                             f"has it in {found} at {where(node)}")
+            given = given.value
+        inputs.append(given)
+    for name, value in zip(("query", "key", "value"), inputs):
+        if not isinstance(value, Value):
+            raise UnsupportedModuleError(f"the {name} of {where(node)} must be a tensor computed from the input")
+    return inputs
+
+
 def multihead_attention(walker: Walker, node: torch.fx.Node, path: str, module: nn.MultiheadAttention) -> tuple:
-    """``nn.MultiheadAttention`` with ``batch_first=True``: ``(output, None)``, see the module docstring."""
+    """``nn.MultiheadAttention``: ``(output, None)``, see the module docstring."""
     arguments = walker._kwargs(node, _MHA_PARAMETERS)
     kind = f"{path} (MultiheadAttention)"
-    if not module.batch_first:
-        raise UnsupportedModuleError(f"{kind}: batch_first=False is not supported (the batch must be dimension 0)")
     if module.bias_k is not None or module.add_zero_attn:
         raise UnsupportedModuleError(f"{kind}: add_bias_kv=True and add_zero_attn=True are not supported")
     if module.training and module.dropout > 0:
@@ -102,7 +126,7 @@ def multihead_attention(walker: Walker, node: torch.fx.Node, path: str, module: 
     if arguments.get("need_weights", True) and _weights_read(node):
         raise UnsupportedModuleError(f"{kind}: its attention weights (output [1]) are read at {where(node)}; only "
                                      "the output [0] can be lowered")
-    inputs = [_computed(walker, node, arguments, name) for name in ("query", "key", "value")]
+    inputs = _in_layout(node, arguments, kind, module.batch_first)
     if any(len(v.shape) != 2 for v in inputs):
         raise UnsupportedModuleError(f"{kind} needs inputs of shape (tokens, features) per sample; they have shapes "
                                      f"{[v.shape for v in inputs]}")
@@ -116,7 +140,7 @@ def multihead_attention(walker: Walker, node: torch.fx.Node, path: str, module: 
     out_proj = module.out_proj
     output = builder.linear(f"{path}.out_proj", type(out_proj), attended, effective_parameter(out_proj, "weight"),
                             effective_parameter(out_proj, "bias"))
-    return output, NotATensor()
+    return (output if module.batch_first else BatchMoved(output, 1)), NotATensor()
 
 
 def _projection_weights(module: nn.MultiheadAttention) -> tuple[torch.Tensor, ...]:

@@ -16,12 +16,13 @@ import torch
 from torch import Tensor
 
 from ..activations import IDENTITY, Activation, compose
-from ..blocks import (KINDS, AttentionBlock, Block, ConvBlock, ElementwiseBlock, GateBlock, LayerNormBlock,
-                      MaxPoolBlock, SparseBlock, TokenLinearBlock, UnrolledConvBlock, block_from_matrix)
+from ..blocks import (KINDS, AttentionBlock, Block, ConvBlock, ElementwiseBlock, GateBlock, HeadMatrices,
+                      HeadProductBlock, LayerNormBlock, MaxPoolBlock, SoftmaxBlock, SoftmaxRemainderBlock,
+                      SparseBlock, TokenLinearBlock, UnrolledConvBlock, block_from_matrix)
 from ..blocks.conv import count_conv_edges
 from ..errors import InputError, UnsupportedModuleError
 from ..graph import Graph, LayerType, Level
-from ..rules import Norm, Pass
+from ..rules import Epsilon, Norm, Pass
 from ..thresholds import choose_kind, unrolls_convolution
 
 
@@ -91,6 +92,10 @@ def _choose_kind(block_kind: str, weight: Tensor) -> str:
     return choose_kind(int(torch.count_nonzero(weight)), weight.shape[1], weight.shape[0], weight.device)
 
 
+#: how attention is lowered (:meth:`GraphBuilder.attention`)
+ATTENTION_RULES = ("cp-lrp", "attnlrp")
+
+
 @dataclass
 class GraphBuilder:
     """Levels and block specifications under construction."""
@@ -98,6 +103,7 @@ class GraphBuilder:
     block_kind: str = "auto"
     max_pool_mode: str = "winner"
     dtype: torch.dtype = torch.float32
+    attention_rule: str = "cp-lrp"
     levels: list[Level] = field(default_factory=list)
     specs: list[_BlockSpec] = field(default_factory=list)
 
@@ -187,9 +193,10 @@ class GraphBuilder:
         bias = None if beta is None else beta.reshape(-1).to(self.dtype).repeat(tokens)
         dst = self._add_level(name, layer_type, value.shape, bias)
         scale = torch.ones(features, dtype=self.dtype) if gamma is None else gamma.reshape(-1).to(self.dtype)
+        weight_shape = None if gamma is None else tuple(gamma.shape)
 
         def build(s: int, d: int, w: Tensor) -> Block:
-            return LayerNormBlock(s, d, w, tokens, eps, center)
+            return LayerNormBlock(s, d, w, tokens, eps, center, weight_shape)
 
         def count(w: Tensor) -> int:
             per_token = int(torch.count_nonzero(w)) * ((features if features > 1 else 0) if center else 1)
@@ -393,11 +400,14 @@ class GraphBuilder:
 
     def attention(self, name: str, query: Value, key: Value, value: Value, heads: int, scale: float | None = None,
                   causal: bool = False) -> Value:
-        """``softmax(Q Kᵀ · scale) V`` per head, the probabilities held constant (CP-LRP; see
-        :class:`~graphlrp.blocks.AttentionBlock`).
+        """``softmax(Q Kᵀ · scale) V`` per head, lowered for :attr:`attention_rule`.
 
         ``query``, ``key`` and ``value`` are ``(T, H · d)`` token-major (head ``h`` the features
-        ``h·d .. h·d + d − 1``); the result is too. ``Q`` and ``K`` become the block's context levels.
+        ``h·d .. h·d + d − 1``); the result is too. ``'cp-lrp'``: one attention block, the
+        probabilities held constant, ``Q`` and ``K`` its context levels (see
+        :class:`~graphlrp.blocks.AttentionBlock`). ``'attnlrp'``: the scores, the probabilities and
+        the output as levels of their own, the products split by the uniform rule and the softmax
+        by its Jacobian (see :mod:`graphlrp.blocks.attnlrp`).
         """
         if not (len(value.shape) == 2 and query.shape == key.shape == value.shape):
             raise UnsupportedModuleError(f"{name}: attention needs query, key and value of one shape (tokens, "
@@ -406,18 +416,67 @@ class GraphBuilder:
         if width % heads:
             raise UnsupportedModuleError(f"{name}: {width} features do not split into {heads} heads")
         head_dim = width // heads
-        context = (self.source(query, f"{name}:query"), self.source(key, f"{name}:key"))
-        src = self.source(value, f"{name}:value")
+        levels = tuple(self.source(v, f"{name}:{role}") for v, role in zip((query, key, value),
+                                                                              ("query", "key", "value")))
+        if self.attention_rule == "attnlrp":
+            return self._attnlrp(name, levels, value.shape, heads, scale, causal)
+        q, k, v = levels
         dst = self._add_level(name, "attention", value.shape)
 
         def build(s: int, d: int, w: Tensor) -> Block:
-            return AttentionBlock(s, d, *context, tokens, heads, head_dim, scale, causal, w.dtype, w.device)
+            return AttentionBlock(s, d, q, k, tokens, heads, head_dim, scale, causal, w.dtype, w.device)
 
         def cost(w: Tensor) -> tuple[int, int]:
             return heads * head_dim * tokens * tokens, 0
 
-        self.specs.append(_BlockSpec(src, dst, torch.ones(1, dtype=self.dtype), build, cost))
+        self.specs.append(_BlockSpec(v, dst, torch.ones(1, dtype=self.dtype), build, cost))
         return Value(value.shape, dst)
+
+    def _attnlrp(self, name: str, levels: tuple[int, int, int], shape: tuple[int, int], heads: int,
+                 scale: float | None, causal: bool) -> Value:
+        """AttnLRP's attention on the levels ``(Q, K, V)``: levels ``name:scores``, ``name:constant``
+        (one node of value 1, where the softmax's Taylor remainder goes), ``name:probabilities``
+        and ``name`` (the output)."""
+        q, k, v = levels
+        tokens, width = shape
+        head_dim = width // heads
+        factor = (1.0 / math.sqrt(head_dim) if scale is None else float(scale)) / 2
+        per_token = HeadMatrices(heads, tokens, head_dim, token_major=True)
+        keys = HeadMatrices(heads, head_dim, tokens, token_major=True, transposed=True)
+        square = HeadMatrices(heads, tokens, tokens, token_major=False)
+        scores = self._add_level(f"{name}:scores", "attention_scores", (heads, tokens, tokens))
+        constant = self._add_level(f"{name}:constant", "constant", (1,), torch.ones(1, dtype=self.dtype),
+                                   default_rule=Epsilon(0.0))
+        # Proposition 3.1 as LXT applies it: no stabilizer (the probabilities are positive)
+        probabilities = self._add_level(f"{name}:probabilities", "softmax", (heads, tokens, tokens),
+                                        default_rule=Epsilon(0.0))
+        out = self._add_level(name, "attention", shape)
+
+        def product(src: int, dst: int, other: int, left: HeadMatrices, right: HeadMatrices, result: HeadMatrices,
+                    side: str, weight: float) -> None:
+            def build(s: int, d: int, w: Tensor) -> Block:
+                return HeadProductBlock(s, d, other, left, right, result, side, weight, w.dtype, w.device)
+
+            terms = left.size * right.cols
+            self.specs.append(_BlockSpec(src, dst, torch.ones(1, dtype=self.dtype), build, lambda w: (terms, 0)))
+
+        product(q, scores, k, per_token, keys, square, "left", factor)
+        product(k, scores, q, per_token, keys, square, "right", factor)
+
+        def softmax(s: int, d: int, w: Tensor) -> Block:
+            return SoftmaxBlock(s, d, heads, tokens, causal, w.dtype, w.device)
+
+        def remainder(s: int, d: int, w: Tensor) -> Block:
+            return SoftmaxRemainderBlock(s, d, scores, heads, tokens, causal, w.dtype, w.device)
+
+        size = heads * tokens * tokens
+        self.specs.append(_BlockSpec(scores, probabilities, torch.ones(1, dtype=self.dtype), softmax,
+                                     lambda w: (size * tokens, 0)))
+        self.specs.append(_BlockSpec(constant, probabilities, torch.ones(1, dtype=self.dtype), remainder,
+                                     lambda w: (size, 0)))
+        product(probabilities, out, v, square, per_token, per_token, "left", 0.5)
+        product(v, out, probabilities, square, per_token, per_token, "right", 0.5)
+        return Value(shape, out)
 
     def cat_constant(self, name: str, parts: list[Value | Tensor], dim: int) -> Value:
         """Concatenation along per-sample dimension ``dim`` of computed values and constants (a

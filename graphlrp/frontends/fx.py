@@ -26,7 +26,7 @@ from ..errors import InputError, UnsupportedModuleError
 from .attention import module_lowering, scaled_dot_product_attention
 from .builder import GraphBuilder, Value
 from .fx_ops import DROPOUT_FUNCTIONS, METHODS, NotATensor as _NotATensor, VIEW_FUNCTIONS, VIEW_METHODS
-from .fx_ops import function_lowering, is_stochastic_depth, where as _where
+from .fx_ops import BatchMoved, function_lowering, is_stochastic_depth, refuse_batch_moved, where as _where
 from .modules import PASSTHROUGH_TYPES, RESHAPE_TYPES, handler_for, normalized_features, unsupported
 
 _ACTIVATION_FUNCTIONS: dict[Any, str] = {
@@ -210,6 +210,7 @@ class _Walker:
         for node in self.gm.graph.nodes:
             if node.op == "output":
                 return self._output(node)
+            self._check_batch_in_front(node)
             value = getattr(self, f"_{node.op}")(node)
             self.values[node] = value
             target = mutated(node, self.modules)
@@ -221,12 +222,28 @@ class _Walker:
         """One sample's shape of ``node``'s tensor (``None``: not a tensor)."""
         return self.shapes.get(node)
 
+    def _check_batch_in_front(self, node: torch.fx.Node) -> None:
+        """Refuse ``node`` if it reads a tensor whose batch was moved from dimension 0 and is not a
+        ``MultiheadAttention`` that takes that layout, nor a permute or transpose (which may move
+        the batch back)."""
+        moved = next((v for v in map(self.values.get, node.all_input_nodes) if isinstance(v, BatchMoved)), None)
+        if moved is None:
+            return
+        if node.op == "call_module" and module_lowering(self.modules[node.target]) is not None:
+            return
+        if (node.op == "call_method" and node.target in _PERMUTE_METHODS) or (
+                node.op == "call_function" and node.target in _PERMUTE_FUNCTIONS):
+            return
+        refuse_batch_moved(node, moved)
+
     # -- node kinds -----------------------------------------------------------------------------
     def _output(self, node: torch.fx.Node) -> Value:
         returned = node.args[0]
         if isinstance(returned, (tuple, list)) and len(returned) == 1:  # torch.export returns a tuple
             returned = returned[0]
         result = self.values.get(returned) if isinstance(returned, torch.fx.Node) else None
+        if isinstance(result, BatchMoved):
+            refuse_batch_moved(node, result)
         if not isinstance(result, Value):
             kind = type(returned).__name__ if not isinstance(returned, torch.fx.Node) else "a value not computed from the input"
             raise UnsupportedModuleError(f"the model must return one tensor computed from its input; it returns {kind}")
@@ -263,6 +280,8 @@ class _Walker:
             return METHODS[name](self, node)
         if name == "expand" and isinstance(self.values.get(node.args[0]), Tensor):
             return self._expand_constant(node)
+        if name in _PERMUTE_METHODS:
+            return self._permute(node)
         value = self._tensor_arg(node, 0)
         if name in _RESHAPE_METHODS:
             return self.builder.reshape(value, self.shape(node))
@@ -270,8 +289,6 @@ class _Walker:
         if plain in _ACTIVATION_METHODS and len(node.args) == 1 and not node.kwargs:
             activation = Activation(plain, _ACTIVATION_METHODS[plain])
             return self.builder.activation(node.name, value, activation, _exclusive(node.args[0], self.modules))
-        if name in _PERMUTE_METHODS:
-            return self._permute(node, value)
         if plain == "add":
             return self._add(node)
         raise UnsupportedModuleError(f"unsupported tensor method {name!r} at {_where(node)}")
@@ -294,7 +311,7 @@ class _Walker:
         if target in _ACTIVATION_FUNCTIONS or target in _INPLACE_FUNCTIONS:
             return self._activation(node)
         if target in _PERMUTE_FUNCTIONS:
-            return self._permute(node, self._tensor_arg(node, 0))
+            return self._permute(node)
         if target in _IDENTITY_FUNCTIONS:
             return self._tensor_arg(node, 0)
         functional = _FUNCTIONAL.get(target)
@@ -374,7 +391,12 @@ class _Walker:
         expanded = constant[0].expand(self.shape(node))
         return expanded[None].clone()
 
-    def _permute(self, node: torch.fx.Node, value: Value) -> Value:
+    def _permute(self, node: torch.fx.Node) -> Value | BatchMoved:
+        """A permute or transpose: per-sample dimensions reordered (a renumbering); one that moves the
+        batch dimension gives a :class:`BatchMoved` tensor, or moves a moved batch back."""
+        source = self.values.get(node.args[0]) if isinstance(node.args[0], torch.fx.Node) else None
+        moved = isinstance(source, BatchMoved)
+        value, batch = (source.value, source.dim) if moved else (self._tensor_arg(node, 0), 0)
         rank = len(value.shape) + 1
         try:
             if node.target == "transpose" or node.target is torch.transpose:
@@ -386,9 +408,11 @@ class _Walker:
                 dims = [d % rank for d in (raw[0] if len(raw) == 1 and isinstance(raw[0], (tuple, list)) else raw)]
         except (TypeError, ValueError, IndexError):
             raise UnsupportedModuleError(f"the dimensions of {_where(node)} must be given as positional integers") from None
-        if dims[0] != 0:
-            raise UnsupportedModuleError(f"permuting the batch dimension is not supported ({_where(node)})")
-        return self.builder.permute(value, tuple(d - 1 for d in dims[1:]))
+        # dimension d of the tensor is the batch (d == batch) or per-sample dimension d (d < batch) or d − 1
+        per_sample = [d if d < batch else d - 1 for d in dims if d != batch]
+        permuted = self.builder.permute(value, tuple(per_sample)) if per_sample != sorted(per_sample) else value
+        position = dims.index(batch)
+        return permuted if position == 0 else BatchMoved(permuted, position)
 
 
 def _parameter(node: torch.fx.Node, kwargs: dict[str, Any], name: str, required: bool) -> Tensor | None:

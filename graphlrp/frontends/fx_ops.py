@@ -17,6 +17,7 @@ Every function here lowers one node for the walker of :mod:`graphlrp.frontends.f
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -34,6 +35,28 @@ Walker = Any
 
 class NotATensor:
     """A traced value that is not a tensor (a size, a shape entry); only used through shapes."""
+
+
+@dataclass(frozen=True)
+class BatchMoved:
+    """A computed tensor whose batch dimension a transpose or permute moved to position ``dim`` > 0
+    (the ``(T, B, E)`` layout of ``nn.MultiheadAttention(batch_first=False)``).
+
+    ``value`` is the same tensor with the batch in front (its per-sample dimensions in their order),
+    so moving the batch is a renumbering only. Such a tensor may be given to a
+    ``MultiheadAttention`` with ``batch_first=False`` or have its batch moved back to dimension 0.
+    """
+
+    value: Value
+    dim: int
+
+
+def refuse_batch_moved(node: torch.fx.Node, moved: BatchMoved) -> None:
+    """Refuse ``node``, which reads a tensor whose batch dimension is not in front."""
+    raise UnsupportedModuleError(f"{where(node)} reads a tensor whose batch is dimension {moved.dim} (moved by a "
+                                 "transpose or permute); such a tensor can only be the input of an "
+                                 "nn.MultiheadAttention with batch_first=False or have its batch moved back to "
+                                 "dimension 0")
 
 
 def where(node: torch.fx.Node) -> str:
@@ -114,6 +137,8 @@ def _renumbering(walker: Walker, node: torch.fx.Node) -> Any:
     source = _value_of(walker, node.args[0]) if node.args else None
     if node.target is operator.getitem and isinstance(source, tuple):
         return source[node.args[1]]
+    if isinstance(source, BatchMoved):
+        refuse_batch_moved(node, source)
     if isinstance(source, NotATensor) or (node.target is operator.getitem and not isinstance(source, Value)):
         return NotATensor()
     if not isinstance(source, Value):

@@ -20,7 +20,7 @@ from ..errors import (
 )
 from ..graph import Graph
 from ..memory import check_budget
-from .builder import GraphBuilder, Value
+from .builder import ATTENTION_RULES, GraphBuilder, Value
 from .exported import check_exported_input, from_exported
 from .fx import lower_traced
 from .modules import check_per_sample, handler_for, unsupported
@@ -71,6 +71,7 @@ def lower(
     max_edges: int | None = None,
     max_bytes: int | None = None,
     gates: Mapping[str, int] | None = None,
+    attention: str = "cp-lrp",
 ) -> Graph:
     """Lower a torch network to a :class:`~graphlrp.Graph` of neurons and weighted edges.
 
@@ -117,6 +118,14 @@ def lower(
         the product; the other operand receives all of it. By default the gate is the operand
         computed by a sigmoid or hard sigmoid (a squeeze-and-excitation gate), else the one that
         is broadcast over the other, else ``b``.
+    attention : {'cp-lrp', 'attnlrp'}
+        How ``nn.MultiheadAttention`` and ``F.scaled_dot_product_attention`` are lowered.
+        ``'cp-lrp'`` (conservative propagation, Ali et al., 2022): one attention block whose edge
+        weights are the softmax probabilities, held constant; queries and keys receive no
+        relevance. ``'attnlrp'`` (Achtibat et al., 2024): the scores ``Q Kᵀ`` and the
+        probabilities are levels of their own, both products split their relevance equally
+        between the operands (the uniform rule) and the softmax passes it by its Jacobian
+        (Proposition 3.1), so queries and keys receive relevance too. See ``docs/transformers.md``.
 
     Returns
     -------
@@ -139,6 +148,8 @@ def lower(
     """
     _check_options(block_kind, max_pool, check, max_edges, max_bytes)
     _check_gates(gates)
+    if not isinstance(attention, str) or attention not in ATTENTION_RULES:
+        raise InputError(f"unknown attention rule {attention!r}; choose one of {ATTENTION_RULES}")
     if isinstance(model, torch.export.ExportedProgram):
         model = from_exported(model)
     if isinstance(model, torch.fx.GraphModule) and isinstance(example_input, Tensor):
@@ -146,7 +157,7 @@ def lower(
     _check_model(model)
     _check_example(model, example_input)
     with _state_preserved(model):
-        builder = GraphBuilder(block_kind, max_pool, example_input.dtype)
+        builder = GraphBuilder(block_kind, max_pool, example_input.dtype, attention_rule=attention)
         if _is_sequential(model):
             if gates:
                 raise InputError(f"gates= names {sorted(gates)}, but an nn.Sequential has no products")
