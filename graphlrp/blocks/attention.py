@@ -17,10 +17,10 @@ from torch import Tensor
 
 from ..layout import in_layout_of
 from ..transforms import Identity, Transform
-from .base import Block, EdgeRun, OperandCache, sample_edge_products
+from .base import EdgeRun, OperandCache, WeightFreeBlock, sample_edge_products
 
 
-class AttentionBlock(Block):
+class AttentionBlock(WeightFreeBlock):
     """``o_(i, h) = Σ_j A_(h, i, j) v_(j, h)`` with ``A`` from the context levels ``(query, key)``.
 
     Parameters
@@ -48,30 +48,17 @@ class AttentionBlock(Block):
                  scale: float | None = None, causal: bool = False, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None) -> None:
         size = tokens * heads * head_dim
-        super().__init__(src, dst, size, size)
+        super().__init__(src, dst, size, size, dtype, device)
         self.context = (query, key)
         self.tokens, self.heads, self.head_dim = tokens, heads, head_dim
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
         self.causal = causal
-        self._dtype = dtype
-        self._device = torch.device(device) if device is not None else torch.device("cpu")
         self._edges: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def num_edges(self) -> int:
         return self.heads * self.head_dim * self.tokens * self.tokens
 
-    @property
-    def nbytes(self) -> int:
-        return 0
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
 
     def _heads(self, v: Tensor) -> Tensor:
         """``(B, T · H · d)`` as ``(B, H, T, d)``."""

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..layout import in_layout_of
 from ..transforms import Identity, Transform
-from .base import Block, EdgeRun, OperandCache, sample_edge_products
+from .base import EdgeRun, OperandCache, WeightFreeBlock, sample_edge_products
 
 
 @dataclass(frozen=True)
@@ -92,30 +92,12 @@ def probabilities(scores: Tensor, causal: bool) -> Tensor:
     return torch.softmax(scores, dim=-1)
 
 
-class _SampleWeighted(Block):
+class _SampleWeighted(WeightFreeBlock):
     """Shared parts of the blocks here: per-sample weights as the state, no weights held."""
 
     linear_forward = False
     #: an edge's weight is a value of the sample: its messages are summed sample by sample
     fixed_slot_weights = False
-
-    def __init__(self, src: int, dst: int, n_src: int, n_dst: int, dtype: torch.dtype,
-                 device: torch.device | str | None) -> None:
-        super().__init__(src, dst, n_src, n_dst)
-        self._dtype = dtype
-        self._device = torch.device(device) if device is not None else torch.device("cpu")
-
-    @property
-    def nbytes(self) -> int:
-        return 0
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
 
     def select_state(self, state: Tensor, samples: Tensor) -> Tensor:
         return state.index_select(0, samples)

@@ -379,6 +379,28 @@ class Block(ABC):
         return f"{type(self).__name__}({self.src}->{self.dst}, {self.n_src}x{self.n_dst}, edges={self.num_edges})"
 
 
+class WeightFreeBlock(Block):
+    """A block that holds no weights (they are values of the sample): its dtype and device are given."""
+
+    def __init__(self, src: int, dst: int, n_src: int, n_dst: int, dtype: torch.dtype,
+                 device: torch.device | str | None) -> None:
+        super().__init__(src, dst, n_src, n_dst)
+        self._dtype = dtype
+        self._device = torch.device(device) if device is not None else torch.device("cpu")
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+
 class StaticBlock(Block):
     """A block whose edges are the same for every sample; its operand is built once per transform.
 
