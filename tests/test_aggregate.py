@@ -19,6 +19,7 @@ from torch.nn.utils import prune
 
 import graphlrp
 from graphlrp import composites, rules
+from graphlrp.aggregation import operands
 from graphlrp.aggregation.sums import separable
 from graphlrp.errors import ArgumentTypeError, FileFormatError, GraphTooLargeError, InputError
 
@@ -94,6 +95,29 @@ def test_node_and_edge_sums_equal_per_sample_explanations(name, absolute):
         assert found.node_relevance.dtype == torch.float64
         assert_close(found.node_relevance, nodes)
         assert_close(found.edge_relevance(), edges)
+
+
+@pytest.mark.parametrize("by_class", [False, True], ids=["together", "by-class"])
+@pytest.mark.parametrize("absolute", [False, True], ids=["signed", "absolute"])
+@pytest.mark.parametrize("name", ["dense", "sparse", "edges", "conv", "pooled", "residual"])
+def test_operands_gathered_over_batches_give_the_per_sample_sums(name, absolute, by_class, monkeypatch):
+    """Every block's operands gathered (rows of 2 batches of 2 samples and their terms), multiplied
+    when the gathering is full and at the end of each chunk of 5 samples."""
+    monkeypatch.setattr(operands, "GATHER_DENSITY", 0)
+    monkeypatch.setattr(operands, "GATHER_ROWS", 4)
+    appended = []
+    append = operands.Gathering.append
+    monkeypatch.setattr(operands.Gathering, "append", lambda self, *a: (appended.append(1), append(self, *a)))
+    graph, x, target = network(name)
+    for rule in RULES.values():
+        found = graphlrp.aggregate(graph, x, target, rule=rule(), batch_size=2, chunk_size=5, absolute=absolute,
+                                   by_class=by_class, progress=False)
+        for k in range(3) if by_class else [None]:
+            rows = slice(None) if k is None else target == k
+            nodes, edges = per_sample_sums(graph, x[rows], target[rows], absolute, rule=rule())
+            assert_close(found.node_relevance if k is None else found.node_relevance[k], nodes)
+            assert_close(found.edge_relevance() if k is None else found.edge_relevance()[k], edges)
+    assert appended
 
 
 @pytest.mark.parametrize("absolute", [False, True], ids=["signed", "absolute"])

@@ -483,7 +483,9 @@ def aggregate(
             explained = ChunkTree(result.tree.spare)
             for chunk in _up_to(mine, (index + 1) * run_length):
                 workspace = workspace if workspace is not None else result._new_sums()
-                explained.add(0, chunk.index, result._chunk_sums_in(workspace, chunk.batches))
+                sums = result._chunk_sums_in(workspace, chunk.batches)
+                workspace.move_to(explained.buffer(sums))  # the tree keeps the chunk's sums as they are
+                explained.add(0, chunk.index, sums, owned=True)
             vector = explained.pop(run.level, index)
             if vector is None:  # this process's share ended before the others': it sends empty sums
                 vector = torch.zeros_like(result._sums.values)

@@ -29,10 +29,14 @@ from ..graph import Graph
 from ..propagate import LevelRecord, _Inputs
 from ..rules import Group, Term
 from ..transforms import Negative, Positive, Transform, Zero
+from .operands import Gathering, gathering_rows
 
 #: samples a graph of another dtype than float64 sums in its own dtype before they are added to
 #: the float64 sums (a product written straight into a running sum costs no extra pass)
 FLUSH_SAMPLES = 1024
+#: elements of a block's sums a flush converts and weighs at a time (its float64 piece stays in
+#: cache between the conversion and the multiply-add)
+FLUSH_PIECE = 1 << 16
 
 _ALL = frozenset((-1, 0, 1))
 _SERVED = {"all": _ALL, "positive": frozenset((1,)), "negative": frozenset((-1,))}
@@ -86,7 +90,7 @@ class SlotWeights:
         key = (position, transform)
         if key not in self._found:
             weights = self.graph.blocks[position].slot_weights(transform).to(torch.float64)
-            self._found[key] = weights.abs() if self.absolute else weights
+            self._found[key] = (weights.abs() if self.absolute else weights).contiguous()
         return self._found[key]
 
 
@@ -98,6 +102,9 @@ class Sums:
     its slot sums with the weights applied; these are views of it. ``running[k]`` holds a block's
     slot sums per weight transform in the graph's dtype, multiplied by the transformed weights and
     added to ``weighted[k]`` in float64 every ``FLUSH_SAMPLES`` samples and when the sums are read.
+    Where a block's product pays for it, its operands are first gathered over batches
+    (:mod:`graphlrp.aggregation.operands`) and multiplied into ``running[k]`` when the gathering
+    is full and at every flush.
     Every buffer is allocated once: :meth:`reset` zeroes them for the next chunk.
     """
 
@@ -110,9 +117,15 @@ class Sums:
         self.values = torch.zeros(sum(self._lengths()), dtype=torch.float64, device=graph.device)
         _, self.nodes, self.biases, *self.weighted = self._views(self.values)
         self.running: list[dict[Transform, Tensor]] = [{} for _ in graph.blocks]
+        #: per ``(block, weight transform, class)`` the operands gathered for its next product
+        self.gathered: dict[tuple[int, Transform, int], Gathering] = {}
+        self._gathering_rows = [gathering_rows(block) for block in graph.blocks]
         self._scratch: Tensor | None = None
+        #: per block, whether its float64 sums are still to be zeroed (their first write overwrites them)
+        self._fresh = [False] * len(graph.blocks)
         self._partial_samples = 0
         self._separable: dict[int, bool] = {}
+        self._betas: dict[tuple[int, int], tuple[Group, tuple[Tensor, Tensor] | None]] = {}
         #: whether the input level's node sums are read from the sums of the edges leaving it (then
         #: the explanations need not move relevance onto the input level, and these sums hold none)
         self.inputs_from_edges = inputs_from_edges(graph, absolute)
@@ -134,21 +147,59 @@ class Sums:
             self._scratch = torch.empty(sums.numel(), dtype=torch.float64, device=sums.device)
         return self._scratch[: sums.numel()].view(sums.shape).copy_(sums)
 
+    def _block_sums(self, position: int) -> Tensor:
+        """Block ``position``'s float64 sums, zeroed first if they are still to be."""
+        if self._fresh[position]:
+            self.weighted[position].zero_()
+            self._fresh[position] = False
+        return self.weighted[position]
+
     def flush(self) -> None:
-        """Add the running sums times their transformed weights to the float64 sums, and zero them."""
+        """Multiply the gathered operands into the running sums, add the running sums times their
+        transformed weights to the float64 sums, and zero them."""
+        for key, gathering in self.gathered.items():
+            self._multiply(key, gathering)
         for position, running in enumerate(self.running):
             for transform, sums in running.items():
-                self.weighted[position].addcmul_(self._in_float64(sums), self.weights(position, transform))
-                sums.zero_()
+                self._add_weighted(position, sums, self.weights(position, transform))
+            self._block_sums(position)
         self._partial_samples = 0
 
+    def _add_weighted(self, position: int, sums: Tensor, weights: Tensor) -> None:
+        """``weighted[position] += sums · weights`` in float64 (written, not added, while the block's
+        sums are still to be zeroed), zeroing ``sums``: a piece of the slots at a time where every
+        slot has a weight of its own (a convolution's weights broadcast over its positions)."""
+        fresh, self._fresh[position] = self._fresh[position], False
+        target = self.weighted[position]
+        if weights.numel() != target[0].numel():
+            self._weigh(sums, weights, target, fresh)
+            return
+        target, sums, weights = target.view(self.classes, -1), sums.view(self.classes, -1), weights.view(-1)
+        step = max(1, FLUSH_PIECE // self.classes)
+        for start in range(0, len(weights), step):
+            piece = slice(start, start + step)
+            self._weigh(sums[:, piece], weights[piece], target[:, piece], fresh)
+
+    def _weigh(self, running: Tensor, weights: Tensor, slots: Tensor, fresh: bool) -> None:
+        """``slots (+)= running · weights`` in float64, zeroing ``running``."""
+        if fresh:
+            torch.mul(self._in_float64(running), weights, out=slots)
+        else:
+            slots.addcmul_(self._in_float64(running), weights)
+        running.zero_()
+
     def reset(self) -> None:
-        """Zero every sum, keeping the buffers (for the next chunk)."""
+        """Zero every sum, keeping the buffers (for the next chunk); the block sums are zeroed
+        when first written."""
         self.counts.zero_()
-        self.values.zero_()
-        self._zero_running()
+        self.values[: self.classes * (1 + 2 * self.graph.num_nodes)].zero_()
+        self._fresh = [True] * len(self.graph.blocks)
+        if self._partial_samples:  # (a flush leaves the running sums zero)
+            self._zero_running()
 
     def _zero_running(self) -> None:
+        for gathering in self.gathered.values():
+            gathering.clear()
         for running in self.running:
             for sums in running.values():
                 sums.zero_()
@@ -208,20 +259,30 @@ class Sums:
                 continue
             record = records[level.index]
             total = None
-            for group, quotient in zip(record.groups, record.quotients):
-                terms = [t.sign * t.bias(level.bias) for t in group.terms if not isinstance(t.bias, Zero)]
-                if not terms:
+            for g, (group, quotient) in enumerate(zip(record.groups, record.quotients)):
+                beta = self._bias_term(level, g, group)
+                if beta is None:
                     continue
-                beta = sum(terms) * group.scale
                 if self.absolute:
-                    part = chosen(quotient) * beta
+                    part = chosen(quotient) * beta[0]
                 else:
-                    part = chosen(quotient).sum(0, dtype=torch.float64) * beta.to(torch.float64)
+                    part = chosen(quotient).sum(0, dtype=torch.float64) * beta[1]
                 total = part if total is None else total + part
             if total is not None:
                 if self.absolute:
                     total = total.abs().sum(0, dtype=torch.float64)
                 self.biases[k, level.offset : level.offset + level.size] += total
+
+    def _bias_term(self, level, g: int, group: Group) -> tuple[Tensor, Tensor] | None:
+        """``scale · Σ_t sign_t β_t`` of a level's group ``g``, in the graph's dtype and in float64
+        (``None`` without bias terms), worked out once per level and group."""
+        key = (level.index, g)
+        found = self._betas.get(key)
+        if found is None or found[0] is not group:
+            terms = [t.sign * t.bias(level.bias) for t in group.terms if not isinstance(t.bias, Zero)]
+            beta = sum(terms) * group.scale if terms else None
+            found = self._betas[key] = (group, None if beta is None else (beta, beta.to(torch.float64)))
+        return found[1]
 
     def _add_terms(self, position: int, block: Block, record: LevelRecord, inputs: _Inputs,
                    quotients: list[Tensor], state: object, k: int) -> None:
@@ -240,7 +301,28 @@ class Sums:
                     quotient_used = magnitudes[g]
                 else:
                     quotient_used = quotient
-                block.add_message_sums(self._running(position, term.weights)[k], x, quotient_used, factor, state)
+                if state is None and self._gathering_rows[position] >= 2 * len(x):
+                    self._gather((position, term.weights, k), x, quotient_used, factor)
+                else:
+                    block.add_message_sums(self._running(position, term.weights)[k], x, quotient_used, factor, state)
+
+    def _gather(self, key: tuple[int, Transform, int], x: Tensor, s: Tensor, factor: float) -> None:
+        """Add a term's rows to the gathering of its block, weight transform and class, first
+        multiplying what the gathering holds if the rows do not fit."""
+        gathering = self.gathered.get(key)
+        if gathering is None:
+            gathering = self.gathered[key] = Gathering(self._gathering_rows[key[0]], self.graph.blocks[key[0]], x,
+                                                          self.graph.node_major)
+        if gathering.room < len(x):
+            self._multiply(key, gathering)
+        gathering.append(x, s, factor)
+
+    def _multiply(self, key: tuple[int, Transform, int], gathering: Gathering) -> None:
+        """Add the product of a gathering's rows to its running sums."""
+        if gathering.filled:
+            position, transform, k = key
+            x, s = gathering.take()
+            self.graph.blocks[position].add_message_sums(self._running(position, transform)[k], x, s)
 
     def _add_messages(self, position: int, block: Block, record: LevelRecord, inputs: _Inputs,
                       quotients: list[Tensor], state: object, k: int) -> None:
@@ -249,7 +331,7 @@ class Sums:
         batch = len(quotients[0]) if quotients else 0
         chunk = max(1, SUM_CHUNK_ELEMENTS // max(1, block.num_edges))
         slots = block.edge_slots()
-        target = self.weighted[position][k].view(-1)
+        target = self._block_sums(position)[k].view(-1)
         for start in range(0, batch, chunk):
             rows = torch.arange(start, min(start + chunk, batch), device=quotients[0].device)
             part = None if state is None else block.select_state(state, rows)
@@ -285,6 +367,13 @@ class Sums:
         self.values[: self.classes].copy_(self.counts)
         return self.values
 
+    def move_to(self, storage: Tensor) -> None:
+        """Keep these sums in ``storage`` from now on (a float64 vector shaped like :attr:`values`,
+        whatever it holds), zeroed, letting go of the storage :meth:`vector` returned."""
+        self.values = storage
+        _, self.nodes, self.biases, *self.weighted = self._views(storage)
+        self.reset()
+
     def samples_in(self, vector: Tensor) -> int:
         """Samples counted in a :meth:`vector`."""
         return int(vector[: self.classes].sum())
@@ -310,11 +399,13 @@ class Sums:
         self.counts = vector[: self.classes].round().to(device="cpu", dtype=torch.int64)
         if vector.data_ptr() != self.values.data_ptr():  # (a vector broadcast into these sums' own is read as is)
             self.values.copy_(vector)
+        self._fresh = [False] * len(self.graph.blocks)
         self._zero_running()
 
     def load_parts(self, counts: Tensor, nodes: Tensor, biases: Tensor, blocks: Sequence[Tensor]) -> None:
         """Make these sums the given counts, node, bias and block sums (shaped as these hold them)."""
         self.reset()
+        self._fresh = [False] * len(self.graph.blocks)
         self.counts = counts.to(device="cpu", dtype=torch.int64).clone()
         for mine, given in zip((self.nodes, self.biases, *self.weighted), (nodes, biases, *blocks)):
             mine.copy_(given)
