@@ -25,12 +25,13 @@ AGGREGATION_TARGET = Target(1.5, unit="×")
 
 @dataclass(frozen=True)
 class AggregationCase:
-    """A network, its input shape and an optional pruning amount."""
+    """A network, its input shape, an optional pruning amount, and whether edge sums are kept."""
 
     name: str
     build: Callable[[], nn.Module]
     input_shape: tuple[int, ...]
     prune_amount: float | None = None
+    edges: bool = True
 
 
 CASES = (
@@ -38,6 +39,7 @@ CASES = (
     AggregationCase("MLP pruned 90%", mlp, (1024,), 0.9),
     AggregationCase("MLP pruned 99%", mlp, (1024,), 0.99),
     AggregationCase("LeNet-5", lenet5, (1, 28, 28)),
+    AggregationCase("LeNet-5, per parameter", lenet5, (1, 28, 28), edges=False),
 )
 
 
@@ -54,9 +56,12 @@ def _explain_all(graph: graphlrp.Graph, x: torch.Tensor, targets: torch.Tensor, 
         graphlrp.explain(graph, x[start : start + BATCH], target=targets[start : start + BATCH], rule=rule)
 
 
-def _aggregate_all(graph: graphlrp.Graph, x: torch.Tensor, targets: torch.Tensor, rule) -> torch.Tensor:
-    sums = graphlrp.aggregate(graph, x, targets, rule=rule, batch_size=BATCH, progress=False)
-    sums.parameter_relevance()
+def _aggregate_all(graph: graphlrp.Graph, x: torch.Tensor, targets: torch.Tensor, rule, edges: bool = True) -> torch.Tensor:
+    """Edge sums, or with ``edges=False`` every parameter's sums, flattened into one vector."""
+    sums = graphlrp.aggregate(graph, x, targets, rule=rule, batch_size=BATCH, progress=False, edges=edges)
+    parameters = sums.parameter_relevance()
+    if not edges:
+        return torch.cat([values.reshape(-1) for values in parameters.values()])
     return sums.edge_relevance()
 
 
@@ -78,9 +83,12 @@ def measure_aggregation(case: AggregationCase, samples: int, timing: Timing, rul
     graph = _graph(case, x)
     targets = graph(x).argmax(1)
     times = time_interleaved({"explain": lambda: _explain_all(graph, x, targets, rule),
-                              "aggregate": lambda: _aggregate_all(graph, x, targets, rule)}, timing)
+                              "aggregate": lambda: _aggregate_all(graph, x, targets, rule, case.edges)}, timing)
     per_sample_s, reference = time_once(lambda: _per_sample_all(graph, x, targets, rule))
-    found = _aggregate_all(graph, x, targets, rule)
+    if not case.edges:  # the per-edge sums' parameters (tested against per-sample messages) as the reference
+        sums = graphlrp.aggregate(graph, x, targets, rule=rule, batch_size=BATCH, progress=False)
+        reference = torch.cat([values.reshape(-1) for values in sums.parameter_relevance().values()])
+    found = _aggregate_all(graph, x, targets, rule, case.edges)
     error = float((found - reference).abs().max() / reference.abs().max().clamp_min(1e-300))
     return {"case": case.name, "rule": rule_name, "samples": samples, "edges": graph.num_edges,
             "explain_s": times["explain"], "aggregate_s": times["aggregate"], "per_sample_s": per_sample_s,
@@ -127,6 +135,7 @@ def missed_aggregation(rows: list[dict]) -> list[str]:
 AGGREGATION_NOTES = f"""\
 - Aggregation: N samples N(0, 1), float32, target = predicted class, batches of {BATCH}. explain = `graphlrp.explain`
   per batch (node relevance, no edge relevance); aggregate = `graphlrp.aggregate` over the same samples, then
-  `edge_relevance()` and `parameter_relevance()`; per-sample messages = every sample's `edge_relevance` summed
+  `edge_relevance()` and `parameter_relevance()` (a case "per parameter": `edges=False`, parameters only, its
+  error against the per-edge aggregate's parameter sums); per-sample messages = every sample's `edge_relevance` summed
   (the method `analysis.mean_edge_relevance` used before it was built on `aggregate`), timed once.
   Pruned MLPs: `l1_unstructured` with the prune hooks kept, lowered with `block_kind='auto'` (CSR)."""

@@ -169,13 +169,14 @@ def _edges_per_parameter(graph, position, weight_shape):
     return ((o * c_in_group + c_local) * kh + ky) * kw + kx
 
 
+@pytest.mark.parametrize("edges", [True, False], ids=["per-edge", "per-parameter"])
 @pytest.mark.parametrize("absolute", [False, True], ids=["signed", "absolute"])
 @pytest.mark.parametrize("name", ["dense", "sparse", "edges", "conv"])
-def test_parameter_sums_equal_summed_messages_of_the_edges_sharing_each_weight(name, absolute):
+def test_parameter_sums_equal_summed_messages_of_the_edges_sharing_each_weight(name, absolute, edges):
     graph, x, target = network(name)
     for rule in ("epsilon", "gamma", "zbox"):
         found = graphlrp.aggregate(graph, x, target, rule=RULES[rule](), batch_size=5, absolute=absolute,
-                                   progress=False).parameter_relevance()
+                                   edges=edges, progress=False).parameter_relevance()
         explanation = graphlrp.explain(graph, x, target=target, rule=RULES[rule]())
         messages, biases = explanation.edge_relevance(), explanation.bias_relevance()
         messages = (messages.abs() if absolute else messages).sum(0)
@@ -219,8 +220,9 @@ def _epsilon_by_autograd(model: nn.Sequential, x: torch.Tensor, target: torch.Te
     return found
 
 
+@pytest.mark.parametrize("edges", [True, False], ids=["per-edge", "per-parameter"])
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
-def test_epsilon_parameter_sums_equal_the_gradient_trick(name):
+def test_epsilon_parameter_sums_equal_the_gradient_trick(name, edges):
     torch.manual_seed(3)
     if name == "mlp":
         model, x = make_mlp([6, 9, 7, 4], seed=3), torch.randn(13, 6, dtype=torch.float64)
@@ -230,12 +232,38 @@ def test_epsilon_parameter_sums_equal_the_gradient_trick(name):
         x = torch.randn(13, 2, 8, 8, dtype=torch.float64)
     target = torch.arange(len(x)) % 4
     graph = graphlrp.lower(model, x)
-    found = graphlrp.aggregate(graph, x, target, rule=rules.Epsilon(0.0625), batch_size=4, progress=False)
+    found = graphlrp.aggregate(graph, x, target, rule=rules.Epsilon(0.0625), batch_size=4, edges=edges,
+                               progress=False)
     expected = _epsilon_by_autograd(model, x, target, 0.0625)  # a power of two: the same in float32
     parameters = found.parameter_relevance()
     assert set(parameters) == set(expected) == {name for name, _ in model.named_parameters()}
     for key, values in expected.items():
         assert_close(parameters[key], values)
+
+
+@pytest.mark.parametrize("name", ["conv", "pooled", "residual"])
+def test_sums_per_parameter_keep_the_node_sums_and_a_convolution_sum_per_kernel_weight(name):
+    graph, x, target = network(name)
+    for rule in ("epsilon", "zplus", "zbox"):
+        per_edge = graphlrp.aggregate(graph, x, target, rule=RULES[rule](), batch_size=3, progress=False)
+        per_parameter = graphlrp.aggregate(graph, x, target, rule=RULES[rule](), batch_size=3, edges=False,
+                                           progress=False)
+        assert_close(per_parameter.node_relevance, per_edge.node_relevance)
+        assert_close(per_parameter.bias_relevance, per_edge.bias_relevance)
+        found, expected = per_parameter.parameter_relevance(), per_edge.parameter_relevance()
+        assert set(found) == set(expected)
+        for key in expected:
+            assert_close(found[key], expected[key])
+    convolutions = [k for k, block in enumerate(graph.blocks) if block.kind == "conv"]
+    assert all(per_parameter._sums.weighted[k][0].numel() == graph.blocks[k].weight.numel() for k in convolutions)
+    with pytest.raises(InputError, match="edges=False"):
+        per_parameter.edge_relevance()
+
+
+def test_sums_per_parameter_of_a_graph_without_convolutions_keep_every_edge():
+    graph, x, target = network("dense")
+    found = graphlrp.aggregate(graph, x, target, rule=rules.ZPlus(), edges=False, progress=False)
+    assert_close(found.edge_relevance(), per_sample_sums(graph, x, target, rule=rules.ZPlus())[1])
 
 
 def test_parameter_names_of_pruned_layers_folded_batch_norms_and_edge_list_graphs():
@@ -416,6 +444,35 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_and_equals_an_uninterr
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 # -- command line ----------------------------------------------------------------------------------
+def test_aggregate_command_with_parameters_only_writes_no_edges(tmp_path):
+    import argparse
+
+    import graphlrp.cli
+    from graphlrp.aggregation.cli import add_parser
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double().eval()
+    torch.save(model, tmp_path / "model.pt")
+    x = torch.randn(5, 1, 6, 6, dtype=torch.float64)
+    torch.save(x, tmp_path / "x.pt")
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(), graphlrp.cli)
+    (tmp_path / "factory.py").write_text("import torch\ndef make():\n    return torch.load(%r, weights_only=False)\n"
+                                         % str(tmp_path / "model.pt"))
+    args = parser.parse_args(["aggregate", f"{tmp_path / 'factory.py'}:make", str(tmp_path / "x.pt"), "--target", "1",
+                              "--out", str(tmp_path / "sums.pt"), "-q", "--parameters-only"])
+    args.run(args)
+    written = torch.load(tmp_path / "sums.pt")
+    expected = graphlrp.aggregate(graphlrp.lower(model, x), x, 1, progress=False)
+    assert "edges" not in written
+    assert_close(written["parameters"]["0.weight"], expected.parameter_relevance()["0.weight"])
+    with pytest.raises(InputError, match="--parameters-only"):
+        args = parser.parse_args(["aggregate", f"{tmp_path / 'factory.py'}:make", str(tmp_path / "x.pt"),
+                                  "--target", "1", "--out", str(tmp_path / "sums.pt"), "-q", "--parameters-only",
+                                  "--edges", str(tmp_path / "top.json")])
+        args.run(args)
+
+
 def test_aggregate_command_writes_parameter_node_and_edge_sums(tmp_path):
     import argparse
 

@@ -45,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction, cli: ModuleType) -> argpa
                              "(default: %(default)s)")
     parser.add_argument("--by-class", action="store_true", help="sums per explained class (a leading class axis)")
     parser.add_argument("--absolute", action="store_true", help="sum |relevance| instead of relevance")
+    parser.add_argument("--parameters-only", action="store_true",
+                        help="keep sums per parameter and node only, not per edge (a convolution's sums "
+                             "the size of its weight, not of its edges)")
     parser.add_argument("--checkpoint", metavar="FILE", type=Path,
                         help="save progress there; a rerun with the same arguments resumes from it")
     parser.add_argument("--edges", metavar="FILE", type=cli._path_with_suffix(".graphml", ".json"),
@@ -60,6 +63,8 @@ def run(args: argparse.Namespace) -> None:
     cli = args.cli
     if args.edges is not None and args.by_class:
         raise InputError("--edges writes one value per edge; leave out --by-class")
+    if args.edges is not None and args.parameters_only:
+        raise InputError("--edges writes the most relevant edges; leave out --parameters-only")
     distributed = all(name in os.environ for name in ENVIRONMENT)
     if distributed and args.device.type == "cuda" and args.device.index is None:  # one GPU per process
         args.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -69,7 +74,8 @@ def run(args: argparse.Namespace) -> None:
     with cli._failing("cannot aggregate the samples", cli.EXPLAIN_BUILTINS):
         sums = aggregate(graph, job.inputs, target, batch_size=args.batch_size, by_class=args.by_class,
                          absolute=args.absolute, progress=not args.quiet, checkpoint=args.checkpoint,
-                         chunk_size=args.chunk_size, distributed=distributed, **job.method)
+                         chunk_size=args.chunk_size, distributed=distributed, edges=not args.parameters_only,
+                         **job.method)
     if distributed:
         import torch.distributed as dist
 
@@ -91,16 +97,17 @@ def run(args: argparse.Namespace) -> None:
 
 
 def write_sums(sums: Aggregate, path: Path) -> None:
-    """The count, node, edge and parameter sums as ``.pt`` (a dict) or ``.npz``, by ``path``'s suffix."""
+    """The count, node, edge (unless aggregated with ``edges=False``) and parameter sums as ``.pt``
+    (a dict) or ``.npz``, by ``path``'s suffix."""
     parameters = sums.parameter_relevance()
+    edges = {"edges": sums.edge_relevance()} if sums.edges else {}
     if path.suffix.lower() == ".npz":
         arrays = {"count": np.array(sums.count), "nodes": sums.node_relevance.cpu().numpy(),
-                  "edges": sums.edge_relevance().cpu().numpy(),
+                  **{name: values.cpu().numpy() for name, values in edges.items()},
                   **{f"parameter:{name}": values.cpu().numpy() for name, values in parameters.items()}}
         np.savez(path, **arrays)
         return
-    torch.save({"count": sums.count, "nodes": sums.node_relevance, "edges": sums.edge_relevance(),
-                "parameters": parameters}, path)
+    torch.save({"count": sums.count, "nodes": sums.node_relevance, **edges, "parameters": parameters}, path)
 
 
 def top_edges(graph: Graph, sums: Aggregate, k: int) -> nx.DiGraph:

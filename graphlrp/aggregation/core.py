@@ -54,7 +54,10 @@ class Aggregate:
     and :meth:`load` keep one in a file.
 
     With ``by_class=True`` every sum is kept per explained class: values gain a leading
-    ``(num_classes,)`` dimension, ``num_classes = len(graph.outputs)``.
+    ``(num_classes,)`` dimension, ``num_classes = len(graph.outputs)``. With ``edges=False`` only
+    the sums per parameter (and per node) are kept: a convolution sums its edges per kernel
+    weight, so its sums are the size of its weight instead of its edges, and
+    :meth:`edge_relevance` is refused for it.
 
     Samples are added a chunk at a time (:func:`aggregate`'s chunks; a batch given to
     :meth:`update`): a chunk's messages are summed in the graph's dtype within each batch (one
@@ -64,17 +67,18 @@ class Aggregate:
     """
 
     def __init__(self, graph: Graph, rule: Rule | None = None, composite: Composite | None = None,
-                 by_class: bool = False, absolute: bool = False) -> None:
+                 by_class: bool = False, absolute: bool = False, edges: bool = True) -> None:
         check_arguments(graph, rule, composite)
         check_bool("by_class", by_class)
         check_bool("absolute", absolute)
+        check_bool("edges", edges)
         self.graph = graph
         self.rule, self.composite = rule, composite
-        self.by_class, self.absolute = by_class, absolute
+        self.by_class, self.absolute, self.edges = by_class, absolute, edges
         #: explains every batch (the one :func:`graphlrp.explain` keeps for this graph and rule)
         self.explainer = explainer_for(graph, rule, composite)
         self.rules = [repr(r) for r in self.explainer.rules[1:]]
-        self._slot_weights = SlotWeights(graph, absolute)
+        self._slot_weights = SlotWeights(graph, absolute, edges)
         self._sums = self._new_sums()
         #: chunks added (with a checkpoint: the chunks ``0 .. chunks - 1`` of the data set, its ledger)
         self.chunks = 0
@@ -154,6 +158,11 @@ class Aggregate:
         """Every edge's relevance summed over the samples, ``(num_edges,)`` in :meth:`Graph.edges` order
         (``(num_classes, num_edges)`` by class). A result that would exceed ``max_bytes`` (default:
         half the available memory) is refused before anything is allocated."""
+        per_parameter = [block.kind for block, own in zip(self._sums.blocks, self.graph.blocks) if block is not own]
+        if per_parameter:
+            raise InputError(f"aggregated with edges=False: the edges of {len(per_parameter)} block(s) "
+                             f"({', '.join(sorted(set(per_parameter)))}) were summed per parameter only; "
+                             f"aggregate with edges=True for relevance per edge")
         classes = self._sums.classes
         check_budget(f"summed relevance of {self.graph.num_edges:,} edges × {classes} class(es)",
                      self.graph.num_edges * classes * 8 * 2, max_bytes, self.graph.device)
@@ -175,7 +184,7 @@ class Aggregate:
 
     # -- combining and files ----------------------------------------------------------------
     def _settings(self) -> dict[str, object]:
-        return {"by_class": self.by_class, "absolute": self.absolute, "rules": self.rules}
+        return {"by_class": self.by_class, "absolute": self.absolute, "edges": self.edges, "rules": self.rules}
 
     def _check_compatible(self, other: "Aggregate") -> None:
         if not _same_graph(self.fingerprint, other.fingerprint):
@@ -187,7 +196,7 @@ class Aggregate:
         if not isinstance(other, Aggregate):
             return NotImplemented
         self._check_compatible(other)
-        total = Aggregate(self.graph, self.rule, self.composite, self.by_class, self.absolute)
+        total = Aggregate(self.graph, self.rule, self.composite, self.by_class, self.absolute, self.edges)
         total.fingerprint = self.fingerprint
         for part in (self, other):
             total._sums.add_sums(part._sums)
@@ -236,14 +245,15 @@ class Aggregate:
             raise FileFormatError(f"{os.fspath(path)!r} is not a graphlrp aggregate file: {error}") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
             raise FileFormatError(f"{os.fspath(path)!r} is not a graphlrp aggregate file (version {VERSION})")
-        made = cls(graph, rule, composite, bool(state["by_class"]), bool(state["absolute"]))
+        made = cls(graph, rule, composite, bool(state["by_class"]), bool(state["absolute"]),
+                   bool(state.get("edges", True)))
         if not isinstance(state.get("fingerprint"), dict) or not _same_graph(state["fingerprint"], made.fingerprint):
             raise InputError(f"{os.fspath(path)!r} holds an aggregate of another graph (structure or weights differ)")
         if state["rules"] != made.rules:
             raise InputError(f"{os.fspath(path)!r} was aggregated with the rules {state['rules']}, not {made.rules}")
         sums = made._sums
         blocks = state["blocks"]
-        shapes = [(sums.classes, *block.sum_shape) for block in graph.blocks]
+        shapes = [(sums.classes, *block.sum_shape) for block in sums.blocks]
         if not isinstance(blocks, list) or [tuple(b.shape) for b in blocks] != shapes:
             raise FileFormatError(f"{os.fspath(path)!r}: the sums do not fit the graph's blocks")
         sums.load_parts(state["counts"], state["nodes"], state["biases"], blocks)
@@ -265,9 +275,10 @@ def _resumed(checkpoint: str | os.PathLike | None, made: Aggregate) -> Aggregate
     if checkpoint is None or not Path(checkpoint).exists():
         return made
     found = Aggregate.load(checkpoint, made.graph, made.rule, made.composite)
-    if (found.by_class, found.absolute) != (made.by_class, made.absolute):
-        raise InputError(f"checkpoint {os.fspath(checkpoint)!r} holds an aggregate with by_class="
-                         f"{found.by_class}, absolute={found.absolute}; asked for {made.by_class}, {made.absolute}")
+    if (found.by_class, found.absolute, found.edges) != (made.by_class, made.absolute, made.edges):
+        raise InputError(f"checkpoint {os.fspath(checkpoint)!r} holds an aggregate with by_class={found.by_class}, "
+                         f"absolute={found.absolute}, edges={found.edges}; asked for {made.by_class}, "
+                         f"{made.absolute}, {made.edges}")
     if found.chunking != made.chunking:
         asked = "chunk_size={}, batch_size={}".format(*made.chunking)
         held = "no chunks of a data set" if found.chunking is None else "chunk_size={}, batch_size={}".format(
@@ -395,6 +406,7 @@ def aggregate(
     checkpoint_every: int = 4,
     chunk_size: int = 512,
     distributed: bool | None = None,
+    edges: bool = True,
 ) -> Aggregate:
     """Relevance per node, edge and parameter summed over a data set, at about the cost of explaining it.
 
@@ -432,6 +444,11 @@ def aggregate(
         writes the file and sends what it reads to the others.
     chunk_size : int
         Samples per chunk: the unit of work of a process and of a checkpoint's ledger.
+    edges : bool
+        Keep every edge's sums (default), or only the sums per parameter and node: a
+        convolution's edges are then summed per kernel weight by the weight gradient's
+        convolution, which costs about one convolution per batch and holds no more than the
+        weights (a convolution at ``P`` output positions otherwise holds ``P`` sums per weight).
     distributed : bool, optional
         Share the work between the processes of the default ``torch.distributed`` process group:
         ``None`` (default) when one is initialised, ``True`` also initialising it from the
@@ -460,7 +477,7 @@ def aggregate(
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise ArgumentTypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
     group = processes(distributed, graph.device)
-    made = Aggregate(graph, rule, composite, by_class, absolute)
+    made = Aggregate(graph, rule, composite, by_class, absolute, edges)
     made.chunking, made.tree = (chunk_size, batch_size), ChunkTree()
     result = _start(made, checkpoint, group)
     from tqdm.auto import tqdm

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..blocks import Block, DenseBlock
 from ..blocks.base import SUM_CHUNK_ELEMENTS
+from ..errors import InputError
 from ..explanation import Explanation
 from ..graph import Graph
 from ..propagate import LevelRecord, _Inputs
@@ -65,8 +66,9 @@ def separable(groups: Sequence[Group]) -> bool:
     return all(_exclusive(terms[i], terms[j]) for i in range(len(terms)) for j in range(i + 1, len(terms)))
 
 
-def inputs_from_edges(graph: Graph, absolute: bool) -> bool:
-    """Whether the input level's summed relevance follows from its outgoing edges' summed messages.
+def inputs_from_edges(graph: Graph, blocks: Sequence[Block], absolute: bool) -> bool:
+    """Whether the input level's summed relevance follows from its outgoing edges' summed messages
+    (``blocks``: the graph's blocks as the sums see them).
 
     A source node's relevance is the sum of the messages leaving it, sample by sample, so its sum
     over samples is the sum of those edges' summed messages: where every block leaving the input
@@ -74,22 +76,29 @@ def inputs_from_edges(graph: Graph, absolute: bool) -> bool:
     for sums of magnitudes (``|Σ_j m_ij| ≠ Σ_j |m_ij|``).
     """
     first = graph.levels[0].index
-    leaving = [block for block in graph.blocks if block.src == first]
+    leaving = [block for block in blocks if block.src == first]
     return bool(leaving) and not absolute and all(b.slot_per_edge and b.fixed_slot_weights for b in leaving)
 
 
 class SlotWeights:
     """Every block's transformed slot weights in float64 (of magnitudes if ``absolute``), worked out
-    once per aggregate and reused by every chunk's sums."""
+    once per aggregate and reused by every chunk's sums.
 
-    def __init__(self, graph: Graph, absolute: bool) -> None:
-        self.graph, self.absolute = graph, absolute
+    ``edges=False`` keeps sums per parameter only: :attr:`blocks` holds each block as
+    :meth:`graphlrp.blocks.Block.per_parameter` gives it (a convolution sums its edges per kernel
+    weight), else the graph's blocks themselves.
+    """
+
+    def __init__(self, graph: Graph, absolute: bool, edges: bool = True) -> None:
+        self.graph, self.absolute, self.edges = graph, absolute, edges
+        #: the blocks as the sums see them
+        self.blocks: list[Block] = list(graph.blocks) if edges else [block.per_parameter() for block in graph.blocks]
         self._found: dict[tuple[int, Transform], Tensor] = {}
 
     def __call__(self, position: int, transform: Transform) -> Tensor:
         key = (position, transform)
         if key not in self._found:
-            weights = self.graph.blocks[position].slot_weights(transform).to(torch.float64)
+            weights = self.blocks[position].slot_weights(transform).to(torch.float64)
             self._found[key] = (weights.abs() if self.absolute else weights).contiguous()
         return self._found[key]
 
@@ -113,28 +122,30 @@ class Sums:
         self.absolute = absolute
         self.classes = classes
         self.weights = weights if weights is not None else SlotWeights(graph, absolute)
+        #: the blocks as these sums see them (:attr:`SlotWeights.blocks`)
+        self.blocks = self.weights.blocks
         self.counts = torch.zeros(classes, dtype=torch.int64)
         self.values = torch.zeros(sum(self._lengths()), dtype=torch.float64, device=graph.device)
         _, self.nodes, self.biases, *self.weighted = self._views(self.values)
-        self.running: list[dict[Transform, Tensor]] = [{} for _ in graph.blocks]
+        self.running: list[dict[Transform, Tensor]] = [{} for _ in self.blocks]
         #: per ``(block, weight transform, class)`` the operands gathered for its next product
         self.gathered: dict[tuple[int, Transform, int], Gathering] = {}
-        self._gathering_rows = [gathering_rows(block) for block in graph.blocks]
+        self._gathering_rows = [gathering_rows(block) for block in self.blocks]
         self._scratch: Tensor | None = None
         #: per block, whether its float64 sums are still to be zeroed (their first write overwrites them)
-        self._fresh = [False] * len(graph.blocks)
+        self._fresh = [False] * len(self.blocks)
         self._partial_samples = 0
         self._separable: dict[int, bool] = {}
         self._betas: dict[tuple[int, int], tuple[Group, tuple[Tensor, Tensor] | None]] = {}
         #: whether the input level's node sums are read from the sums of the edges leaving it (then
         #: the explanations need not move relevance onto the input level, and these sums hold none)
-        self.inputs_from_edges = inputs_from_edges(graph, absolute)
+        self.inputs_from_edges = inputs_from_edges(graph, self.blocks, absolute)
 
     def _running(self, position: int, transform: Transform) -> Tensor:
         """The running slot sums of a block and weight transform, in the graph's dtype."""
         found = self.running[position].get(transform)
         if found is None:
-            block = self.graph.blocks[position]
+            block = self.blocks[position]
             found = self.running[position][transform] = torch.zeros(
                 (self.classes, *block.sum_shape), dtype=self.graph.dtype, device=self.graph.device)
         return found
@@ -193,7 +204,7 @@ class Sums:
         when first written."""
         self.counts.zero_()
         self.values[: self.classes * (1 + 2 * self.graph.num_nodes)].zero_()
-        self._fresh = [True] * len(self.graph.blocks)
+        self._fresh = [True] * len(self.blocks)
         if self._partial_samples:  # (a flush leaves the running sums zero)
             self._zero_running()
 
@@ -230,7 +241,7 @@ class Sums:
         self._add_biases(records, chosen, k)
         activations = explanation.activations
         inputs: dict[int, _Inputs] = {}
-        for position, block in enumerate(self.graph.blocks):
+        for position, block in enumerate(self.blocks):
             if block.src not in inputs:
                 inputs[block.src] = _Inputs(self.graph.levels[block.src], chosen(activations[block.src]))
             state = explanation.block_state(block)
@@ -311,7 +322,7 @@ class Sums:
         multiplying what the gathering holds if the rows do not fit."""
         gathering = self.gathered.get(key)
         if gathering is None:
-            gathering = self.gathered[key] = Gathering(self._gathering_rows[key[0]], self.graph.blocks[key[0]], x,
+            gathering = self.gathered[key] = Gathering(self._gathering_rows[key[0]], self.blocks[key[0]], x,
                                                           self.graph.node_major)
         if gathering.room < len(x):
             self._multiply(key, gathering)
@@ -322,7 +333,7 @@ class Sums:
         if gathering.filled:
             position, transform, k = key
             x, s = gathering.take()
-            self.graph.blocks[position].add_message_sums(self._running(position, transform)[k], x, s)
+            self.blocks[position].add_message_sums(self._running(position, transform)[k], x, s)
 
     def _add_messages(self, position: int, block: Block, record: LevelRecord, inputs: _Inputs,
                       quotients: list[Tensor], state: object, k: int) -> None:
@@ -356,7 +367,7 @@ class Sums:
 
     # -- as one vector ---------------------------------------------------------------------
     def _lengths(self) -> list[int]:
-        sizes = [self.classes * math.prod(block.sum_shape) for block in self.graph.blocks]
+        sizes = [self.classes * math.prod(block.sum_shape) for block in self.blocks]
         return [self.classes, self.classes * self.graph.num_nodes, self.classes * self.graph.num_nodes, *sizes]
 
     def vector(self) -> Tensor:
@@ -380,7 +391,7 @@ class Sums:
 
     def _views(self, vector: Tensor) -> list[Tensor]:
         pieces = vector.split(self._lengths())
-        blocks = [piece.view(self.classes, *block.sum_shape) for piece, block in zip(pieces[3:], self.graph.blocks)]
+        blocks = [piece.view(self.classes, *block.sum_shape) for piece, block in zip(pieces[3:], self.blocks)]
         nodes = (self.classes, self.graph.num_nodes)
         return [pieces[0], pieces[1].view(nodes), pieces[2].view(nodes), *blocks]
 
@@ -399,13 +410,13 @@ class Sums:
         self.counts = vector[: self.classes].round().to(device="cpu", dtype=torch.int64)
         if vector.data_ptr() != self.values.data_ptr():  # (a vector broadcast into these sums' own is read as is)
             self.values.copy_(vector)
-        self._fresh = [False] * len(self.graph.blocks)
+        self._fresh = [False] * len(self.blocks)
         self._zero_running()
 
     def load_parts(self, counts: Tensor, nodes: Tensor, biases: Tensor, blocks: Sequence[Tensor]) -> None:
         """Make these sums the given counts, node, bias and block sums (shaped as these hold them)."""
         self.reset()
-        self._fresh = [False] * len(self.graph.blocks)
+        self._fresh = [False] * len(self.blocks)
         self.counts = counts.to(device="cpu", dtype=torch.int64).clone()
         for mine, given in zip((self.nodes, self.biases, *self.weighted), (nodes, biases, *blocks)):
             mine.copy_(given)
@@ -419,15 +430,18 @@ class Sums:
             first = self.graph.levels[0]
             inputs = values[:, first.offset : first.offset + first.size]
             inputs.zero_()
-            for position, block in enumerate(self.graph.blocks):
+            for position, block in enumerate(self.blocks):
                 if block.src == first.index:
                     inputs += block.source_sums(self.weighted[position])
         return values
 
     def edge_values(self, position: int) -> Tensor:
         """``(classes, num_edges)`` of block ``position``, in its edges' order."""
+        if self.blocks[position] is not self.graph.blocks[position]:
+            raise InputError(f"block {position} ({self.graph.blocks[position].kind}) was summed per parameter only "
+                             f"(edges=False): its edges' sums were not kept; aggregate with edges=True for them")
         self.collapse()
-        block, values = self.graph.blocks[position], self.weighted[position].reshape(self.classes, -1)
+        block, values = self.blocks[position], self.weighted[position].reshape(self.classes, -1)
         if isinstance(block, DenseBlock) and block.num_edges == values.shape[1]:  # every weight an edge, row-major
             return values
         return values[:, block.edge_slots()]
@@ -435,4 +449,4 @@ class Sums:
     def weight_values(self, position: int) -> Tensor:
         """``(classes, *weight shape)`` of block ``position`` (:meth:`Block.weight_sums`)."""
         self.collapse()
-        return self.graph.blocks[position].weight_sums(self.weighted[position])
+        return self.blocks[position].weight_sums(self.weighted[position])

@@ -356,6 +356,12 @@ class Block(ABC):
         """Slot values ``(..., *sum_shape)`` shaped like the layer's weight: here one per edge."""
         return values
 
+    def per_parameter(self) -> "Block":
+        """This block as sums over samples see it when only relevance per parameter is kept:
+        the same block, or (convolutions) one whose slots are its parameters, each summing the
+        edges that share it, so that the sums hold no more than the weights."""
+        return self
+
     def source_sums(self, values: Tensor) -> Tensor:
         """Slot values ``(..., *sum_shape)`` added over the edges leaving each source node,
         ``(..., n_src)``; for kinds with :attr:`slot_per_edge` only."""

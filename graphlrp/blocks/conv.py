@@ -11,6 +11,7 @@ whose weight is nonzero and whose input position is inside the input (padding gi
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 #: (``scripts/bench-pruned-conv``)
 COMPACT_AT_MOST = 0.8
 _CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
+_CONV_WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
 
 
 def _valid_positions(kernel: int, n_in: int, n_out: int, stride: int, padding: int, dilation: int,
@@ -124,6 +126,8 @@ class ConvBlock(StaticBlock):
             weight, self.in_shape, self.out_shape, self.stride, self.padding, self.dilation)
         self._edges: tuple[Tensor, Tensor, Tensor] | None = None
         self._slots: Tensor | None = None
+        #: whether the message sums keep one slot per kernel weight (:meth:`per_parameter`)
+        self.per_kernel = False
 
     @property
     def num_edges(self) -> int:
@@ -267,13 +271,28 @@ class ConvBlock(StaticBlock):
     @property
     def sum_shape(self) -> tuple[int, ...]:
         """``(groups, positions, C_out / groups, C_in / groups · Π kernel)``: every output
-        position's edges from each kernel weight (padding positions hold zeros)."""
-        return (self.groups, self.n_dst // self.out_shape[0], self.out_shape[0] // self.groups, self._entries)
+        position's edges from each kernel weight (padding positions hold zeros); one position,
+        the sum over all of them, :attr:`per_kernel`."""
+        positions = 1 if self.per_kernel else self.n_dst // self.out_shape[0]
+        return (self.groups, positions, self.out_shape[0] // self.groups, self._entries)
+
+    def per_parameter(self) -> "ConvBlock":
+        """A copy of this block whose message sums keep one slot per kernel weight: the edges of
+        all output positions that share it, summed by the weight gradient's convolution."""
+        summed = copy.copy(self)
+        summed.per_kernel, summed._slots = True, None
+        return summed
 
     def add_message_sums(self, out: Tensor, x: Tensor, s: Tensor, alpha: float = 1.0, state: object = None) -> None:
         """``out += alpha · Σ_b s_b,(o,p) x_b,(c, p·stride + k·dilation − padding)``: per output
         position ``p``, the product of the quotients with the input patch it reads (one batched
         matrix product over positions and groups, samples in chunks)."""
+        if self.per_kernel:
+            kernel_sums = _CONV_WEIGHT_GRAD[self.dims](x.reshape(len(x), *self.in_shape), self.weight.shape,
+                                                       s.reshape(len(s), *self.out_shape), self.stride, self.padding,
+                                                       self.dilation, self.groups)
+            out.add_(kernel_sums.reshape(out.shape), alpha=alpha)
+            return
         groups, count, out_group, entries = self.sum_shape
         chunk = max(1, SUM_CHUNK_ELEMENTS // max(1, self.in_shape[0] * math.prod(self.weight.shape[2:]) * count))
         flat = out.view(groups * count, out_group, entries)
@@ -306,7 +325,7 @@ class ConvBlock(StaticBlock):
 
     def edge_slots(self) -> Tensor:
         if self._slots is None:
-            self._slots = self._enumerate_edges(with_slots=True)[3]
+            self._slots = self._enumerate_edges(with_slots="kernel" if self.per_kernel else True)[3]
         return self._slots
 
     def slot_weights(self, transform: Transform) -> Tensor:
