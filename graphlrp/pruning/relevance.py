@@ -150,7 +150,7 @@ def _unit_scores(graph: Graph, stream: Iterator[Batch], layers: dict[str, nn.Mod
     levels = _levels_of(graph, layers, granularity)
     scores = _zeros(layers, granularity, graph.device)
     if criterion == "yeom":
-        total = Aggregate(graph, rule, composite, absolute=True)
+        total = Aggregate(graph, rule, composite, absolute=True, edges=False)
         for batch in stream:
             total.update(batch.x, batch.target)
         nodes = total.node_relevance
@@ -175,7 +175,7 @@ def _weight_scores(graph: Graph, stream: Iterator[Batch], layers: dict[str, nn.M
                    composite: Composite | None, criterion: str) -> dict[str, Tensor]:
     scores = _zeros(layers, "weight", graph.device)
     if criterion == "yeom":
-        parts = [Aggregate(graph, rule, composite, absolute=True)]
+        parts = [Aggregate(graph, rule, composite, absolute=True, edges=False)]
         for batch in stream:
             parts[0].update(batch.x, batch.target)
     else:
@@ -195,4 +195,4 @@ def _per_sample_aggregates(graph: Graph, stream: Iterator[Batch], rule: Rule | N
     for batch in stream:
         classes = classes_of(graph, batch.x, batch.target)
         for row in range(len(batch.x)):
-            yield Aggregate(graph, rule, composite).update(batch.x[row : row + 1], classes[row : row + 1])
+            yield Aggregate(graph, rule, composite, edges=False).update(batch.x[row : row + 1], classes[row : row + 1])
