@@ -82,8 +82,9 @@ def main() -> None:
     model = make_cnn()
     train(model, x_train, y_train)
     graph = graphlrp.lower(model, x_test[:1])
+    # per parameter only: each convolution keeps one sum per kernel weight, not one per edge
     sums = graphlrp.aggregate(graph, x_test, y_test, composite=composites.EpsilonPlus(), by_class=True,
-                              progress=False)
+                              edges=False, progress=False)
     parameters = sums.parameter_relevance()
     print(f"summed over {sums.count} test digits; samples per class: {sums.class_counts.tolist()}")
     for name, values in parameters.items():
