@@ -144,7 +144,7 @@ def edges_holding_mass(magnitude: np.ndarray, fraction: float) -> np.ndarray:
 
 def _one_run(magnitude: np.ndarray) -> streaming.Runs:
     values = torch.from_numpy(np.ascontiguousarray(magnitude))
-    return lambda: iter([(0, values, [])])
+    return lambda: iter([streaming.listed_run(0, values)])
 
 
 def check_fraction(name: str, fraction: float) -> None:
@@ -266,11 +266,16 @@ def explanation_to_networkx(
     mode: Aggregate = "sum" if is_index(sample) else aggregate
     graph = explanation.graph
 
-    def runs() -> Iterator[tuple[int, Tensor, list[Tensor]]]:
+    def runs() -> Iterator[streaming.Run]:
         for run in explanation.message_runs(rows, contributions=True):
-            relevance = _reduce(_fold(run.messages, mode), mode, len(rows))
-            contribution = _reduce(_fold(run.contributions, mode), mode, len(rows))
-            yield run.start, relevance.abs(), [run.src, run.dst, run.weight, contribution, relevance]
+            relevance = _reduce(_fold(run.layout, mode), mode, len(rows))
+            contribution = _reduce(_fold(run.contribution_layout, mode), mode, len(rows))
+
+            def payload(index: Tensor, run=run, relevance=relevance, contribution=contribution) -> list[Tensor]:
+                _, src, dst, weight = run.take(index)
+                return [src, dst, weight, contribution[index], relevance[index]]
+
+            yield streaming.Run(relevance.abs(), run.valid, lambda index, run=run: run.take(index)[0], payload)
 
     chosen = streaming.select(runs, top_k, threshold, mass)
     if chosen.payload:
