@@ -463,11 +463,11 @@ def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float 
         for run in explanation.message_runs(row):
             messages = run.layout[0]
 
-            def payload(index: Tensor, run=run, messages=messages) -> list[Tensor]:
-                _, src, dst, _ = run.take(index)
-                return [src.to(node_dtype), dst.to(node_dtype), messages[index]]
+            def take(index: Tensor, run=run, messages=messages) -> tuple[Tensor, list[Tensor]]:
+                positions, src, dst, _ = run.take(index)
+                return positions, [src.to(node_dtype), dst.to(node_dtype), messages[index]]
 
-            yield streaming.Run(messages.abs(), run.valid, lambda index, run=run: run.take(index)[0], payload)
+            yield streaming.Run(messages.abs(), run.valid, take)
 
     chosen = heaviest(runs, fraction, magnitude=2, position_dtype=_index_dtype(graph.num_edges))
     device = explanation.node_relevance.device
@@ -553,7 +553,7 @@ def level_flow(explanation: Explanation, sample: Samples = None) -> list[dict[st
         pair = (run.block.src, run.block.dst)
         if pair not in sums:
             sums[pair] = tuple(streaming.Histogram(run.messages.dtype, run.messages.device) for _ in range(2))
-        messages = run.layout.reshape(-1)  # the holes of the layout hold 0
+        messages = run.layout.reshape(-1)  # the holes of the layout hold ±0
         sums[pair][0].add(messages.clamp(min=0))
         sums[pair][1].add(messages.neg().clamp_(min=0))
     table = []
@@ -700,11 +700,11 @@ def contrast(
         a, b = run_a.layout[0], run_b.layout[0]
         difference = a - b
 
-        def payload(index: Tensor, run=run_a, a=a, b=b, difference=difference) -> list[Tensor]:
-            _, src, dst, _ = run.take(index)
-            return [src, dst, a[index], b[index], difference[index]]
+        def take(index: Tensor, run=run_a, a=a, b=b, difference=difference) -> tuple[Tensor, list[Tensor]]:
+            positions, src, dst, _ = run.take(index)
+            return positions, [src, dst, a[index], b[index], difference[index]]
 
-        best.add(streaming.Run(difference.abs(), run_a.valid, lambda index, run=run_a: run.take(index)[0], payload))
+        best.add(streaming.Run(difference.abs(), run_a.valid, take))
     found = best.result()
     if found is None:
         return []

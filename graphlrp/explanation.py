@@ -61,10 +61,11 @@ class MessageRun:
         Position of the first edge in :meth:`Graph.edges` order.
     layout : Tensor
         ``(samples, size)``: each entry's relevance message, at an edge bit for bit
-        :meth:`Explanation.edge_relevance`'s, ``0`` at a hole.
+        :meth:`Explanation.edge_relevance`'s, ``±0`` at a hole (of finite activations and
+        quotients: a hole is a product with a zero input or weight).
     contribution_layout : Tensor or None
         ``(samples, size)``: each entry's ``a_i · w_ij`` when asked for, as
-        :meth:`Explanation.edge_contributions` (``0`` at a hole).
+        :meth:`Explanation.edge_contributions` (``±0`` at a hole).
     """
 
     def __init__(self, block: Block, start: int, edges: EdgeRun, src_offset: int, dst_offset: int,
@@ -313,11 +314,6 @@ class Explanation:
             for run in block.edge_runs(limit):
                 messages = self._run_messages(block, run, inputs, quotients, state)
                 contribution = block.run_messages(run, inputs.activation, ones, Identity(), state) if contributions else None
-                holes = None if run.valid is None else ~run.valid
-                if holes is not None:  # a hole's value is no message (the flat rule weighs zero weights 1)
-                    messages.masked_fill_(holes, 0)
-                    if contribution is not None:
-                        contribution.masked_fill_(holes, 0)
                 yield MessageRun(block, starts[number] + run.start, run, levels[block.src].offset,
                                  levels[block.dst].offset, messages, contribution)
 

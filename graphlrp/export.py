@@ -93,6 +93,8 @@ def _fold(values: Tensor, aggregate: Aggregate) -> Tensor:
     """Sum over samples (dim 0), of absolute values for ``'mean_abs'``: row after row, so that
     every entry is summed in sample order whatever part of the columns is at hand."""
     rows = values.abs() if aggregate == "mean_abs" else values
+    if len(rows) == 1:
+        return rows[0]
     total = rows[0].clone()
     for row in rows[1:]:
         total += row
@@ -271,11 +273,12 @@ def explanation_to_networkx(
             relevance = _reduce(_fold(run.layout, mode), mode, len(rows))
             contribution = _reduce(_fold(run.contribution_layout, mode), mode, len(rows))
 
-            def payload(index: Tensor, run=run, relevance=relevance, contribution=contribution) -> list[Tensor]:
-                _, src, dst, weight = run.take(index)
-                return [src, dst, weight, contribution[index], relevance[index]]
+            def take(index: Tensor, run=run, relevance=relevance,
+                     contribution=contribution) -> tuple[Tensor, list[Tensor]]:
+                positions, src, dst, weight = run.take(index)
+                return positions, [src, dst, weight, contribution[index], relevance[index]]
 
-            yield streaming.Run(relevance.abs(), run.valid, lambda index, run=run: run.take(index)[0], payload)
+            yield streaming.Run(relevance.abs(), run.valid, take)
 
     chosen = streaming.select(runs, top_k, threshold, mass)
     if chosen.payload:

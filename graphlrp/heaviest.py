@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .streaming import Histogram, Runs, _split, boundary_count, check_finite_magnitudes, exact_sum, mass_cut, ratio
+from .streaming import Histogram, Runs, _split, boundary_count, exact_sum, mass_cut, ratio
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,9 @@ def heaviest(runs: Runs, fraction: float, magnitude: int, position_dtype: torch.
     """
     histogram = None
     for run in runs():
-        check_finite_magnitudes(run.values, what)
         if histogram is None:
             histogram = Histogram(run.values.dtype, run.values.device)
-        histogram.add(run.values)
+        histogram.add(run.values, what)
     if histogram is None:
         return Heaviest(torch.zeros(0, dtype=position_dtype), [], 0, 0)
     cut = mass_cut(histogram, fraction)
@@ -67,21 +66,22 @@ def heaviest(runs: Runs, fraction: float, magnitude: int, position_dtype: torch.
     size = int(sizes.sum())
     positions = torch.empty(size, dtype=position_dtype, device=device)
     columns: list[Tensor] | None = None
+    # the least value of the lowest bin taken: non-negative values order as their bit patterns
+    lowest = torch.tensor([cut.bin << cut.fmt.bin_shift], dtype=cut.fmt.int_dtype).view(cut.fmt.float_dtype).item()
     for run in runs():
-        bins, _ = _split(run.values if run.values.dtype == cut.fmt.float_dtype else run.values.to(cut.fmt.float_dtype),
-                         cut.fmt)
-        index = run.entries(bins >= cut.bin)
+        values = run.values if run.values.dtype == cut.fmt.float_dtype else run.values.to(cut.fmt.float_dtype)
+        index = run.entries(values >= lowest)
         if len(index) == 0:
             continue
-        chosen = bins[index]
+        chosen = _split(values[index], cut.fmt)[0]
         order = torch.argsort(chosen, stable=True)  # by bin, in edge order within one
         index, chosen = index[order], chosen[order]
         per_bin = torch.bincount(chosen, minlength=len(base))
         rank = torch.arange(len(index), device=device) - (torch.cumsum(per_bin, 0) - per_bin)[chosen]
         slot = base[chosen] + filled[chosen] + rank
         filled += per_bin
-        positions[slot] = run.positions(index).to(position_dtype)
-        payload = run.payload(index)
+        taken_positions, payload = run.take(index)
+        positions[slot] = taken_positions.to(position_dtype)
         if columns is None:
             columns = [torch.empty(size, dtype=p.dtype, device=p.device) for p in payload]
         for column, values in zip(columns, payload):

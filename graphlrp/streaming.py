@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
+from . import kernels
 from .errors import InputError
 
 #: a float64 value is ``M · 2^E`` with an integer mantissa ``M < 2⁵³`` and ``E >= -1074``; exact sums
@@ -43,15 +44,14 @@ class Run:
 
     ``values`` (1-D) are laid out in edge order, possibly with holes: entries that are no edge,
     where ``valid`` (a boolean mask like ``values``, ``None`` for none) is False; a hole's value
-    must be ``0``. Edges are listed only for the entries a selection keeps: ``positions(index)``
-    gives the global edge positions of layout entries ``index`` (edges, ascending), and
-    ``payload(index)`` their payload columns.
+    must be ``±0``. Edges are listed only for the entries a selection keeps: ``take(index)``
+    gives the global edge positions of layout entries ``index`` (edges, ascending) and their
+    payload columns.
     """
 
     values: Tensor
     valid: Tensor | None
-    positions: Callable[[Tensor], Tensor]
-    payload: Callable[[Tensor], list[Tensor]]
+    take: Callable[[Tensor], tuple[Tensor, list[Tensor]]]
 
     def entries(self, mask: Tensor | None) -> Tensor | None:
         """The edges' entries where ``mask`` holds (every edge's for ``None``; ``None`` when that
@@ -65,7 +65,7 @@ def listed_run(start: int, values: Tensor, payload: Iterable[Tensor] = ()) -> Ru
     """A run without holes: ``values`` of the edges at positions ``start ..``, with payload columns
     aligned with them."""
     columns = list(payload)
-    return Run(values, None, lambda index: index + start, lambda index: [c[index] for c in columns])
+    return Run(values, None, lambda index: (index + start, [c[index] for c in columns]))
 
 
 def _best_of(values: Tensor, k: int) -> Tensor:
@@ -109,7 +109,7 @@ class TopK:
             index, values = (best if index is None else index[best]), values[best]
         elif index is None:
             index = best
-        positions, payload = run.positions(index), run.payload(index)
+        positions, payload = run.take(index)
         if self.values is not None:
             values = torch.cat([self.values, values])
             positions = torch.cat([self.positions, positions])
@@ -169,7 +169,11 @@ def _bin_scale(fmt: _Format, bins: Tensor) -> list[int]:
 def check_finite_magnitudes(values: Tensor, what: str) -> None:
     """Raise :class:`InputError` unless every value is finite and ``>= 0``."""
     if len(values) and not bool(torch.isfinite(values).all() & (values >= 0).all()):
-        raise InputError(f"{what} holds NaN, inf or negative values; the selection needs finite magnitudes")
+        _refuse(what)
+
+
+def _refuse(what: str) -> None:
+    raise InputError(f"{what} holds NaN, inf or negative values; the selection needs finite magnitudes")
 
 
 class Histogram:
@@ -190,9 +194,19 @@ class Histogram:
         self.high = torch.zeros(size, dtype=torch.long, device=device)
         self.low = torch.zeros(size, dtype=torch.long, device=device) if self.fmt is _FLOAT64 else None
 
-    def add(self, values: Tensor) -> None:
-        """Count and sum ``values`` (1-D, non-negative, finite)."""
-        bins, mantissa = _split(_as_format(values, self.fmt), self.fmt)
+    def add(self, values: Tensor, what: str | None = None) -> None:
+        """Count and sum ``values`` (1-D, non-negative, finite); with ``what``, first check that
+        they are (:func:`check_finite_magnitudes`), in the same pass where a compiled kernel applies."""
+        values = _as_format(values, self.fmt)
+        bad = kernels.histogram_add(values, self.counts, self.high, self.low, self.fmt.mantissa_bits,
+                                    self.fmt.bin_shift, self._HALF)
+        if bad is not None:
+            if bad and what is not None:
+                _refuse(what)
+            return
+        if what is not None:
+            check_finite_magnitudes(values, what)
+        bins, mantissa = _split(values, self.fmt)
         self.counts += torch.bincount(bins, minlength=len(self.counts))
         if self.low is None:
             self.high.index_add_(0, bins, mantissa)
@@ -329,10 +343,9 @@ def select(runs: Runs, top_k: int | None = None, threshold: float | None = None,
     if mass is not None:
         histogram = None
         for run in runs():
-            check_finite_magnitudes(run.values, what)
             if histogram is None:
                 histogram = Histogram(run.values.dtype, run.values.device)
-            histogram.add(run.values)
+            histogram.add(run.values, what)
         if histogram is None:
             return Selection(torch.zeros(0, dtype=torch.long), torch.zeros(0), [], 0, 0)
         cut = mass_cut(histogram, mass)
@@ -343,15 +356,14 @@ def select(runs: Runs, top_k: int | None = None, threshold: float | None = None,
     for run in runs():
         magnitude = run.values
         if cut is None:
-            check_finite_magnitudes(magnitude, what)
             if totals is None:
                 totals = Histogram(magnitude.dtype, magnitude.device)
-            totals.add(magnitude)
+            totals.add(magnitude, what)
         passes = None if threshold is None else magnitude.double() >= threshold
         if cut is not None:
             above, inside, mantissa = cut.classify(magnitude)
             index = run.entries(inside)
-            boundary.append((mantissa[index], run.positions(index)))
+            boundary.append((mantissa[index], run.take(index)[0]))
             candidate = above | inside
             passes = candidate if passes is None else passes & candidate
         if best is not None:
@@ -360,7 +372,8 @@ def select(runs: Runs, top_k: int | None = None, threshold: float | None = None,
             index = run.entries(passes)
             if index is None:
                 index = torch.arange(len(magnitude), device=magnitude.device)
-            kept.append((run.positions(index), magnitude[index], run.payload(index)))
+            positions, payload = run.take(index)
+            kept.append((positions, magnitude[index], payload))
     total = cut.total if cut is not None else (totals.total() if totals is not None else 0)
     if best is not None:
         found = best.result()

@@ -2,6 +2,7 @@
 filtered exports and flows, equal whatever the runs, and never an allocation of every edge."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 from fractions import Fraction
 
@@ -12,7 +13,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import graphlrp
-from graphlrp import analysis, explanation as explanation_module, rules, streaming
+from graphlrp import analysis, explanation as explanation_module, kernels, rules, streaming
 from graphlrp.blocks import ConvBlock
 
 from test_from_edges import random_dag
@@ -272,6 +273,27 @@ def test_mass_of_zero_magnitudes_is_empty_and_nan_is_refused():
     assert streaming.select(runs_of(torch.zeros(5), [2]), mass=0.5).positions.tolist() == []
     with pytest.raises(ValueError, match="NaN, inf or negative"):
         streaming.select(runs_of(torch.tensor([1.0, float("nan")]), []), mass=0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_histogram_of_the_compiled_kernel_is_torchs(dtype):
+    values = random_magnitudes(5, 3000, dtype)
+    values[7] = -0.0
+    histograms = []
+    for context in (contextlib.nullcontext(), kernels.disabled()):
+        with context:
+            histogram = streaming.Histogram(dtype, values.device)
+            histogram.add(values[:1000], "values")
+            histogram.add(values[1000:], "values")
+            histograms.append(histogram)
+            for bad in (float("nan"), float("inf"), -1e-3):
+                with pytest.raises(ValueError, match="NaN, inf or negative"):
+                    streaming.Histogram(dtype, values.device).add(torch.tensor([1.0, bad], dtype=dtype), "values")
+    compiled, plain = histograms
+    for name in ("counts", "high", "low"):
+        a, b = getattr(compiled, name), getattr(plain, name)
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert compiled.total() == sum(Fraction(float(v)) * 2 ** 1074 for v in values)
 
 
 def test_exact_sum_and_flow_sums():

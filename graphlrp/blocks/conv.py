@@ -258,8 +258,9 @@ class ConvBlock(StaticBlock):
     def run_messages(self, run: "ConvRun", x: Tensor, s: Tensor, transform: Transform = Identity(),
                      state: object = None) -> Tensor:
         """The messages of a run's layout, ``(B, run.size)``: at each edge bit for bit
-        :meth:`edge_messages`' (``x_i · f(w) · s_j``, in that order); the holes hold whatever the
-        product gives there."""
+        :meth:`edge_messages`' (``x_i · f(w) · s_j``, in that order); at the holes a product
+        with a zero input (padding) or weight (``f(w)`` taken as 0 there), ``±0`` for finite
+        inputs and quotients."""
         return run.messages(x, s, transform)
 
     # -- sums over samples: one slot per (position, kernel weight), a batched product ----------
@@ -365,7 +366,8 @@ class _RunGrid:
         self.position_offset = position_offset
         #: whether position ``p`` reads inside the input through kernel entry ``e``, ``(P, E)``
         self.inside = inside
-        self.holes = not (bool(self.nonzero.all()) and bool(inside.all()))
+        self.zero_weights = not bool(self.nonzero.all())
+        self.holes = self.zero_weights or not bool(inside.all())
         # (C_out, P) edges into each unit, counted exactly in float64
         degrees = (self.nonzero.to(torch.float64) @ inside.to(torch.float64).T).round().long()
         ends = torch.cumsum(degrees.reshape(-1), 0)
@@ -443,7 +445,7 @@ class ConvRun:
         if valid is None:
             offset = index
         elif len(index) * entries >= self.size:  # many entries: count the edges before each in one pass
-            offset = torch.cumsum(valid, 0)[index] - 1
+            offset = torch.cumsum(valid, 0, dtype=torch.int32)[index].long() - 1
         else:  # few: the edges into the entry's unit before it
             before = valid.view(-1, entries)[row] & (torch.arange(entries, device=index.device) < entry[:, None])
             offset = grid.starts[dst] - self.start + before.sum(1)
@@ -503,6 +505,8 @@ class ConvRun:
         group = o0 // (block.out_shape[0] // block.groups)
         patch = self._patches_of(x)[:, group, p0:p1]  # (B, positions, E)
         weight = transform(grid.weight[o0:o1])  # (channels, E)
+        if grid.zero_weights:  # f(0) is no weight: the flat rule's ones would make a hole a message
+            weight = weight.masked_fill(~grid.nonzero[o0:o1], 0)
         quotients = s.reshape(len(s), block.out_shape[0], grid.positions)[:, o0:o1, p0:p1]
         messages = patch[:, None] * weight[None, :, None, :]
         return messages.mul_(quotients[..., None]).reshape(len(x), -1)
