@@ -17,6 +17,10 @@ from torch import Tensor
 from .streaming import Histogram, Runs, _split, boundary_count, exact_sum, mass_cut, ratio
 
 
+#: candidate edges of a run listed and placed at once (bounds the temporaries above the result)
+TAKE_AT_ONCE = 1 << 18
+
+
 @dataclass(frozen=True)
 class Heaviest:
     """The edges :func:`heaviest` takes, by decreasing magnitude (ties by position).
@@ -73,19 +77,20 @@ def heaviest(runs: Runs, fraction: float, magnitude: int, position_dtype: torch.
         index = run.entries(values >= lowest)
         if len(index) == 0:
             continue
-        chosen = _split(values[index], cut.fmt)[0]
-        order = torch.argsort(chosen, stable=True)  # by bin, in edge order within one
-        index, chosen = index[order], chosen[order]
-        per_bin = torch.bincount(chosen, minlength=len(base))
-        rank = torch.arange(len(index), device=device) - (torch.cumsum(per_bin, 0) - per_bin)[chosen]
-        slot = base[chosen] + filled[chosen] + rank
-        filled += per_bin
-        taken_positions, payload = run.take(index)
-        positions[slot] = taken_positions.to(position_dtype)
-        if columns is None:
-            columns = [torch.empty(size, dtype=p.dtype, device=p.device) for p in payload]
-        for column, values in zip(columns, payload):
-            column[slot] = values
+        for part in index.split(TAKE_AT_ONCE):
+            chosen = _split(values[part], cut.fmt)[0]
+            taken_positions, payload = run.take(part)
+            order = torch.argsort(chosen, stable=True)  # by bin, in edge order within one
+            chosen = chosen[order]
+            per_bin = torch.bincount(chosen, minlength=len(base))
+            rank = torch.arange(len(part), device=device) - (torch.cumsum(per_bin, 0) - per_bin)[chosen]
+            slot = base[chosen] + filled[chosen] + rank
+            filled += per_bin
+            positions[slot] = taken_positions[order].to(position_dtype)
+            if columns is None:
+                columns = [torch.empty(size, dtype=p.dtype, device=p.device) for p in payload]
+            for column, listed in zip(columns, payload):
+                column[slot] = listed[order]
     assert columns is not None  # the taken bins hold edges
     held = sum(sums[i] for i in taken[:-1])
     sizes[-1] = int(filled[cut.bin])  # the lowest bin may be bin 0, whose count includes the runs' holes
