@@ -24,6 +24,7 @@ from .explanation import Explanation
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
 from .export import check_bool, check_fraction, check_int
 from .graph import Graph, Level
+from .heaviest import heaviest
 from .memory import check_budget
 from .rules import Rule
 from .samples import Samples, check_explanation, is_index
@@ -206,16 +207,22 @@ def _count_paths(graph: Graph, goal: int, limit: int) -> int:
     return int(min(float(count[first.offset : first.offset + first.size].sum()), limit))
 
 
-def _steps(dst: Tensor, messages: Tensor, relevance: Tensor, score: PathScore) -> Tensor:
-    """What each edge adds to a path's score (float64): ``|m_ij / R_j|`` or ``|m_ij|``."""
+def _steps(messages: Tensor, relevance: Tensor, score: PathScore) -> Tensor:
+    """What each edge adds to a path's score (float64): ``|m_ij / R_j|`` or ``|m_ij|``, for the
+    relevance ``R_j`` of each edge's destination."""
     wide = messages.double()
-    return _fractions(wide, relevance[dst]).abs() if score == "product" else wide.abs()
+    return _fractions(wide, relevance).abs() if score == "product" else wide.abs()
 
 
 def _extended(step: Tensor, value: Tensor, score: PathScore) -> Tensor:
     """Scores ``value`` extended by edges of ``step`` (-inf stays -inf, never NaN)."""
     extended = step * value if score == "product" else step + value
     return torch.where(value > float("-inf"), extended, float("-inf"))
+
+
+def _level_view(values: Tensor, level: Level) -> Tensor:
+    """``values``' part for ``level``'s nodes, as one row ``(1, n)`` (a view)."""
+    return values[level.offset : level.offset + level.size][None]
 
 
 def _best_prefixes(explanation: Explanation, row: int, relevance: Tensor, goal: int, score: PathScore) -> Tensor:
@@ -230,9 +237,17 @@ def _best_prefixes(explanation: Explanation, row: int, relevance: Tensor, goal: 
     prefixes[first.offset : first.offset + first.size] = 1.0 if score == "product" else 0.0
     top = graph.level_of(goal).index
     blocks = sorted((b for b, block in enumerate(graph.blocks) if block.dst <= top), key=lambda b: graph.blocks[b].src)
+    block = None
     for run in explanation.message_runs(row, blocks=blocks) if blocks else ():
-        step = _steps(run.dst, run.messages[0], relevance, score)
-        prefixes.scatter_reduce_(0, run.dst, _extended(step, prefixes[run.src], score), "amax")
+        if run.block is not block:  # the source level's prefixes are final: read once per block
+            block = run.block
+            source, target = _level_view(prefixes, graph.levels[block.src]), _level_view(prefixes, graph.levels[block.dst])
+            target_relevance = _level_view(relevance, graph.levels[block.dst])
+        step = _steps(run.layout[0], run.destinations(target_relevance)[0], score)
+        extended = _extended(step, run.sources(source, float("-inf"))[0], score)
+        if run.valid is not None:
+            extended.masked_fill_(~run.valid, float("-inf"))
+        run.max_into(target[0], extended)
     return prefixes
 
 
@@ -252,7 +267,9 @@ def _best_suffixes(
     the edge, best path from ``j``), and once a node ``v`` holds ``k`` paths to the goal, the ``k``
     best overall score at least ``prefix_v ⊗ (its k-th best)``. An edge below that bound is on none
     of them, and dropping it removes only paths that score strictly less than any kept one, so
-    the ranking (ties included) is unchanged.
+    the ranking (ties included) is unchanged. These bounds, and whether an edge's best
+    continuation beats its source's ``k``-th best when its block began, are tested over a run's
+    layout before any edge is listed.
     """
     graph = explanation.graph
     n = graph.num_nodes
@@ -268,8 +285,26 @@ def _best_suffixes(
     floor = float("-inf")  # every one of the k best paths overall scores at least this
     for level in reversed(graph.levels[: graph.level_of(goal).index]):
         blocks = [number for number, block in enumerate(graph.blocks) if block.src == level.index]
+        bound = _slackened(floor)
+        block = None
         for run in explanation.message_runs(row, blocks=blocks) if blocks else ():
-            _relax(run.src, run.dst, run.messages[0], relevance, k, score, suffixes, prefixes, _slackened(floor))
+            if run.block is not block:
+                block = run.block
+                src_level, dst_level = graph.levels[block.src], graph.levels[block.dst]
+                source = _level_view(prefixes, src_level)
+                # the sources' k-th best when the block begins: a bound below their current one
+                worst = _level_view(suffixes.value[:, k - 1], src_level).clone()
+                ahead = _level_view(suffixes.value[:, 0], dst_level).contiguous()  # destinations are final
+                target_relevance = _level_view(relevance, dst_level)
+            messages = run.layout[0]
+            step = _steps(messages, run.destinations(target_relevance)[0], score)
+            best = _extended(step, run.destinations(ahead)[0], score)
+            through = _extended(best, run.sources(source, float("-inf"))[0], score)
+            passes = (best > run.sources(worst, float("inf"))[0]) & (through >= bound)
+            index = torch.nonzero(passes if run.valid is None else passes & run.valid).flatten()
+            if len(index):
+                _, src, dst, _ = run.take(index)
+                _relax(src, dst, step[index], messages[index], k, score, suffixes)
         nodes = slice(level.offset, level.offset + level.size)
         kth = _extended(suffixes.value[nodes, k - 1], prefixes[nodes], score)
         if len(kth):
@@ -277,31 +312,25 @@ def _best_suffixes(
     return suffixes
 
 
-def _relax(src: Tensor, dst: Tensor, messages: Tensor, relevance: Tensor, k: int, score: PathScore,
-           suffixes: _Suffixes, prefixes: Tensor, floor: float) -> None:
-    """Merge the paths that start with a run of edges into their sources' rows (destinations are final).
+def _relax(src: Tensor, dst: Tensor, step: Tensor, messages: Tensor, k: int, score: PathScore,
+           suffixes: _Suffixes) -> None:
+    """Merge the paths that start with edges ``src → dst`` (in edge order, adding ``step`` to a
+    path's score) into their sources' rows (destinations are final).
 
-    An edge enters only if the best path through it can reach ``floor`` (with the best path
-    into its source, ``prefixes``); a candidate (edge, rank) only if it beats its source's
-    ``k``-th best so far (the earlier edge wins a tie), and an edge only if its best candidate
-    does: of an edge's candidates, the best comes first.
+    A candidate (edge, rank) enters only if it beats its source's ``k``-th best so far (the
+    earlier edge wins a tie).
     """
-    step = _steps(dst, messages, relevance, score)
     worst = suffixes.value[src, k - 1]
-    best = _extended(step, suffixes.value[dst, 0], score)
-    through = _extended(best, prefixes[src], score)
-    edges = torch.nonzero((best > worst) & (through >= floor)).flatten()
-    if len(edges) == 0:
+    ahead = suffixes.value[dst]
+    candidate = step[:, None] * ahead if score == "product" else step[:, None] + ahead
+    edge, rank = torch.nonzero((ahead > float("-inf")) & (candidate > worst[:, None]), as_tuple=True)
+    if len(edge) == 0:
         return
-    ahead = suffixes.value[dst[edges]]
-    candidate = step[edges, None] * ahead if score == "product" else step[edges, None] + ahead
-    which, rank = torch.nonzero((ahead > float("-inf")) & (candidate > worst[edges, None]), as_tuple=True)
-    edge = edges[which]
     nodes, local = torch.unique(src[edge], return_inverse=True)
     # the rows' current entries first (they come from earlier edges), then the run's candidates
     kept = suffixes.value[nodes]
     held = torch.nonzero(kept > float("-inf"), as_tuple=True)
-    values = torch.cat([kept[held], candidate[which, rank]])
+    values = torch.cat([kept[held], candidate[edge, rank]])
     group = torch.cat([held[0], local])
     next_node = torch.cat([suffixes.next_node[nodes][held], dst[edge].to(suffixes.next_node.dtype)])
     next_rank = torch.cat([suffixes.next_rank[nodes][held], rank.to(torch.int32)])
@@ -355,9 +384,10 @@ class Circuit:
     ----------
     sample : int
     edges : Tensor
-        Positions of the circuit's edges in :meth:`Graph.edges` order, by decreasing ``|relevance|``.
+        Positions of the circuit's edges in :meth:`Graph.edges` order, by decreasing ``|relevance|``
+        (ties by position); int32 where the graph's edges fit, else int64.
     src, dst : Tensor
-        Global node ids of each edge's ends.
+        Global node ids of each edge's ends; int32 where the graph's nodes fit, else int64.
     relevance : Tensor
         Each edge's message.
     nodes : Tensor
@@ -426,23 +456,36 @@ def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float 
     row = _one_sample(explanation, sample)
     check_fraction("fraction", fraction)
 
-    def runs() -> Iterator[tuple[int, Tensor, list[Tensor]]]:
-        for run in explanation.message_runs(row):
-            messages = run.messages[0]
-            yield run.start, messages.abs(), [run.src, run.dst, messages]
+    graph = explanation.graph
+    node_dtype = _index_dtype(graph.num_nodes)
 
-    chosen = streaming.select(runs, mass=fraction)
-    order = torch.argsort(chosen.magnitudes, descending=True, stable=True)
+    def runs() -> Iterator[streaming.Run]:
+        for run in explanation.message_runs(row):
+            messages = run.layout[0]
+
+            def take(index: Tensor, run=run, messages=messages) -> tuple[Tensor, list[Tensor]]:
+                positions, src, dst, _ = run.take(index)
+                return positions, [src.to(node_dtype), dst.to(node_dtype), messages[index]]
+
+            yield streaming.Run(messages.abs(), run.valid, take)
+
+    chosen = heaviest(runs, fraction, magnitude=2, position_dtype=_index_dtype(graph.num_edges))
+    device = explanation.node_relevance.device
     if chosen.payload:
-        src, dst, relevance = (column[order] for column in chosen.payload)
+        src, dst, relevance = chosen.payload
     else:
-        device = explanation.node_relevance.device
-        src = dst = torch.zeros(0, dtype=torch.long, device=device)
+        src = dst = torch.zeros(0, dtype=node_dtype, device=device)
         relevance = explanation.node_relevance.new_zeros(0)
-    return Circuit(
-        explanation, row, chosen.positions[order].to(src.device), src, dst, relevance,
-        nodes=torch.unique(torch.cat([src, dst])), fraction=chosen.fraction,
-    )
+    ends = torch.zeros(graph.num_nodes, dtype=torch.bool, device=device)
+    for part in (*src.split(RUN_EDGES), *dst.split(RUN_EDGES)):  # without a 64-bit copy of every id
+        ends[part.long()] = True
+    return Circuit(explanation, row, chosen.positions.to(device), src, dst, relevance,
+                   nodes=torch.nonzero(ends).flatten(), fraction=chosen.fraction)
+
+
+def _index_dtype(count: int) -> torch.dtype:
+    """int32 for indices below ``count`` where they fit, else int64."""
+    return torch.int32 if count <= 2**31 else torch.long
 
 
 def prune(graph: Graph, keep: Tensor) -> Graph:
@@ -510,7 +553,7 @@ def level_flow(explanation: Explanation, sample: Samples = None) -> list[dict[st
         pair = (run.block.src, run.block.dst)
         if pair not in sums:
             sums[pair] = tuple(streaming.Histogram(run.messages.dtype, run.messages.device) for _ in range(2))
-        messages = run.messages.reshape(-1)
+        messages = run.layout.reshape(-1)  # the holes of the layout hold ±0
         sums[pair][0].add(messages.clamp(min=0))
         sums[pair][1].add(messages.neg().clamp_(min=0))
     table = []
@@ -650,13 +693,18 @@ def contrast(
     runs_b = explanation_b.message_runs(_one_sample(explanation_b, sample))
     for run_a in explanation_a.message_runs(_one_sample(explanation_a, sample)):
         run_b = next(runs_b)
-        if not (torch.equal(run_a.src, run_b.src) and torch.equal(run_a.dst, run_b.dst)
+        if run_a.block is not run_b.block and not (
+                torch.equal(run_a.src, run_b.src) and torch.equal(run_a.dst, run_b.dst)
                 and torch.equal(run_a.weight, run_b.weight)):
             raise InputError("the explanations are of different graphs: their edges or weights differ")
-        a, b = run_a.messages[0], run_b.messages[0]
+        a, b = run_a.layout[0], run_b.layout[0]
         difference = a - b
-        positions = torch.arange(run_a.start, run_a.start + len(run_a), device=a.device)
-        best.add(difference.abs(), positions, [run_a.src, run_a.dst, a, b, difference])
+
+        def take(index: Tensor, run=run_a, a=a, b=b, difference=difference) -> tuple[Tensor, list[Tensor]]:
+            positions, src, dst, _ = run.take(index)
+            return positions, [src, dst, a[index], b[index], difference[index]]
+
+        best.add(streaming.Run(difference.abs(), run_a.valid, take))
     found = best.result()
     if found is None:
         return []

@@ -45,9 +45,13 @@ class LevelBalance:
 RUN_ELEMENTS = 1 << 21
 
 
-@dataclass(frozen=True)
 class MessageRun:
     """The messages of consecutive edges, positions ``start .. start + len - 1`` of :meth:`Graph.edges`.
+
+    The messages come in the run's layout (:attr:`layout`): one entry per edge in edge order, or
+    for kinds that compute them densely (convolutions) a grid in edge order with holes, entries
+    that are no edge (:attr:`valid`); :meth:`take` lists the edges of chosen entries only.
+    :attr:`messages`, :attr:`src`, :attr:`dst` and :attr:`weight` list every edge.
 
     Attributes
     ----------
@@ -55,26 +59,79 @@ class MessageRun:
         The block holding the edges.
     start : int
         Position of the first edge in :meth:`Graph.edges` order.
-    src, dst : Tensor
-        Global node ids of each edge's ends (int64).
-    weight : Tensor
-        Each edge's weight.
-    messages : Tensor
-        ``(samples, len)``: each edge's relevance message, bit for bit :meth:`Explanation.edge_relevance`'s.
-    contributions : Tensor or None
-        ``(samples, len)``: each edge's ``a_i · w_ij`` when asked for, as :meth:`Explanation.edge_contributions`.
+    layout : Tensor
+        ``(samples, size)``: each entry's relevance message, at an edge bit for bit
+        :meth:`Explanation.edge_relevance`'s, ``±0`` at a hole (of finite activations and
+        quotients: a hole is a product with a zero input or weight).
+    contribution_layout : Tensor or None
+        ``(samples, size)``: each entry's ``a_i · w_ij`` when asked for, as
+        :meth:`Explanation.edge_contributions` (``±0`` at a hole).
     """
 
-    block: Block
-    start: int
-    src: Tensor
-    dst: Tensor
-    weight: Tensor
-    messages: Tensor
-    contributions: Tensor | None = None
+    def __init__(self, block: Block, start: int, edges: EdgeRun, src_offset: int, dst_offset: int,
+                 layout: Tensor, contribution_layout: Tensor | None = None) -> None:
+        self.block, self.start = block, start
+        self.layout, self.contribution_layout = layout, contribution_layout
+        self._edges, self._offsets = edges, (src_offset, dst_offset)
 
     def __len__(self) -> int:
-        return len(self.src)
+        return len(self._edges)
+
+    @property
+    def valid(self) -> Tensor | None:
+        """Which entries of the layout are edges, ``(size,)`` (``None``: every entry)."""
+        return self._edges.valid
+
+    def take(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(position, src, dst, weight)`` of the edges at layout entries ``index``: positions in
+        :meth:`Graph.edges` order, global node ids (int64)."""
+        offset, src, dst, weight = self._edges.take(index)
+        return offset + self.start, src + self._offsets[0], dst + self._offsets[1], weight
+
+    def sources(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """The value of each layout entry's source, ``(B, size)``, from ``values (B, n)`` of the
+        source level's nodes (``fill`` at holes that read no source). A kind may read ``values``
+        once for all the block's runs: pass the same tensor, unchanged, to each."""
+        return self._edges.sources(values, fill)
+
+    def destinations(self, values: Tensor) -> Tensor:
+        """The value of each layout entry's destination, ``(B, size)``, from ``values (B, n)`` of
+        the destination level's nodes."""
+        return self._edges.destinations(values)
+
+    def max_into(self, target: Tensor, values: Tensor) -> None:
+        """``target_j = max(target_j, values of the entries into j)`` for ``target (n,)`` of the
+        destination level's nodes and ``values (size,)``, whose holes must hold ``-inf``."""
+        self._edges.max_into(target, values)
+
+    def _compact(self, values: Tensor) -> Tensor:
+        valid = self.valid
+        return values if valid is None else values[:, valid]
+
+    @property
+    def messages(self) -> Tensor:
+        """``(samples, len)``: each edge's relevance message, bit for bit :meth:`Explanation.edge_relevance`'s."""
+        return self._compact(self.layout)
+
+    @property
+    def contributions(self) -> Tensor | None:
+        """``(samples, len)``: each edge's ``a_i · w_ij`` when asked for, as :meth:`Explanation.edge_contributions`."""
+        return None if self.contribution_layout is None else self._compact(self.contribution_layout)
+
+    @property
+    def src(self) -> Tensor:
+        """Global node id of each edge's source (int64)."""
+        return self._edges.src + self._offsets[0]
+
+    @property
+    def dst(self) -> Tensor:
+        """Global node id of each edge's destination (int64)."""
+        return self._edges.dst + self._offsets[1]
+
+    @property
+    def weight(self) -> Tensor:
+        """Each edge's weight."""
+        return self._edges.weight
 
 
 class Explanation:
@@ -233,10 +290,11 @@ class Explanation:
         Runs follow :meth:`Graph.edges` order: block after block (``blocks``, indices into
         ``graph.blocks`` in the order given, default all), each block's edges in runs of at most
         ``max_edges`` edges (default :data:`RUN_ELEMENTS` divided among the samples; a kind may
-        keep one destination's edges together). Each run's messages are bit for bit those of
-        :meth:`edge_relevance`, and with ``contributions`` its ``a_i · w_ij`` those of
-        :meth:`edge_contributions`. Memory: one run's edges, its messages, and one level's inputs
-        and quotients.
+        keep one destination's edges together; a convolution's runs are layouts of at most as
+        many entries, holes included, see :class:`MessageRun`). Each run's messages are bit for
+        bit those of :meth:`edge_relevance`, and with ``contributions`` its ``a_i · w_ij`` those
+        of :meth:`edge_contributions`. Memory: one run's edges (a convolution lists none unless
+        asked), its messages, and one level's inputs and quotients.
         """
         chosen = self.sample_rows(sample)
         index = torch.tensor(chosen, dtype=torch.long, device=self.node_relevance.device)
@@ -256,8 +314,8 @@ class Explanation:
             for run in block.edge_runs(limit):
                 messages = self._run_messages(block, run, inputs, quotients, state)
                 contribution = block.run_messages(run, inputs.activation, ones, Identity(), state) if contributions else None
-                yield MessageRun(block, starts[number] + run.start, run.src + levels[block.src].offset,
-                                 run.dst + levels[block.dst].offset, run.weight, messages, contribution)
+                yield MessageRun(block, starts[number] + run.start, run, levels[block.src].offset,
+                                 levels[block.dst].offset, messages, contribution)
 
     def _run_messages(self, block: Block, run: EdgeRun, inputs: _Inputs, quotients: list[Tensor],
                       state: object) -> Tensor:
@@ -265,7 +323,7 @@ class Explanation:
             return block.run_messages(run, x, s, transform, state)
 
         summed = self._summed_terms(block, inputs, quotients, messages, None)
-        return summed if summed is not None else inputs.activation.new_zeros((len(inputs.activation), len(run)))
+        return summed if summed is not None else inputs.activation.new_zeros((len(inputs.activation), run.size))
 
     def to_networkx(self, sample: Samples = 0, **options) -> "nx.DiGraph":
         """This explanation as a networkx graph; see :func:`graphlrp.export.explanation_to_networkx`."""

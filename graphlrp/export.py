@@ -93,6 +93,8 @@ def _fold(values: Tensor, aggregate: Aggregate) -> Tensor:
     """Sum over samples (dim 0), of absolute values for ``'mean_abs'``: row after row, so that
     every entry is summed in sample order whatever part of the columns is at hand."""
     rows = values.abs() if aggregate == "mean_abs" else values
+    if len(rows) == 1:
+        return rows[0]
     total = rows[0].clone()
     for row in rows[1:]:
         total += row
@@ -144,7 +146,7 @@ def edges_holding_mass(magnitude: np.ndarray, fraction: float) -> np.ndarray:
 
 def _one_run(magnitude: np.ndarray) -> streaming.Runs:
     values = torch.from_numpy(np.ascontiguousarray(magnitude))
-    return lambda: iter([(0, values, [])])
+    return lambda: iter([streaming.listed_run(0, values)])
 
 
 def check_fraction(name: str, fraction: float) -> None:
@@ -266,11 +268,17 @@ def explanation_to_networkx(
     mode: Aggregate = "sum" if is_index(sample) else aggregate
     graph = explanation.graph
 
-    def runs() -> Iterator[tuple[int, Tensor, list[Tensor]]]:
+    def runs() -> Iterator[streaming.Run]:
         for run in explanation.message_runs(rows, contributions=True):
-            relevance = _reduce(_fold(run.messages, mode), mode, len(rows))
-            contribution = _reduce(_fold(run.contributions, mode), mode, len(rows))
-            yield run.start, relevance.abs(), [run.src, run.dst, run.weight, contribution, relevance]
+            relevance = _reduce(_fold(run.layout, mode), mode, len(rows))
+            contribution = _reduce(_fold(run.contribution_layout, mode), mode, len(rows))
+
+            def take(index: Tensor, run=run, relevance=relevance,
+                     contribution=contribution) -> tuple[Tensor, list[Tensor]]:
+                positions, src, dst, weight = run.take(index)
+                return positions, [src, dst, weight, contribution[index], relevance[index]]
+
+            yield streaming.Run(relevance.abs(), run.valid, take)
 
     chosen = streaming.select(runs, top_k, threshold, mass)
     if chosen.payload:

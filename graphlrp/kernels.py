@@ -45,6 +45,37 @@ if _numba is not None:
                 out[i, j] = served * relevance[i, j] / (z + (epsilon if z >= 0 else -epsilon))
 
 
+    @_numba.njit(cache=True)
+    def _histogram(bits, sign_mask, mantissa_bits, bin_shift, half, counts, high, low):  # pragma: no cover - compiled
+        # per value: its bin and integer mantissa, counted and summed; returns how many values are
+        # NaN, infinite or negative (-0.0 counts as 0.0)
+        magnitude_mask = ~sign_mask
+        fraction_mask = (1 << mantissa_bits) - 1
+        top = magnitude_mask >> mantissa_bits  # the biased exponent of inf and NaN
+        half_mask = (1 << half) - 1
+        bad = 0
+        for i in range(bits.shape[0]):
+            b = bits[i]
+            if b & sign_mask:
+                if b & magnitude_mask:
+                    bad += 1
+                b = b & magnitude_mask
+            biased = b >> mantissa_bits
+            if biased == top:
+                bad += 1
+            mantissa = b & fraction_mask
+            if biased > 0:
+                mantissa |= 1 << mantissa_bits
+            k = b >> bin_shift
+            counts[k] += 1
+            if half:
+                high[k] += mantissa >> half
+                low[k] += mantissa & half_mask
+            else:
+                high[k] += mantissa
+        return bad
+
+
 def _launch(kernel: Callable[..., None], *arrays: Any) -> None:
     """Run a compiled kernel on torch's intra-op thread count, and leave that count as it was.
 
@@ -131,3 +162,24 @@ def signed_quotient(relevance: Tensor, denominator: Tensor, epsilon: float, serv
             sign, out_array)
     return out
 
+
+
+def histogram_add(values: Tensor, counts: Tensor, high: Tensor, low: Tensor | None, mantissa_bits: int,
+                  bin_shift: int, half: int) -> int | None:
+    """Count and sum the integer mantissas of ``values`` (1-D float32 or float64) by bins of their
+    leading bits (:class:`graphlrp.streaming.Histogram`, whose int64 tables these are; ``low``
+    and ``half`` split float64 mantissas), in one serial pass, if a compiled kernel applies.
+
+    Returns how many values are NaN, infinite or negative (``-0.0`` is ``0.0``), or ``None``
+    (computing nothing) when the kernel does not apply: kernels off or not installed, a tensor
+    not on the CPU, or ``values`` not contiguous.
+    """
+    if not _enabled or values.device.type != "cpu" or not values.is_contiguous() or values.requires_grad:
+        return None
+    int_dtype = {torch.float32: torch.int32, torch.float64: torch.int64}.get(values.dtype)
+    if int_dtype is None:
+        return None
+    bits = values.view(int_dtype).numpy()
+    sign_mask = bits.dtype.type(-(1 << (8 * values.element_size() - 1)))
+    tables = (counts.numpy(), high.numpy(), (low if low is not None else high).numpy())
+    return int(_histogram(bits, sign_mask, mantissa_bits, bin_shift, half if low is not None else 0, *tables))

@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
+from . import kernels
 from .errors import InputError
 
 #: a float64 value is ``M · 2^E`` with an integer mantissa ``M < 2⁵³`` and ``E >= -1074``; exact sums
@@ -37,12 +38,54 @@ from .errors import InputError
 _UNIT_EXPONENT = -1074
 
 
+@dataclass(frozen=True)
+class Run:
+    """One run of a pass over per-edge values, in edge order.
+
+    ``values`` (1-D) are laid out in edge order, possibly with holes: entries that are no edge,
+    where ``valid`` (a boolean mask like ``values``, ``None`` for none) is False; a hole's value
+    must be ``±0``. Edges are listed only for the entries a selection keeps: ``take(index)``
+    gives the global edge positions of layout entries ``index`` (edges, ascending) and their
+    payload columns.
+    """
+
+    values: Tensor
+    valid: Tensor | None
+    take: Callable[[Tensor], tuple[Tensor, list[Tensor]]]
+
+    def entries(self, mask: Tensor | None) -> Tensor | None:
+        """The edges' entries where ``mask`` holds (every edge's for ``None``; ``None`` when that
+        is every entry)."""
+        if mask is None:
+            return None if self.valid is None else torch.nonzero(self.valid).flatten()
+        return torch.nonzero(mask if self.valid is None else mask & self.valid).flatten()
+
+
+def listed_run(start: int, values: Tensor, payload: Iterable[Tensor] = ()) -> Run:
+    """A run without holes: ``values`` of the edges at positions ``start ..``, with payload columns
+    aligned with them."""
+    columns = list(payload)
+    return Run(values, None, lambda index: (index + start, [c[index] for c in columns]))
+
+
+def _best_of(values: Tensor, k: int) -> Tensor:
+    """The indices (ascending) of the ``k`` largest ``values``, of equal ones the first."""
+    if len(values) <= k:
+        return torch.arange(len(values), device=values.device)
+    kth = torch.topk(values, k, sorted=False).values.min()
+    keep = values > kth
+    tied = torch.nonzero(values == kth).flatten()[: k - int(keep.sum())]
+    keep[tied] = True
+    return torch.nonzero(keep).flatten()
+
+
 class TopK:
     """The ``k`` largest values seen so far, with their positions and payload columns.
 
     Values arrive run by run with ascending positions (every run's positions after the previous
     run's). Of equal values the earlier position ranks first, so the result is that of a stable
-    sort of all values by decreasing value, cut after ``k``.
+    sort of all values by decreasing value, cut after ``k``. Only the entries of a run that can
+    enter (larger than the ``k``-th value so far, and the run's own ``k`` best) are listed.
     """
 
     def __init__(self, k: int) -> None:
@@ -51,28 +94,29 @@ class TopK:
         self.positions: Tensor | None = None
         self.payload: list[Tensor] = []
 
-    def add(self, values: Tensor, positions: Tensor, payload: Iterable[Tensor] = ()) -> None:
-        """Take a run's ``values``, their ``positions`` and payload columns (each aligned with ``values``)."""
-        payload = list(payload)
-        if self.k == 0 or len(values) == 0:
+    def add(self, run: Run) -> None:
+        """Take a run's values."""
+        if self.k == 0 or len(run.values) == 0:
             return
-        if self.values is not None and len(self.values) == self.k:
-            # a later value enters only if larger than the k-th best so far (ties go to earlier edges)
-            better = torch.nonzero(values > self.values.min()).flatten()
-            if len(better) == 0:
-                return
-            values, positions, payload = values[better], positions[better], [p[better] for p in payload]
+        full = self.values is not None and len(self.values) == self.k
+        # a later value enters only if larger than the k-th best so far (ties go to earlier edges)
+        index = run.entries(run.values > self.values.min() if full else None)
+        values = run.values if index is None else run.values[index]
+        if len(values) == 0:
+            return
+        best = _best_of(values, self.k)
+        if len(best) < len(values):
+            index, values = (best if index is None else index[best]), values[best]
+        elif index is None:
+            index = best
+        positions, payload = run.take(index)
         if self.values is not None:
             values = torch.cat([self.values, values])
             positions = torch.cat([self.positions, positions])
             payload = [torch.cat([kept, new]) for kept, new in zip(self.payload, payload)]
-        if len(values) > self.k:
-            kth = torch.topk(values, self.k, sorted=False).values.min()
-            keep = values > kth
-            tied = torch.nonzero(values == kth).flatten()[: self.k - int(keep.sum())]
-            keep[tied] = True
-            index = torch.nonzero(keep).flatten()
-            values, positions, payload = values[index], positions[index], [p[index] for p in payload]
+            best = _best_of(values, self.k)
+            if len(best) < len(values):
+                values, positions, payload = values[best], positions[best], [p[best] for p in payload]
         self.values, self.positions, self.payload = values, positions, payload
 
     def result(self) -> tuple[Tensor, Tensor, list[Tensor]] | None:
@@ -125,7 +169,11 @@ def _bin_scale(fmt: _Format, bins: Tensor) -> list[int]:
 def check_finite_magnitudes(values: Tensor, what: str) -> None:
     """Raise :class:`InputError` unless every value is finite and ``>= 0``."""
     if len(values) and not bool(torch.isfinite(values).all() & (values >= 0).all()):
-        raise InputError(f"{what} holds NaN, inf or negative values; the selection needs finite magnitudes")
+        _refuse(what)
+
+
+def _refuse(what: str) -> None:
+    raise InputError(f"{what} holds NaN, inf or negative values; the selection needs finite magnitudes")
 
 
 class Histogram:
@@ -146,9 +194,19 @@ class Histogram:
         self.high = torch.zeros(size, dtype=torch.long, device=device)
         self.low = torch.zeros(size, dtype=torch.long, device=device) if self.fmt is _FLOAT64 else None
 
-    def add(self, values: Tensor) -> None:
-        """Count and sum ``values`` (1-D, non-negative, finite)."""
-        bins, mantissa = _split(_as_format(values, self.fmt), self.fmt)
+    def add(self, values: Tensor, what: str | None = None) -> None:
+        """Count and sum ``values`` (1-D, non-negative, finite); with ``what``, first check that
+        they are (:func:`check_finite_magnitudes`), in the same pass where a compiled kernel applies."""
+        values = _as_format(values, self.fmt)
+        bad = kernels.histogram_add(values, self.counts, self.high, self.low, self.fmt.mantissa_bits,
+                                    self.fmt.bin_shift, self._HALF)
+        if bad is not None:
+            if bad and what is not None:
+                _refuse(what)
+            return
+        if what is not None:
+            check_finite_magnitudes(values, what)
+        bins, mantissa = _split(values, self.fmt)
         self.counts += torch.bincount(bins, minlength=len(self.counts))
         if self.low is None:
             self.high.index_add_(0, bins, mantissa)
@@ -248,8 +306,8 @@ def boundary_count(mantissas: Tensor, needed: int) -> int:
     return lo
 
 
-#: a pass over the values: per run, its first position, its magnitudes and its payload columns
-Runs = Callable[[], Iterator[tuple[int, Tensor, list[Tensor]]]]
+#: a pass over the values, run by run
+Runs = Callable[[], Iterator[Run]]
 
 
 @dataclass(frozen=True)
@@ -284,11 +342,10 @@ def select(runs: Runs, top_k: int | None = None, threshold: float | None = None,
     cut = None
     if mass is not None:
         histogram = None
-        for _, magnitude, _ in runs():
-            check_finite_magnitudes(magnitude, what)
+        for run in runs():
             if histogram is None:
-                histogram = Histogram(magnitude.dtype, magnitude.device)
-            histogram.add(magnitude)
+                histogram = Histogram(run.values.dtype, run.values.device)
+            histogram.add(run.values, what)
         if histogram is None:
             return Selection(torch.zeros(0, dtype=torch.long), torch.zeros(0), [], 0, 0)
         cut = mass_cut(histogram, mass)
@@ -296,27 +353,27 @@ def select(runs: Runs, top_k: int | None = None, threshold: float | None = None,
     kept: list[tuple[Tensor, Tensor, list[Tensor]]] = []
     boundary: list[tuple[Tensor, Tensor]] = []  # the boundary bin's (mantissa, position)
     totals: Histogram | None = None
-    for start, magnitude, payload in runs():
+    for run in runs():
+        magnitude = run.values
         if cut is None:
-            check_finite_magnitudes(magnitude, what)
             if totals is None:
                 totals = Histogram(magnitude.dtype, magnitude.device)
-            totals.add(magnitude)
-        positions = torch.arange(start, start + len(magnitude), device=magnitude.device)
+            totals.add(magnitude, what)
         passes = None if threshold is None else magnitude.double() >= threshold
         if cut is not None:
             above, inside, mantissa = cut.classify(magnitude)
-            boundary.append((mantissa[inside], positions[inside]))
+            index = run.entries(inside)
+            boundary.append((mantissa[index], run.take(index)[0]))
             candidate = above | inside
             passes = candidate if passes is None else passes & candidate
         if best is not None:
-            best.add(magnitude, positions, payload)
+            best.add(run)
         else:
-            index = torch.nonzero(passes).flatten() if passes is not None else None
+            index = run.entries(passes)
             if index is None:
-                kept.append((positions, magnitude, payload))
-            else:
-                kept.append((positions[index], magnitude[index], [p[index] for p in payload]))
+                index = torch.arange(len(magnitude), device=magnitude.device)
+            positions, payload = run.take(index)
+            kept.append((positions, magnitude[index], payload))
     total = cut.total if cut is not None else (totals.total() if totals is not None else 0)
     if best is not None:
         found = best.result()

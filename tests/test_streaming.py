@@ -2,6 +2,7 @@
 filtered exports and flows, equal whatever the runs, and never an allocation of every edge."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 from fractions import Fraction
 
@@ -12,7 +13,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import graphlrp
-from graphlrp import analysis, explanation as explanation_module, rules, streaming
+from graphlrp import analysis, explanation as explanation_module, kernels, rules, streaming
 from graphlrp.blocks import ConvBlock
 
 from test_from_edges import random_dag
@@ -58,7 +59,7 @@ def runs_of(values: torch.Tensor, cuts: list[int]):
 
     def runs():
         for a, b in zip(bounds[:-1], bounds[1:]):
-            yield a, values[a:b], [values[a:b] * 2]
+            yield streaming.listed_run(a, values[a:b], [values[a:b] * 2])
     return runs
 
 
@@ -163,8 +164,35 @@ def explained_gated(seed: int = 0):
     return graphlrp.explain(graphlrp.lower(model, x), x, target=2, rule=rules.Epsilon())
 
 
+class Dilated(nn.Module):
+    """Convolutions with dilation, groups, stride, padding, a zero output channel and zero kernel entries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(2, 4, 3, padding=2, dilation=2)
+        self.grouped = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
+        self.head = nn.Linear(6 * 4 * 4, 3)
+        with torch.no_grad():
+            self.wide.weight[1] = 0.0
+            self.grouped.weight[self.grouped.weight.abs() < 0.1] = 0.0
+
+    def forward(self, x):
+        return self.head(torch.relu(self.grouped(torch.relu(self.wide(x)))).flatten(1))
+
+
+def explained_dilated(rule, dtype=torch.float64):
+    torch.manual_seed(1)
+    model = Dilated().to(dtype).eval()
+    x = torch.randn(3, 2, 8, 8, dtype=dtype)
+    return graphlrp.explain(graphlrp.lower(model, x), x, target=0, rule=rule)
+
+
 EXPLANATIONS = {
     "cnn": lambda: explained_cnn(),
+    "cnn-conv-zplus": lambda: explained_cnn(rule=rules.ZPlus()),
+    "cnn-conv-alphabeta": lambda: explained_cnn(rule=rules.AlphaBeta(2, 1)),
+    "dilated-gamma": lambda: explained_dilated(rules.Gamma(0.25)),
+    "dilated-alphabeta-float32": lambda: explained_dilated(rules.AlphaBeta(1, 0), torch.float32),
     "cnn-sparse-zplus": lambda: explained_cnn("sparse", rules.ZPlus()),
     "cnn-edges-gamma": lambda: explained_cnn("edges", rules.Gamma(0.25)),
     "cnn-dense-alphabeta": lambda: explained_cnn("dense", rules.AlphaBeta(2, 1)),
@@ -189,6 +217,28 @@ def test_message_runs_are_edge_relevance_bit_for_bit(explanation, size):
         assert torch.equal(torch.cat([r.contributions for r in runs], 1), explanation.edge_contributions(rows))
         assert torch.equal(torch.cat([r.src for r in runs]), src) and torch.equal(torch.cat([r.dst for r in runs]), dst)
         assert torch.equal(torch.cat([r.weight for r in runs]), weight)
+        for r in runs:  # a layout's holes hold zeros
+            holes = torch.zeros(r.layout.shape[1], dtype=torch.bool) if r.valid is None else ~r.valid
+            assert not r.layout[:, holes].any() and not r.contribution_layout[:, holes].any()
+
+
+@pytest.mark.parametrize("size", [1, 30, 1 << 30])
+def test_conv_runs_take_the_listed_edges_of_any_entries(size):
+    explanation = explained_dilated(rules.Epsilon())
+    g = torch.Generator().manual_seed(size)
+    for block in explanation.graph.blocks:
+        if not isinstance(block, ConvBlock):
+            continue
+        src, dst, weight = block.edges()
+        for run in block.edge_runs(size):
+            valid = torch.nonzero(run.valid).flatten()
+            assert len(valid) == len(run) and run.size >= len(run)
+            for chosen in (valid, valid[torch.randperm(len(valid), generator=g)[:3]].sort().values):
+                offset, *listed = run.take(chosen)
+                position = offset + run.start
+                assert torch.equal(offset, torch.searchsorted(valid, chosen))  # edges before it in the run
+                for got, expected in zip(listed, (src, dst, weight)):
+                    assert torch.equal(got, expected[position])
 
 
 # -- exact selections --------------------------------------------------------------------------------
@@ -225,6 +275,27 @@ def test_mass_of_zero_magnitudes_is_empty_and_nan_is_refused():
         streaming.select(runs_of(torch.tensor([1.0, float("nan")]), []), mass=0.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_histogram_of_the_compiled_kernel_is_torchs(dtype):
+    values = random_magnitudes(5, 3000, dtype)
+    values[7] = -0.0
+    histograms = []
+    for context in (contextlib.nullcontext(), kernels.disabled()):
+        with context:
+            histogram = streaming.Histogram(dtype, values.device)
+            histogram.add(values[:1000], "values")
+            histogram.add(values[1000:], "values")
+            histograms.append(histogram)
+            for bad in (float("nan"), float("inf"), -1e-3):
+                with pytest.raises(ValueError, match="NaN, inf or negative"):
+                    streaming.Histogram(dtype, values.device).add(torch.tensor([1.0, bad], dtype=dtype), "values")
+    compiled, plain = histograms
+    for name in ("counts", "high", "low"):
+        a, b = getattr(compiled, name), getattr(plain, name)
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert compiled.total() == sum(Fraction(float(v)) * 2 ** 1074 for v in values)
+
+
 def test_exact_sum_and_flow_sums():
     values = torch.tensor([2.0 ** 60, 1.0, -0.0, 2.0 ** -70, 3.5], dtype=torch.float64)
     assert Fraction(streaming.exact_sum(values), 2 ** 1074) == sum(Fraction(float(v)) for v in values)
@@ -246,7 +317,9 @@ def test_circuit_equals_the_listing_reference(explanation, small_runs, fraction)
     circuit = analysis.relevant_circuit(explanation, 1, fraction)
     assert circuit.edges.tolist() == expected
     src, dst, _ = explanation.graph.edges()
-    assert torch.equal(circuit.src, src[expected]) and torch.equal(circuit.dst, dst[expected])
+    assert circuit.src.dtype == circuit.dst.dtype == circuit.edges.dtype == torch.int32
+    assert torch.equal(circuit.src.long(), src[expected]) and torch.equal(circuit.dst.long(), dst[expected])
+    assert torch.equal(circuit.nodes, torch.unique(torch.cat([src[expected], dst[expected]])))
     assert torch.equal(circuit.relevance, messages[expected])
     total = sum(Fraction(m) for m in magnitude)
     assert circuit.fraction == float(sum(Fraction(magnitude[i]) for i in expected) / total)

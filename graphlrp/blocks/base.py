@@ -105,6 +105,35 @@ class EdgeRun:
     def __len__(self) -> int:
         return len(self.src)
 
+    @property
+    def size(self) -> int:
+        """Entries of the run's layout: here one per edge, in edge order."""
+        return len(self.src)
+
+    @property
+    def valid(self) -> Tensor | None:
+        """Which layout entries are edges (``None``: all of them, as here)."""
+        return None
+
+    def take(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(offset, src, dst, weight)`` of the layout entries ``index`` (edges), the offset counted
+        from :attr:`start`."""
+        return index, self.src[index], self.dst[index], self.weight[index]
+
+    def sources(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """The value of each entry's source, ``(B, size)``, from ``values (B, n_src)`` (``fill``
+        at holes that read no source)."""
+        return values[:, self.src]
+
+    def destinations(self, values: Tensor) -> Tensor:
+        """The value of each entry's destination, ``(B, size)``, from ``values (B, n_dst)``."""
+        return values[:, self.dst]
+
+    def max_into(self, target: Tensor, values: Tensor) -> None:
+        """``target_j = max(target_j, values of the entries into j)`` for ``target (n_dst,)`` and
+        ``values (size,)``, whose holes must hold ``-inf``."""
+        target.scatter_reduce_(0, self.dst, values, "amax")
+
 
 def runs_of_listing(src: Tensor, dst: Tensor, weight: Tensor, max_edges: int) -> Iterator[EdgeRun]:
     """Runs of at most ``max_edges`` edges cut from listed edges (views where the lists are)."""

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
-from ..transforms import EdgeIndicator, Ones, Transform
-from .base import SUM_CHUNK_ELEMENTS, EdgeRun, StaticBlock, count_after_cast, destination_ranges
+from ..transforms import EdgeIndicator, Identity, Ones, Transform
+from .base import SUM_CHUNK_ELEMENTS, EdgeRun, StaticBlock, count_after_cast
 from .sparse import UnrolledConvBlock
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -247,20 +247,25 @@ class ConvBlock(StaticBlock):
         slots = ((group[:, None] * count + position) * out_per_group + within[:, None]) * self._entries + entry[:, None]
         return src[order], dst[order], weight[order], slots[valid][order]
 
-    def edge_runs(self, max_edges: int) -> Iterator[EdgeRun]:
-        """Runs of whole output units, each listed by index arithmetic in :meth:`edges` order.
+    def edge_runs(self, max_edges: int) -> Iterator["ConvRun"]:
+        """Runs of whole output units laid out ``(output channel, position, kernel entry)``.
 
         Into one output unit the edges come from its kernel entries in row-major order, which is
-        the order of their sources: a run is the grid ``(output units, kernel entries)`` with the
-        entries whose weight is zero or whose input position lies in the padding left out, so no
-        sort is needed and no more than the run's edges are listed.
+        the order of their sources: a run's layout is the grid of its output units and the kernel
+        entries, in edge order, with holes where a weight is zero or an input position lies in the
+        padding (:class:`ConvRun`). A run is whole output channels of one group, or part of one
+        channel's positions; no more than ``max_edges`` layout entries unless one output unit has
+        more. No edge is listed unless asked for (:meth:`ConvRun.take`).
         """
-        ones = torch.ones((1, *self.in_shape), dtype=torch.float64, device=self.weight.device)
-        indicator = self.weight.ne(0).to(torch.float64)
-        degrees = _CONV[self.dims](ones, indicator, None, self.stride, self.padding, self.dilation, self.groups)
-        grid = _RunGrid(self)
-        for start, first, stop in destination_ranges(degrees.reshape(-1).round().long(), max_edges):
-            yield EdgeRun(start, *grid.edges_into(first, stop))
+        yield from _RunGrid(self).runs(max_edges)
+
+    def run_messages(self, run: "ConvRun", x: Tensor, s: Tensor, transform: Transform = Identity(),
+                     state: object = None) -> Tensor:
+        """The messages of a run's layout, ``(B, run.size)``: at each edge bit for bit
+        :meth:`edge_messages`' (``x_i · f(w) · s_j``, in that order); at the holes a product
+        with a zero input (padding) or weight (``f(w)`` taken as 0 there), ``±0`` for finite
+        inputs and quotients."""
+        return run.messages(x, s, transform)
 
     # -- sums over samples: one slot per (position, kernel weight), a batched product ----------
     @property
@@ -343,12 +348,12 @@ class ConvBlock(StaticBlock):
 
 
 class _RunGrid:
-    """A convolution's edges into a range of output units, by index arithmetic.
+    """A convolution's edges into ranges of output units, by index arithmetic.
 
     The source of the edge from kernel entry ``e = (c, *k)`` into output unit ``(o, *p)`` is
     ``entry_offset[o, e] + position_offset[p]``: the input channel's plane and the kernel
     offset, plus the window's origin; the edge exists where the weight is nonzero and every
-    coordinate ``p·stride − padding + k·dilation`` lies inside the input.
+    coordinate ``p·stride − padding + k·dilation`` lies inside the input (``inside[p, e]``).
     """
 
     def __init__(self, block: ConvBlock) -> None:
@@ -356,42 +361,194 @@ class _RunGrid:
         c_out, c_in_group, *kernel = block.weight.shape
         spatial, out = block.in_shape[1:], block.out_shape[1:]
         plane_strides = [math.prod(spatial[axis + 1:]) for axis in range(block.dims)]
+        self.block = block
         self.positions = math.prod(out)
         self.weight = block.weight.reshape(c_out, -1)
+        self.entries = self.weight.shape[1]
         self.nonzero = self.weight.ne(0)
-        entries = torch.arange(self.weight.shape[1], device=device)
-        #: each entry's kernel coordinate along every axis, and each position's output coordinate
-        self.entry_axes = _unravel(entries, kernel)
-        positions = torch.arange(self.positions, device=device)
-        self.position_axes = _unravel(positions, out)
+        entries = torch.arange(self.entries, device=device)
+        entry_axes = _unravel(entries, kernel)
+        position_axes = _unravel(torch.arange(self.positions, device=device), out)
         group = torch.arange(c_out, device=device)[:, None] // (c_out // block.groups)
         channel = group * c_in_group + (entries // math.prod(kernel))[None, :]  # input channel, (C_out, E)
         offset = channel * math.prod(spatial)
         position_offset = torch.zeros(self.positions, dtype=torch.long, device=device)
-        #: per axis, whether output coordinate ``q`` with kernel coordinate ``k`` reads inside the input
-        self.inside = []
+        inside = torch.ones((self.positions, self.entries), dtype=torch.bool, device=device)
         for axis in range(block.dims):
             step = plane_strides[axis]
-            offset = offset + (self.entry_axes[axis] * block.dilation[axis] * step)[None, :]
+            offset = offset + (entry_axes[axis] * block.dilation[axis] * step)[None, :]
             origin = torch.arange(out[axis], device=device) * block.stride[axis] - block.padding[axis]
-            position_offset += origin[self.position_axes[axis]] * step
+            position_offset += origin[position_axes[axis]] * step
             reach = origin[:, None] + torch.arange(kernel[axis], device=device)[None, :] * block.dilation[axis]
-            self.inside.append((reach >= 0) & (reach < spatial[axis]))
+            inside &= ((reach >= 0) & (reach < spatial[axis]))[position_axes[axis]][:, entry_axes[axis]]
         self.entry_offset = offset
         self.position_offset = position_offset
+        #: whether position ``p`` reads inside the input through kernel entry ``e``, ``(P, E)``
+        self.inside = inside
+        self.zero_weights = not bool(self.nonzero.all())
+        self.holes = self.zero_weights or not bool(inside.all())
+        # (C_out, P) edges into each unit, counted exactly in float64
+        degrees = (self.nonzero.to(torch.float64) @ inside.to(torch.float64).T).round().long()
+        ends = torch.cumsum(degrees.reshape(-1), 0)
+        #: position of the first edge into every output unit, in the block's edge order
+        self.starts = ends - degrees.reshape(-1)
 
-    def edges_into(self, first: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Local ``(src, dst, weight)`` of the edges into output units ``first .. stop - 1``, in edge order."""
-        dst = torch.arange(first, stop, device=self.weight.device)
-        channel, position = dst // self.positions, dst % self.positions
-        valid = self.nonzero[channel]
-        for axis, inside in enumerate(self.inside):
-            valid &= inside[self.position_axes[axis][position]][:, self.entry_axes[axis]]
-        src = self.entry_offset[channel] + self.position_offset[position][:, None]
-        weight = self.weight[channel]
-        if bool(valid.all()):
-            return src.reshape(-1), dst.repeat_interleave(valid.shape[1]), weight.reshape(-1)
-        return src[valid], dst[:, None].expand_as(valid)[valid], weight[valid]
+    def runs(self, max_edges: int) -> Iterator["ConvRun"]:
+        """The runs of at most ``max_edges`` layout entries (or one output unit), in edge order;
+        runs without edges are left out."""
+        block, positions, entries = self.block, self.positions, self.entries
+        per_group = block.out_shape[0] // block.groups
+        patches: dict[tuple[int, float], tuple[Tensor, Tensor]] = {}  # the runs' shared input patches, by input tensor
+        rectangles = []
+        for first in range(0, block.out_shape[0], per_group):
+            if positions * entries <= max_edges:
+                step = max_edges // (positions * entries)
+                rectangles += [(o, min(o + step, first + per_group), 0, positions)
+                               for o in range(first, first + per_group, step)]
+            else:
+                step = max(1, max_edges // entries)
+                rectangles += [(o, o + 1, p, min(p + step, positions))
+                               for o in range(first, first + per_group) for p in range(0, positions, step)]
+        bounds = torch.tensor([[o0 * positions + p0, (o1 - 1) * positions + p1] for o0, o1, p0, p1 in rectangles])
+        ends = torch.cat([self.starts, self.starts.new_tensor([block.num_edges])])
+        for (o0, o1, p0, p1), start, stop in zip(rectangles, ends[bounds[:, 0]].tolist(), ends[bounds[:, 1]].tolist()):
+            if stop > start:
+                yield ConvRun(self, start, stop - start, (o0, o1), (p0, p1), patches)
+
+
+class ConvRun:
+    """A convolution's edges into output channels ``o0 .. o1 - 1`` at positions ``p0 .. p1 - 1``,
+    laid out ``(channel, position, kernel entry)``: positions ``start .. start + len - 1`` of the
+    block's edge order, monotone in the layout, with holes (zero weights, padding) where
+    :attr:`valid` is False.
+
+    Only :meth:`take` lists edges, for the entries asked; :attr:`src`, :attr:`dst` and
+    :attr:`weight` list them all.
+    """
+
+    def __init__(self, grid: _RunGrid, start: int, count: int, channels: tuple[int, int],
+                 positions: tuple[int, int], patches: dict[tuple[int, float], tuple[Tensor, Tensor]]) -> None:
+        self.start = start
+        self._grid, self._count = grid, count
+        self.channels, self.positions = channels, positions
+        self._patches = patches
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def size(self) -> int:
+        """Entries of the layout: channels × positions × kernel entries."""
+        return (self.channels[1] - self.channels[0]) * (self.positions[1] - self.positions[0]) * self._grid.entries
+
+    @functools.cached_property
+    def valid(self) -> Tensor | None:
+        """Which layout entries are edges, ``(size,)`` (``None``: all of them)."""
+        grid = self._grid
+        if not grid.holes:
+            return None
+        (o0, o1), (p0, p1) = self.channels, self.positions
+        return (grid.nonzero[o0:o1, None, :] & grid.inside[None, p0:p1, :]).reshape(-1)
+
+    def take(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(offset, src, dst, weight)`` of the layout entries ``index`` (edges; local ids, the
+        offset counted from :attr:`start`)."""
+        grid, entries = self._grid, self._grid.entries
+        (o0, _), (p0, p1) = self.channels, self.positions
+        entry, row = index % entries, index // entries
+        channel, position = o0 + row // (p1 - p0), p0 + row % (p1 - p0)
+        src = grid.entry_offset[channel, entry] + grid.position_offset[position]
+        dst = channel * grid.positions + position
+        weight = grid.weight[channel, entry]
+        valid = self.valid
+        if valid is None:
+            offset = index
+        elif len(index) * entries >= self.size:  # many entries: count the edges before each in one pass
+            offset = torch.cumsum(valid, 0, dtype=torch.int32)[index].long() - 1
+        else:  # few: the edges into the entry's unit before it
+            before = valid.view(-1, entries)[row] & (torch.arange(entries, device=index.device) < entry[:, None])
+            offset = grid.starts[dst] - self.start + before.sum(1)
+        return offset, src, dst, weight
+
+    @functools.cached_property
+    def _listing(self) -> tuple[Tensor, Tensor, Tensor]:
+        valid = self.valid
+        index = torch.arange(self.size, device=self._grid.weight.device) if valid is None else torch.nonzero(valid).flatten()
+        return self.take(index)[1:]
+
+    @property
+    def src(self) -> Tensor:
+        """Local source of every edge of the run, in edge order."""
+        return self._listing[0]
+
+    @property
+    def dst(self) -> Tensor:
+        """Local destination of every edge of the run, in edge order."""
+        return self._listing[1]
+
+    @property
+    def weight(self) -> Tensor:
+        """Weight of every edge of the run, in edge order."""
+        return self._listing[2]
+
+    def listed(self) -> EdgeRun:
+        """The run's edges as an :class:`EdgeRun` (layout without holes)."""
+        return EdgeRun(self.start, *self._listing)
+
+    def sources(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """The value of each entry's source, ``(B, size)``, from ``values (B, n_src)`` (``fill``
+        in the padding); read once per ``values`` tensor for the block's runs."""
+        (o0, o1), (p0, p1) = self.channels, self.positions
+        group = o0 // (self._grid.block.out_shape[0] // self._grid.block.groups)
+        patch = self._patches_of(values, fill)[:, group, p0:p1]
+        return patch[:, None].expand(-1, o1 - o0, -1, -1).reshape(len(values), -1)
+
+    def destinations(self, values: Tensor) -> Tensor:
+        """The value of each entry's destination, ``(B, size)``, from ``values (B, n_dst)``."""
+        (o0, o1), (p0, p1) = self.channels, self.positions
+        part = values.reshape(len(values), -1, self._grid.positions)[:, o0:o1, p0:p1]
+        return part[..., None].expand(-1, -1, -1, self._grid.entries).reshape(len(values), -1)
+
+    def max_into(self, target: Tensor, values: Tensor) -> None:
+        """``target_j = max(target_j, values of the entries into j)`` for ``target (n_dst,)`` and
+        ``values (size,)``, whose holes must hold ``-inf``."""
+        (o0, o1), (p0, p1) = self.channels, self.positions
+        view = target.view(-1, self._grid.positions)[o0:o1, p0:p1]
+        view.copy_(torch.maximum(view, values.view(o1 - o0, p1 - p0, -1).amax(-1)))
+
+    def messages(self, x: Tensor, s: Tensor, transform: Transform) -> Tensor:
+        """``x_i · f(w) · s_j`` over the layout, ``(B, size)``, for ``x (B, n_src)``, ``s (B, n_dst)``."""
+        grid = self._grid
+        block = grid.block
+        (o0, o1), (p0, p1) = self.channels, self.positions
+        group = o0 // (block.out_shape[0] // block.groups)
+        patch = self._patches_of(x)[:, group, p0:p1]  # (B, positions, E)
+        weight = transform(grid.weight[o0:o1])  # (channels, E)
+        if grid.zero_weights:  # f(0) is no weight: the flat rule's ones would make a hole a message
+            weight = weight.masked_fill(~grid.nonzero[o0:o1], 0)
+        quotients = s.reshape(len(s), block.out_shape[0], grid.positions)[:, o0:o1, p0:p1]
+        messages = patch[:, None] * weight[None, :, None, :]
+        return messages.mul_(quotients[..., None]).reshape(len(x), -1)
+
+    def _patches_of(self, x: Tensor, fill: float = 0.0) -> Tensor:
+        """The input patch every output position reads, ``(B, groups, positions, E)`` (``fill`` in
+        the padding), made once per input tensor for the block's runs."""
+        kept = self._patches.get((id(x), fill))
+        if kept is None or kept[0] is not x:
+            block = self._grid.block
+            batch, kernel = len(x), block.weight.shape[2:]
+            planes = x.reshape(batch, *block.in_shape)
+            if any(block.padding):
+                planes = F.pad(planes, [p for p in reversed(block.padding) for _ in range(2)], value=fill)
+            for axis in range(block.dims):  # each spatial axis becomes (outputs, window span)
+                span = (kernel[axis] - 1) * block.dilation[axis] + 1
+                planes = planes.unfold(2 + axis, span, block.stride[axis])
+            windows = planes[(...,) + tuple(slice(None, None, d) for d in block.dilation)]  # (B, C, *out, *k)
+            grouped = windows.reshape(batch, block.groups, block.in_shape[0] // block.groups, self._grid.positions,
+                                      math.prod(kernel))
+            kept = (x, grouped.permute(0, 1, 3, 2, 4).reshape(batch, block.groups, self._grid.positions, -1))
+            self._patches[id(x), fill] = kept
+        return kept[1]
 
 
 def _unravel(flat: Tensor, shape: list[int] | tuple[int, ...]) -> list[Tensor]:

@@ -186,7 +186,7 @@ class MaxPoolBlock(Block):
         return messages.mul_(src[None, :] == self._winner_sources(state)[:, dst])
 
     def edge_runs(self, max_edges: int) -> Iterator[EdgeRun]:
-        return self.windows.edge_runs(max_edges)
+        return (run.listed() for run in self.windows.edge_runs(max_edges))
 
     def run_messages(
         self, run: EdgeRun, x: Tensor, s: Tensor, transform: Transform, state: Tensor = None
