@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .streaming import Histogram, Runs, _split, boundary_count, exact_sum, mass_cut, ratio
+from .streaming import HeldMass, Runs, _split, boundary_count, exact_sum, histogram_of, mass_cut
 
 
 #: candidate edges of a run listed and placed at once (bounds the temporaries above the result)
@@ -22,21 +22,11 @@ TAKE_AT_ONCE = 1 << 18
 
 
 @dataclass(frozen=True)
-class Heaviest:
-    """The edges :func:`heaviest` takes, by decreasing magnitude (ties by position).
-
-    ``held`` and ``total`` are the exact sums of the taken and of all magnitudes (units of
-    ``2^-1074``); :attr:`fraction` is their ratio.
-    """
+class Heaviest(HeldMass):
+    """The edges :func:`heaviest` takes, by decreasing magnitude, ties by position (see :class:`HeldMass`)."""
 
     positions: Tensor
     payload: list[Tensor]
-    held: int
-    total: int
-
-    @property
-    def fraction(self) -> float:
-        return ratio(self.held, self.total)
 
 
 def heaviest(runs: Runs, fraction: float, magnitude: int, position_dtype: torch.dtype = torch.long,
@@ -48,18 +38,14 @@ def heaviest(runs: Runs, fraction: float, magnitude: int, position_dtype: torch.
     magnitudes ``|m|``); each column keeps the dtype the runs give it, positions take
     ``position_dtype``. Memory: the result's columns, the lowest bin's other edges, one run.
     """
-    histogram = None
-    for run in runs():
-        if histogram is None:
-            histogram = Histogram(run.values.dtype, run.values.device)
-        histogram.add(run.values, what)
+    histogram = histogram_of(runs, what)
     if histogram is None:
-        return Heaviest(torch.zeros(0, dtype=position_dtype), [], 0, 0)
+        return Heaviest(held=0, total=0, positions=torch.zeros(0, dtype=position_dtype), payload=[])
     cut = mass_cut(histogram, fraction)
     numbers, counts, sums = histogram.bin_sums()
     taken = [i for i, number in enumerate(numbers) if number >= cut.bin] if cut.bin >= 0 else []
     if not taken:
-        return Heaviest(torch.zeros(0, dtype=position_dtype), [], 0, cut.total)
+        return Heaviest(held=0, total=cut.total, positions=torch.zeros(0, dtype=position_dtype), payload=[])
     device = histogram.counts.device
     # every taken bin's slice of the columns, bins by decreasing value (the boundary bin last)
     sizes = torch.tensor([counts[i] for i in taken], dtype=torch.long)
@@ -104,4 +90,4 @@ def heaviest(runs: Runs, fraction: float, magnitude: int, position_dtype: torch.
     count = boundary_count(_split(last.to(cut.fmt.float_dtype), cut.fmt)[1], cut.needed)
     held += exact_sum(last[:count]) if count else 0
     end = int(first[-1]) + count
-    return Heaviest(positions[:end], [column[:end] for column in columns], held, cut.total)
+    return Heaviest(held=held, total=cut.total, positions=positions[:end], payload=[column[:end] for column in columns])

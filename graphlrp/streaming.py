@@ -311,22 +311,43 @@ Runs = Callable[[], Iterator[Run]]
 
 
 @dataclass(frozen=True)
-class Selection:
-    """The edges that pass every criterion of :func:`select`, by ascending position.
+class HeldMass:
+    """A share of the edges' total magnitude.
 
     ``held`` and ``total`` are the exact sums of the kept and of all magnitudes (units of
     ``2^-1074``); :attr:`fraction` is their ratio.
     """
 
-    positions: Tensor
-    magnitudes: Tensor
-    payload: list[Tensor]
     held: int
     total: int
 
     @property
     def fraction(self) -> float:
         return ratio(self.held, self.total)
+
+
+@dataclass(frozen=True)
+class Selection(HeldMass):
+    """The edges that pass every criterion of :func:`select`, by ascending position (see :class:`HeldMass`)."""
+
+    positions: Tensor
+    magnitudes: Tensor
+    payload: list[Tensor]
+
+
+def histogram_of(runs: Runs, what: str = "edge relevance") -> Histogram | None:
+    """One pass over ``runs()`` counted in a :class:`Histogram` (``None`` when there is no run)."""
+    histogram = None
+    for run in runs():
+        if histogram is None:
+            histogram = Histogram(run.values.dtype, run.values.device)
+        histogram.add(run.values, what)
+    return histogram
+
+
+def _no_selection(total: int) -> Selection:
+    return Selection(held=0, total=total, positions=torch.zeros(0, dtype=torch.long), magnitudes=torch.zeros(0),
+                     payload=[])
 
 
 def select(runs: Runs, top_k: int | None = None, threshold: float | None = None, mass: float | None = None,
@@ -341,13 +362,9 @@ def select(runs: Runs, top_k: int | None = None, threshold: float | None = None,
     """
     cut = None
     if mass is not None:
-        histogram = None
-        for run in runs():
-            if histogram is None:
-                histogram = Histogram(run.values.dtype, run.values.device)
-            histogram.add(run.values, what)
+        histogram = histogram_of(runs, what)
         if histogram is None:
-            return Selection(torch.zeros(0, dtype=torch.long), torch.zeros(0), [], 0, 0)
+            return _no_selection(0)
         cut = mass_cut(histogram, mass)
     best = TopK(top_k) if top_k is not None else None
     kept: list[tuple[Tensor, Tensor, list[Tensor]]] = []
@@ -378,12 +395,12 @@ def select(runs: Runs, top_k: int | None = None, threshold: float | None = None,
     if best is not None:
         found = best.result()
         if found is None:
-            return Selection(torch.zeros(0, dtype=torch.long), torch.zeros(0), [], 0, total)
+            return _no_selection(total)
         values, positions, payload = found
         order = torch.argsort(positions)
         kept = [(positions[order], values[order], [p[order] for p in payload])]
     if not kept:
-        return Selection(torch.zeros(0, dtype=torch.long), torch.zeros(0), [], 0, total)
+        return _no_selection(total)
     positions = torch.cat([k[0] for k in kept])
     magnitudes = torch.cat([k[1] for k in kept])
     payload = [torch.cat(columns) for columns in zip(*(k[2] for k in kept))]
@@ -394,7 +411,8 @@ def select(runs: Runs, top_k: int | None = None, threshold: float | None = None,
         keep &= _mass_members(cut, magnitudes, positions, boundary)
     index = torch.nonzero(keep).flatten()
     positions, magnitudes, payload = positions[index], magnitudes[index], [p[index] for p in payload]
-    return Selection(positions, magnitudes, payload, exact_sum(magnitudes) if len(magnitudes) else 0, total)
+    return Selection(held=exact_sum(magnitudes) if len(magnitudes) else 0, total=total, positions=positions,
+                     magnitudes=magnitudes, payload=payload)
 
 
 def _mass_members(cut: MassCut, magnitudes: Tensor, positions: Tensor,
