@@ -287,3 +287,21 @@ def test_a_checkpoint_resumes_only_with_the_chunks_it_was_made_with(tmp_path):
         graphlrp.aggregate(setup["graph"], setup["x"][:12], 0, chunk_size=5, checkpoint=path, progress=False)
     saved = torch.load(path, weights_only=True)
     assert saved["chunks"] == 5 and saved["chunking"] == [5, 64] and int(saved["counts"].sum()) == 23
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+def test_runs_share_the_chunks_evenly_and_each_is_a_node_of_the_chunk_tree(size):
+    from graphlrp.aggregation.chunks import Share
+    from graphlrp.aggregation.core import IMBALANCE, LONGEST_RUN, _run_length
+
+    for known in [1, 2, 3, 5, 16, 17, 24, 32, 33, 40, 64, 100, 257, 1000]:
+        for done in sorted({0, 4, 16, known // 2 // 16 * 16}):
+            if done > known:
+                continue
+            length = _run_length(known, done, size, None)
+            assert length & (length - 1) == 0 and length <= LONGEST_RUN and done % length == 0
+            explained = [list(Share(done, length, rank, size).indices(known)) for rank in range(size)]
+            flat = sorted(index for share in explained for index in share)
+            assert flat == list(range(done, known))  # every chunk left, once
+            even = -(-(known - done) // size)
+            assert max(map(len, explained)) <= even + int(even * IMBALANCE), (known, done, size, length)

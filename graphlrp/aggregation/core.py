@@ -316,24 +316,34 @@ def _start(made: Aggregate, checkpoint: str | os.PathLike | None, group: Process
 
 def _run_length(known: int | None, done: int, size: int, checkpoint_every: int | None) -> int:
     """Consecutive chunks a process explains between two exchanges: a power of two that divides
-    ``done`` (so every run is one node of the chunk tree), at most :data:`LONGEST_RUN`, at most
-    ``checkpoint_every / size`` with a checkpoint, and short enough for :data:`FEWEST_ROUNDS`
-    rounds when the number of chunks is ``known``."""
+    ``done`` (so every run is one node of the chunk tree), at most :data:`LONGEST_RUN`, and at most
+    ``checkpoint_every / size`` with a checkpoint. When the number of chunks is ``known``, the
+    longest such run that gives the busiest process at most :data:`IMBALANCE` more chunks than
+    the most even sharing would: longer runs mean fewer exchanges, but runs too
+    long leave processes idle in the last round."""
     longest = LONGEST_RUN
     if checkpoint_every is not None:
         longest = min(longest, checkpoint_every // size)
-    if known is not None:
-        longest = min(longest, (known - done) // (size * FEWEST_ROUNDS))
-    length = 1
-    while 2 * length <= longest and done % (2 * length) == 0:
-        length *= 2
-    return length
+    lengths = [1]
+    while 2 * lengths[-1] <= longest and done % (2 * lengths[-1]) == 0:
+        lengths.append(2 * lengths[-1])
+    if known is None:
+        return lengths[-1]
+    fewest = min(_busiest(known - done, length, size) for length in lengths)
+    allowed = fewest + int(fewest * IMBALANCE)
+    return next(length for length in reversed(lengths) if _busiest(known - done, length, size) <= allowed)
+
+
+def _busiest(chunks: int, length: int, size: int) -> int:
+    """The most chunks one of ``size`` processes explains when ``chunks`` are shared in runs of ``length``."""
+    rounds, left = divmod(chunks, length * size)
+    return rounds * length + min(length, left)
 
 
 #: the most consecutive chunks a process explains before the processes exchange their sums
 LONGEST_RUN = 16
-#: rounds a data set of known length is shared in at least (in the last one some processes may have no run)
-FEWEST_ROUNDS = 2
+#: the share of extra chunks the busiest process may explain so that the runs are longer
+IMBALANCE = 1 / 8
 
 
 def _up_to(mine: Iterator[Chunk], end: int) -> Iterator[Chunk]:
