@@ -66,7 +66,7 @@ SETUP = textwrap.dedent("""
             "stream": graphlrp.aggregate(graph, stream(), "label", rule=rules.Epsilon(0.01), by_class=True, **common),
             "absolute": graphlrp.aggregate(graph, x, "predicted", rule=rules.AlphaBeta(2.0, 1.0), absolute=True,
                                            **common),
-            # a chunk per sample: runs of 4, 2 and 1 chunks for 1, 2 and 3 processes (16 for the stream)
+            # a chunk per sample: runs of 16, 4 and 8 chunks for 1, 2 and 3 processes (16 for the stream)
             "runs": graphlrp.aggregate(graph, x, labels, rule=rules.Epsilon(1e-6), chunk_size=1, batch_size=1,
                                        progress=False, **kwargs),
             "stream runs": graphlrp.aggregate(graph, stream(), "label", rule=rules.Epsilon(1e-6), chunk_size=1,
@@ -188,7 +188,7 @@ def test_every_process_of_a_group_returns_the_bits_of_one_process(size, tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [1, 4])
 def test_a_group_of_one_and_one_of_four_return_the_bits_of_one_process(size, tmp_path, one_process):
-    # four processes: 5 chunks, so the second round has one chunk and three processes without one
+    # four processes: 5 chunks in runs of 2, so one process has a short run and one has none
     for found in run_group(size, tmp_path):
         assert_identical(found, one_process)
 
