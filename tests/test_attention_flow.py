@@ -59,3 +59,51 @@ def test_flow_of_a_block_that_is_not_attention_is_refused(explained):
     graph, explanation = explained
     with pytest.raises(InputError, match="not an attention block"):
         attention_flow(explanation, 0)
+
+
+@pytest.fixture(scope="module")
+def explained_attnlrp():
+    from test_attnlrp import _composite
+
+    model = tiny_vit()
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    graph = graphlrp.lower(model, x, attention="attnlrp")
+    return graph, graphlrp.explain(graph, x, target=2, composite=_composite())
+
+
+def _heads_of(block, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token and head of a node of a token-major ``(T, H·d)`` level."""
+    features = block.right.cols
+    return node // (block.left.heads * features), node % (block.left.heads * features) // features
+
+
+def test_attnlrp_flow_equals_the_value_messages_summed_by_head_query_and_key(explained_attnlrp):
+    graph, explanation = explained_attnlrp
+    blocks = attention_blocks(graph)
+    assert len(blocks) == 2 and all(graph.blocks[k].kind == "head_product" for k in blocks)
+    listed = explanation.edge_relevance()
+    first = 0
+    starts = {}
+    for k, block in enumerate(graph.blocks):
+        starts[k], first = first, first + block.num_edges
+    for position in blocks:
+        block = graph.blocks[position]
+        src, dst, _ = block.edges()
+        value_token, head = _heads_of(block, src)
+        query_token, same_head = _heads_of(block, dst)
+        assert torch.equal(head, same_head)
+        heads, tokens = block.left.heads, block.left.rows
+        expected = torch.zeros(2, heads, tokens, tokens, dtype=torch.float64)
+        messages = listed[:, starts[position] : starts[position] + block.num_edges]
+        expected.index_put_((torch.arange(2)[:, None], head, query_token, value_token), messages, accumulate=True)
+        flow = attention_flow(explanation, position)
+        torch.testing.assert_close(flow, expected, rtol=1e-12, atol=1e-15)
+        # the values receive the flow's column sums; the output's relevance is the flow's rows plus
+        # the relevance of the attention weights (the probabilities), but for the ε share
+        values = explanation.level_relevance(block.src).reshape(2, tokens, heads, -1).sum(-1).transpose(1, 2)
+        torch.testing.assert_close(flow.sum(-2), values, rtol=1e-10, atol=1e-12)
+        weights = explanation.level_relevance(block.context[0]).reshape(2, heads, tokens, tokens)
+        out = explanation.level_relevance(block.dst).reshape(2, tokens, heads, -1).sum(-1).transpose(1, 2)
+        torch.testing.assert_close(flow.sum(-1) + weights.sum(-1), out, rtol=1e-6, atol=1e-10)
+        assert weights.abs().sum() > 1e-3 and flow.abs().sum() > 1e-3
