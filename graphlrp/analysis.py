@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import reductions, streaming
+from . import kernels, reductions, streaming
 from .composites import Composite
-from .explanation import Explanation
+from .explanation import Explanation, MessageRun
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
 from .export import check_bool, check_fraction, check_int
 from .graph import Graph, Level
@@ -208,16 +208,26 @@ def _count_paths(graph: Graph, goal: int, limit: int) -> int:
 
 
 def _steps(messages: Tensor, relevance: Tensor, score: PathScore) -> Tensor:
-    """What each edge adds to a path's score (float64): ``|m_ij / R_j|`` or ``|m_ij|``, for the
-    relevance ``R_j`` of each edge's destination."""
-    wide = messages.double()
-    return _fractions(wide, relevance).abs() if score == "product" else wide.abs()
+    """What each edge adds to a path's score, a new float64 tensor shaped like ``messages``:
+    ``|m_ij / R_j|`` or ``|m_ij|``, for the relevance ``R_j`` of each edge's destination
+    (``relevance`` broadcasts against ``messages``)."""
+    step = messages.to(torch.float64, copy=True)
+    if score == "sum":
+        return step.abs_()
+    nonzero = relevance != 0
+    step.div_(torch.where(nonzero, relevance, 1.0)).abs_()
+    return step if bool(nonzero.all()) else step.masked_fill_(~nonzero, 0.0)
 
 
-def _extended(step: Tensor, value: Tensor, score: PathScore) -> Tensor:
-    """Scores ``value`` extended by edges of ``step`` (-inf stays -inf, never NaN)."""
-    extended = step * value if score == "product" else step + value
-    return torch.where(value > float("-inf"), extended, float("-inf"))
+def _extend(values: Tensor, by: Tensor, score: PathScore) -> Tensor:
+    """Scores ``values`` extended by ``by`` (which broadcasts against them), in place: where ``by``
+    is -inf (no path) the result is -inf, never NaN."""
+    if score == "product":
+        values.mul_(by)
+    else:
+        values.add_(by)
+    missing = ~(by > float("-inf"))
+    return values.masked_fill_(missing, float("-inf")) if bool(missing.any()) else values
 
 
 def _level_view(values: Tensor, level: Level) -> Tensor:
@@ -230,6 +240,8 @@ def _best_prefixes(explanation: Explanation, row: int, relevance: Tensor, goal: 
 
     One forward pass over the blocks below ``goal``'s level, by ascending source level: a node's
     incoming edges all come from lower levels, so its score is final before its edges leave.
+    Each run is scored over its grid (:attr:`MessageRun.grid`), a convolution's sources and
+    destinations broadcast rather than repeated.
     """
     graph = explanation.graph
     prefixes = relevance.new_full((graph.num_nodes,), float("-inf"))
@@ -243,12 +255,21 @@ def _best_prefixes(explanation: Explanation, row: int, relevance: Tensor, goal: 
             block = run.block
             source, target = _level_view(prefixes, graph.levels[block.src]), _level_view(prefixes, graph.levels[block.dst])
             target_relevance = _level_view(relevance, graph.levels[block.dst])
-        step = _steps(run.layout[0], run.destinations(target_relevance)[0], score)
-        extended = _extended(step, run.sources(source, float("-inf"))[0], score)
-        if run.valid is not None:
-            extended.masked_fill_(~run.valid, float("-inf"))
-        run.max_into(target[0], extended)
+        messages, valid = _grid_of(run)
+        relevance_grid, prefix_grid = run.destination_grid(target_relevance)[0], run.source_grid(source, float("-inf"))[0]
+        rows = kernels.best_extensions(run.grid, messages, relevance_grid, prefix_grid, valid, score == "product")
+        if rows is None:
+            extended = _extend(_steps(messages, relevance_grid, score), prefix_grid, score)
+            if valid is not None:
+                extended.masked_fill_(~valid, float("-inf"))
+            rows = extended.amax(-1)
+        run.max_into(target[0], rows)
     return prefixes
+
+
+def _grid_of(run: MessageRun) -> tuple[Tensor, Tensor | None]:
+    """A run's messages and which entries are edges (``None``: all), shaped as its grid."""
+    return run.layout[0].view(run.grid), None if run.valid is None else run.valid.view(run.grid)
 
 
 def _slackened(bound: float) -> float:
@@ -264,12 +285,13 @@ def _best_suffixes(
 
     Only edges that can lie on one of the ``k`` best paths overall are relaxed: the best path
     through edge ``i → j`` scores at most ``prefix_i ⊗ f_ij ⊗ suffix_j`` (best path into ``i``,
-    the edge, best path from ``j``), and once a node ``v`` holds ``k`` paths to the goal, the ``k``
-    best overall score at least ``prefix_v ⊗ (its k-th best)``. An edge below that bound is on none
+    the edge, best path from ``j``), and once the nodes of a level hold ``k`` paths to the goal
+    between them, the ``k`` best overall score at least the ``k``-th best of ``prefix_v ⊗ (v's
+    r-th best)`` over the level's nodes ``v`` and ranks ``r`` (:func:`_kth_through`). An edge below that bound is on none
     of them, and dropping it removes only paths that score strictly less than any kept one, so
     the ranking (ties included) is unchanged. These bounds, and whether an edge's best
     continuation beats its source's ``k``-th best when its block began, are tested over a run's
-    layout before any edge is listed.
+    grid before any edge is listed.
     """
     graph = explanation.graph
     n = graph.num_nodes
@@ -296,20 +318,45 @@ def _best_suffixes(
                 worst = _level_view(suffixes.value[:, k - 1], src_level).clone()
                 ahead = _level_view(suffixes.value[:, 0], dst_level).contiguous()  # destinations are final
                 target_relevance = _level_view(relevance, dst_level)
-            messages = run.layout[0]
-            step = _steps(messages, run.destinations(target_relevance)[0], score)
-            best = _extended(step, run.destinations(ahead)[0], score)
-            through = _extended(best, run.sources(source, float("-inf"))[0], score)
-            passes = (best > run.sources(worst, float("inf"))[0]) & (through >= bound)
-            index = torch.nonzero(passes if run.valid is None else passes & run.valid).flatten()
+            passes = _passes(run, target_relevance, ahead, worst, source, bound, score)
+            index = torch.nonzero(passes.view(-1)).flatten()
+            del passes
             if len(index):
                 _, src, dst, _ = run.take(index)
-                _relax(src, dst, step[index], messages[index], k, score, suffixes)
-        nodes = slice(level.offset, level.offset + level.size)
-        kth = _extended(suffixes.value[nodes, k - 1], prefixes[nodes], score)
-        if len(kth):
-            floor = max(floor, float(kth.max()))
+                messages = run.layout[0][index]
+                _relax(src, dst, _steps(messages, relevance[dst], score), messages, k, score, suffixes)
+        floor = max(floor, _kth_through(suffixes.value[level.offset : level.offset + level.size],
+                                        prefixes[level.offset : level.offset + level.size], k, score))
     return suffixes
+
+
+def _kth_through(value: Tensor, prefixes: Tensor, k: int, score: PathScore) -> float:
+    """The ``k``-th best score of the paths through one level's nodes: node ``v``'s best path
+    from the inputs followed by each of its ``k`` best to the goal (``value (n, k)``); -inf when
+    there are fewer than ``k``. A path crosses a level at most once, so these are distinct paths."""
+    through = _extend(value.clone(), prefixes[:, None], score).view(-1)
+    found = through[through > float("-inf")]
+    return float(torch.topk(found, k, sorted=False).values.min()) if len(found) >= k else float("-inf")
+
+
+def _passes(run: MessageRun, relevance: Tensor, ahead: Tensor, worst: Tensor, prefixes: Tensor, bound: float,
+            score: PathScore) -> Tensor:
+    """Which entries of a run's grid are edges to relax: their best continuation ``f_ij ⊗
+    ahead_j`` beats ``worst_i``, and ``prefix_i ⊗ f_ij ⊗ ahead_j >= bound`` (rows ``(1, n)`` of
+    the destination level's ``relevance`` and ``ahead``, of the source level's ``worst`` and
+    ``prefixes``)."""
+    messages, valid = _grid_of(run)
+    relevance_grid, ahead_grid = run.destination_grid(relevance)[0], run.destination_grid(ahead)[0]
+    worst_grid, prefix_grid = run.source_grid(worst, float("inf"))[0], run.source_grid(prefixes, float("-inf"))[0]
+    passes = kernels.path_passes(run.grid, messages, relevance_grid, ahead_grid, worst_grid, prefix_grid, valid,
+                                 score == "product", bound)
+    if passes is None:
+        best = _extend(_steps(messages, relevance_grid, score), ahead_grid, score)
+        passes = best > worst_grid
+        passes &= _extend(best, prefix_grid, score) >= bound
+        if valid is not None:
+            passes &= valid
+    return passes
 
 
 def _relax(src: Tensor, dst: Tensor, step: Tensor, messages: Tensor, k: int, score: PathScore,

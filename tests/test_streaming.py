@@ -378,6 +378,56 @@ def test_level_flow_is_the_exact_sum_of_the_messages(explanation, small_runs):
         assert row["negative"] == float(sum(Fraction(float(m)) for m in part if m < 0))
 
 
+def reference_top_paths(explanation, sample: int, goal: int, k: int, score: str) -> list[tuple[int, ...]]:
+    """The nodes of the ``k`` best paths into ``goal``, by a plain dynamic program over the listed
+    edges: every node's ``k`` best continuations from all its edges' (no bounds, no runs), ranked
+    by score, then first edge, then the continuation's rank; the best of the input nodes' by
+    score, then node, then rank."""
+    graph = explanation.graph
+    src, dst, _ = (t.tolist() for t in graph.edges())
+    assert all(d > s for s, d in zip(src, dst))  # destinations first: by descending node id
+    messages = explanation.edge_relevance(sample).double().tolist()
+    relevance = explanation.node_relevance[sample].double().tolist()
+    leaving = {}
+    for e, s in enumerate(src):
+        leaving.setdefault(s, []).append(e)
+    best = {goal: [(1.0 if score == "product" else 0.0, None, None)]}  # (score, first edge, its rank)
+    for node in sorted(leaving, reverse=True):
+        candidates = []
+        for e in leaving[node]:
+            r = relevance[dst[e]]
+            step = abs(messages[e] / r if r != 0 else 0.0) if score == "product" else abs(messages[e])
+            for rank, (value, _, _) in enumerate(best.get(dst[e], [])):
+                candidates.append((step * value if score == "product" else step + value, e, rank))
+        if candidates:
+            best[node] = sorted(candidates, key=lambda c: (-c[0], c[1], c[2]))[:k]
+    starts = [(best[v][r][0], v, r) for v in graph.levels[0].nodes if v in best for r in range(len(best[v]))]
+    found = []
+    for _, node, rank in sorted(starts, key=lambda c: (-c[0], c[1], c[2]))[:k]:
+        nodes = [node]
+        while node != goal:
+            _, e, rank = best[node][rank]
+            node = dst[e]
+            nodes.append(node)
+        found.append(tuple(nodes))
+    return found
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("score", ["product", "sum"])
+def test_top_paths_equal_the_plain_dynamic_program(explanation, score, compiled, monkeypatch):
+    # convolutions with padding, stride, dilation, groups and zero weights, max pooling, residual
+    # sums, gates and dense heads; many runs, so that the bounds tighten from run to run
+    monkeypatch.setattr(explanation_module, "RUN_ELEMENTS", 64)
+    graph = explanation.graph
+    for sample, target, k in ((0, None, 1), (1, 0, 7), (2 % len(explanation.node_relevance), -1, 30)):
+        relevance = explanation.node_relevance[sample]
+        goal = int(graph.outputs[target]) if target is not None else int(graph.outputs[relevance[graph.outputs].abs().argmax()])
+        with contextlib.nullcontext() if compiled else kernels.disabled():
+            found = analysis.top_paths(explanation, sample, target, k, score)
+        assert [p.nodes for p in found] == reference_top_paths(explanation, sample, goal, k, score)
+
+
 @pytest.mark.parametrize("score", ["product", "sum"])
 def test_top_paths_do_not_depend_on_the_runs(explanation, score, monkeypatch):
     found = {}
