@@ -36,6 +36,8 @@ PATH_SCORES = ("product", "sum")
 PATH_BYTES = 8
 #: edges per run when paths are counted
 RUN_EDGES = 1 << 21
+#: rows of the ``k`` best paths' tables at first (doubled as more nodes hold paths)
+ROWS_AT_FIRST = 1 << 12
 #: above this ``k``, :func:`top_paths` counts the paths first (one pass over the edges) and keeps
 #: no more than that many per node
 COUNT_PATHS_ABOVE = 16
@@ -81,17 +83,58 @@ class Path:
     edge_relevance: tuple[float, ...]
 
 
-@dataclass
 class _Suffixes:
-    """For every node, the ``k`` best path scores from it to the target, and how each continues.
+    """The ``k`` best path scores from each node to the target, and how each continues.
 
-    Ranked by score, ties by the first edge's position, then by the continuation's rank.
+    Ranked by score, ties by the first edge's position, then by the continuation's rank. Only
+    the nodes that hold a path have a row of the tables (given out as their first path
+    arrives); every node's best and ``k``-th best score are kept in full.
     """
 
-    value: Tensor  # (N, k) best scores, -inf where there is no path
-    next_node: Tensor  # (N, k) destination of the edge taken first (-1 for none)
-    next_rank: Tensor  # (N, k) which of that destination's paths continues it
-    next_message: Tensor  # (N, k) the message of the edge taken first
+    def __init__(self, num_nodes: int, k: int, goal: int, start: float, index_dtype: torch.dtype,
+                 message_dtype: torch.dtype, device: torch.device) -> None:
+        self.k, self._index_dtype, self._message_dtype = k, index_dtype, message_dtype
+        self.row = torch.full((num_nodes,), -1, dtype=index_dtype, device=device)  # table row of each node
+        self.first = torch.full((num_nodes,), float("-inf"), dtype=torch.float64, device=device)
+        self.last = self.first.clone()  # the k-th best (-inf for fewer than k)
+        self.used = 0
+        self._grow(min(num_nodes, ROWS_AT_FIRST), device)
+        goal_row = self.rows_of(torch.tensor([goal], device=device))
+        self.value[goal_row, 0] = self.first[goal] = start
+        if k == 1:
+            self.last[goal] = start
+
+    def _grow(self, rows: int, device: torch.device) -> None:
+        k = self.k
+        fresh = (torch.full((rows, k), float("-inf"), dtype=torch.float64, device=device),  # scores, -inf: none
+                 torch.full((rows, k), -1, dtype=self._index_dtype, device=device),  # destination of the first edge
+                 torch.full((rows, k), -1, dtype=torch.int32, device=device),  # which of its paths continues
+                 torch.zeros((rows, k), dtype=self._message_dtype, device=device))  # the first edge's message
+        if self.used:
+            fresh = tuple(torch.cat([old[: self.used], new]) for old, new in
+                          zip((self.value, self.next_node, self.next_rank, self.next_message), fresh))
+        self.value, self.next_node, self.next_rank, self.next_message = fresh
+
+    def rows_of(self, nodes: Tensor) -> Tensor:
+        """The table rows of distinct ``nodes``, given out to those without one (int64)."""
+        rows = self.row[nodes].long()
+        new = rows < 0
+        count = int(new.sum())
+        if count:
+            if self.used + count > len(self.value):
+                self._grow(max(self.used + count, 2 * len(self.value)) - len(self.value), nodes.device)
+            rows[new] = torch.arange(self.used, self.used + count, device=nodes.device)
+            self.row[nodes[new]] = rows[new].to(self.row.dtype)
+            self.used += count
+        return rows
+
+    def of_nodes(self, nodes: slice) -> Tensor:
+        """The scores of a range of nodes, ``(n, k)`` (-inf rows for nodes without paths)."""
+        rows = self.row[nodes].long()
+        held = rows >= 0
+        value = self.first.new_full((len(rows), self.k), float("-inf"))
+        value[held] = self.value[rows[held]]
+        return value
 
 
 def top_paths(
@@ -155,7 +198,7 @@ def top_paths(
     prefixes = _best_prefixes(explanation, row, relevance, goal, score)
     suffixes = _best_suffixes(explanation, row, relevance, goal, k, score, prefixes)
     first = graph.levels[0]
-    starts = suffixes.value[first.offset : first.offset + first.size].flatten()
+    starts = suffixes.of_nodes(slice(first.offset, first.offset + first.size)).flatten()
     order = torch.argsort(starts, descending=True, stable=True)
     paths = []
     for slot in order[starts[order] > float("-inf")][:k].tolist():
@@ -296,14 +339,8 @@ def _best_suffixes(
     graph = explanation.graph
     n = graph.num_nodes
     index_dtype = torch.int32 if n < 2**31 else torch.long
-    device = relevance.device
-    suffixes = _Suffixes(
-        value=relevance.new_full((n, k), float("-inf")),
-        next_node=torch.full((n, k), -1, dtype=index_dtype, device=device),
-        next_rank=torch.full((n, k), -1, dtype=torch.int32, device=device),
-        next_message=explanation.node_relevance.new_zeros((n, k)),
-    )
-    suffixes.value[goal, 0] = 1.0 if score == "product" else 0.0
+    suffixes = _Suffixes(n, k, goal, 1.0 if score == "product" else 0.0, index_dtype,
+                         explanation.node_relevance.dtype, relevance.device)
     floor = float("-inf")  # every one of the k best paths overall scores at least this
     for level in reversed(graph.levels[: graph.level_of(goal).index]):
         blocks = [number for number, block in enumerate(graph.blocks) if block.src == level.index]
@@ -315,8 +352,8 @@ def _best_suffixes(
                 src_level, dst_level = graph.levels[block.src], graph.levels[block.dst]
                 source = _level_view(prefixes, src_level)
                 # the sources' k-th best when the block begins: a bound below their current one
-                worst = _level_view(suffixes.value[:, k - 1], src_level).clone()
-                ahead = _level_view(suffixes.value[:, 0], dst_level).contiguous()  # destinations are final
+                worst = _level_view(suffixes.last, src_level).clone()
+                ahead = _level_view(suffixes.first, dst_level)  # destinations are final
                 target_relevance = _level_view(relevance, dst_level)
             passes = _passes(run, target_relevance, ahead, worst, source, bound, score)
             index = torch.nonzero(passes.view(-1)).flatten()
@@ -325,8 +362,10 @@ def _best_suffixes(
                 _, src, dst, _ = run.take(index)
                 messages = run.layout[0][index]
                 _relax(src, dst, _steps(messages, relevance[dst], score), messages, k, score, suffixes)
-        floor = max(floor, _kth_through(suffixes.value[level.offset : level.offset + level.size],
-                                        prefixes[level.offset : level.offset + level.size], k, score))
+        rows = suffixes.row[level.offset : level.offset + level.size].long()
+        held = rows >= 0
+        floor = max(floor, _kth_through(suffixes.value[rows[held]], prefixes[level.offset : level.offset + level.size][held],
+                                        k, score))
     return suffixes
 
 
@@ -367,28 +406,31 @@ def _relax(src: Tensor, dst: Tensor, step: Tensor, messages: Tensor, k: int, sco
     A candidate (edge, rank) enters only if it beats its source's ``k``-th best so far (the
     earlier edge wins a tie).
     """
-    worst = suffixes.value[src, k - 1]
-    ahead = suffixes.value[dst]
+    worst = suffixes.last[src]
+    ahead = suffixes.value[suffixes.row[dst].long()]  # a destination with no row has no path: no edge here
     candidate = step[:, None] * ahead if score == "product" else step[:, None] + ahead
     edge, rank = torch.nonzero((ahead > float("-inf")) & (candidate > worst[:, None]), as_tuple=True)
     if len(edge) == 0:
         return
     nodes, local = torch.unique(src[edge], return_inverse=True)
+    table = suffixes.rows_of(nodes)
     # the rows' current entries first (they come from earlier edges), then the run's candidates
-    kept = suffixes.value[nodes]
+    kept = suffixes.value[table]
     held = torch.nonzero(kept > float("-inf"), as_tuple=True)
     values = torch.cat([kept[held], candidate[edge, rank]])
     group = torch.cat([held[0], local])
-    next_node = torch.cat([suffixes.next_node[nodes][held], dst[edge].to(suffixes.next_node.dtype)])
-    next_rank = torch.cat([suffixes.next_rank[nodes][held], rank.to(torch.int32)])
-    next_message = torch.cat([suffixes.next_message[nodes][held], messages[edge]])
+    next_node = torch.cat([suffixes.next_node[table][held], dst[edge].to(suffixes.next_node.dtype)])
+    next_rank = torch.cat([suffixes.next_rank[table][held], rank.to(torch.int32)])
+    next_message = torch.cat([suffixes.next_message[table][held], messages[edge]])
     picked, rows, slots = _k_best_per_group(values, group, len(nodes), k)
-    rows = nodes[rows]
-    suffixes.value[nodes] = float("-inf")
+    rows = table[rows]
+    suffixes.value[table] = float("-inf")
     suffixes.value[rows, slots] = values[picked]
     suffixes.next_node[rows, slots] = next_node[picked]
     suffixes.next_rank[rows, slots] = next_rank[picked]
     suffixes.next_message[rows, slots] = next_message[picked]
+    suffixes.first[nodes] = suffixes.value[table, 0]
+    suffixes.last[nodes] = suffixes.value[table, k - 1]
 
 
 def _k_best_per_group(values: Tensor, group: Tensor, groups: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -407,9 +449,10 @@ def _follow(suffixes: _Suffixes, node: int, rank: int, goal: int) -> tuple[tuple
     """The nodes and edge messages of path number ``rank`` from ``node`` to ``goal``."""
     nodes, messages = [node], []
     while node != goal:
-        following = int(suffixes.next_node[node, rank])
-        messages.append(float(suffixes.next_message[node, rank]))
-        node, rank = following, int(suffixes.next_rank[node, rank])
+        row = int(suffixes.row[node])
+        following = int(suffixes.next_node[row, rank])
+        messages.append(float(suffixes.next_message[row, rank]))
+        node, rank = following, int(suffixes.next_rank[row, rank])
         nodes.append(node)
     return tuple(nodes), messages
 
