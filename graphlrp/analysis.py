@@ -144,8 +144,9 @@ def top_paths(
 
     Found by dynamic programming over the DAG, level by level backwards from the target, keeping
     the ``k`` best continuations per node (paths are never enumerated). Each level's outgoing
-    edges are streamed run by run (:meth:`Explanation.message_runs`): memory holds ``k`` entries
-    per node and one run, never every edge.
+    edges are streamed run by run (:meth:`Explanation.message_runs`): memory holds each node's
+    best and ``k``-th best score, ``k`` entries per node that receives a path, and one run,
+    never every edge.
 
     Parameters
     ----------
@@ -299,7 +300,8 @@ def _best_prefixes(explanation: Explanation, row: int, relevance: Tensor, goal: 
             source, target = _level_view(prefixes, graph.levels[block.src]), _level_view(prefixes, graph.levels[block.dst])
             target_relevance = _level_view(relevance, graph.levels[block.dst])
         messages, valid = _grid_of(run)
-        relevance_grid, prefix_grid = run.destination_grid(target_relevance)[0], run.source_grid(source, float("-inf"))[0]
+        relevance_grid = run.destination_grid(target_relevance)[0]
+        prefix_grid = run.source_grid(source, float("-inf"))[0]
         rows = kernels.best_extensions(run.grid, messages, relevance_grid, prefix_grid, valid, score == "product")
         if rows is None:
             extended = _extend(_steps(messages, relevance_grid, score), prefix_grid, score)
@@ -329,9 +331,9 @@ def _best_suffixes(
     Only edges that can lie on one of the ``k`` best paths overall are relaxed: the best path
     through edge ``i → j`` scores at most ``prefix_i ⊗ f_ij ⊗ suffix_j`` (best path into ``i``,
     the edge, best path from ``j``), and once the nodes of a level hold ``k`` paths to the goal
-    between them, the ``k`` best overall score at least the ``k``-th best of ``prefix_v ⊗ (v's
-    r-th best)`` over the level's nodes ``v`` and ranks ``r`` (:func:`_kth_through`). An edge below that bound is on none
-    of them, and dropping it removes only paths that score strictly less than any kept one, so
+    between them, the ``k`` best overall score at least the ``k``-th best ``prefix_v ⊗ (v's r-th
+    best)`` over the level's nodes ``v`` and ranks ``r`` (:func:`_kth_through`). An edge below that
+    bound is on none of them, and dropping it removes only paths that score strictly less than any kept one, so
     the ranking (ties included) is unchanged. These bounds, and whether an edge's best
     continuation beats its source's ``k``-th best when its block began, are tested over a run's
     grid before any edge is listed.
@@ -362,10 +364,10 @@ def _best_suffixes(
                 _, src, dst, _ = run.take(index)
                 messages = run.layout[0][index]
                 _relax(src, dst, _steps(messages, relevance[dst], score), messages, k, score, suffixes)
-        rows = suffixes.row[level.offset : level.offset + level.size].long()
+        nodes = slice(level.offset, level.offset + level.size)
+        rows = suffixes.row[nodes].long()
         held = rows >= 0
-        floor = max(floor, _kth_through(suffixes.value[rows[held]], prefixes[level.offset : level.offset + level.size][held],
-                                        k, score))
+        floor = max(floor, _kth_through(suffixes.value[rows[held]], prefixes[nodes][held], k, score))
     return suffixes
 
 

@@ -110,7 +110,8 @@ if _numba is not None:
             out[a, b] = best
 
     @_numba.njit(parallel=True, cache=True)
-    def _path_passes(messages, relevance, ahead, worst, prefix, valid, holes, product, bound, out):  # pragma: no cover - compiled
+    def _path_passes(messages, relevance, ahead, worst, prefix, valid, holes, product, bound,
+                     out):  # pragma: no cover - compiled
         rows, width = messages.shape[1], messages.shape[2]
         for row in _numba.prange(messages.shape[0] * rows):
             a, b = row // rows, row % rows
