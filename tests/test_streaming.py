@@ -429,6 +429,33 @@ def test_top_paths_equal_the_plain_dynamic_program(explanation, score, compiled,
         assert found and [p.nodes for p in found] == reference_top_paths(explanation, sample, goal, k, score)
 
 
+@pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
+@pytest.mark.parametrize("score", ["product", "sum"])
+def test_path_bounds_compiled_are_torch_bit_for_bit(explanation, score, monkeypatch):
+    monkeypatch.setattr(explanation_module, "RUN_ELEMENTS", 64)
+    graph = explanation.graph
+    relevance = explanation.node_relevance[1].double()
+    goal = int(graph.outputs[0])
+    compiled = analysis._best_prefixes(explanation, 1, relevance, goal, score)
+    with kernels.disabled():
+        reference = analysis._best_prefixes(explanation, 1, relevance, goal, score)
+    assert torch.equal(compiled, reference) and bool((compiled > float("-inf")).any())
+    # every run's edges to relax, under bounds that keep some and drop others
+    suffixes = torch.where(compiled > float("-inf"), compiled.abs() * 0.5 + 0.25, compiled)
+    kept = 0
+    for run in explanation.message_runs(1):
+        block = run.block
+        src, dst = graph.levels[block.src], graph.levels[block.dst]
+        rows = [analysis._level_view(v, level) for v, level in
+                ((relevance, dst), (suffixes, dst), (suffixes * 0.1, src), (compiled, src))]
+        for bound in (float("-inf"), 0.0, float(compiled[compiled > float("-inf")].median())):
+            found = analysis._passes(run, *rows, bound, score)
+            with kernels.disabled():
+                assert torch.equal(found, analysis._passes(run, *rows, bound, score))
+            kept += int(found.sum())
+    assert kept
+
+
 @pytest.mark.parametrize("score", ["product", "sum"])
 def test_top_paths_do_not_depend_on_the_runs(explanation, score, monkeypatch):
     found = {}
