@@ -5,6 +5,8 @@ torch's eager ops make an edge message ``x[src] · w · s[dst]`` in four passes 
 each edge's data once. A quotient ``R / (z ± ε)`` with the signed stabilizer is five torch
 passes (the sign as a mask, its scaling, the sum, the division) and one fused loop here. Results
 are bit for bit those of the torch ops (the same operations in the same order and precision).
+A path search (:func:`graphlrp.analysis.top_paths`) scores a run's grid of edges in one loop per
+pass (:func:`best_extensions`, :func:`path_passes`) where torch makes a dozen float64 temporaries.
 Without numba, or for tensors that are not on the CPU, callers use torch's ops.
 
 :func:`disabled` switches the kernels off inside a ``with`` block (the tests compare both paths).
@@ -233,10 +235,14 @@ def histogram_add(values: Tensor, counts: Tensor, high: Tensor, low: Tensor | No
     return int(_histogram(bits, sign_mask, mantissa_bits, bin_shift, half if low is not None else 0, *tables))
 
 
+_GRID_DTYPES = (torch.float32, torch.float64, torch.bool)
+
+
 def _grid_arrays(grid: tuple[int, ...], *tensors: Tensor) -> list[Any] | None:
     """``tensors`` broadcast to ``grid`` as three-dimensional numpy views (no copies), or ``None``
-    when a compiled kernel does not apply (kernels off, a tensor not on the CPU or with a gradient)."""
-    if not _enabled or any(t.device.type != "cpu" or t.requires_grad for t in tensors):
+    when a compiled kernel does not apply (kernels off, a tensor not on the CPU, with a gradient,
+    or of a dtype other than float32, float64 and bool)."""
+    if not _enabled or any(t.device.type != "cpu" or t.requires_grad or t.dtype not in _GRID_DTYPES for t in tensors):
         return None
     shape = (1,) * (3 - len(grid)) + tuple(grid)
     return [t.expand(grid).reshape(shape).numpy() for t in tensors]
