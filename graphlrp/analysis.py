@@ -122,7 +122,8 @@ class _Suffixes:
         count = int(new.sum())
         if count:
             if self.used + count > len(self.value):
-                self._grow(max(self.used + count, 2 * len(self.value)) - len(self.value), nodes.device)
+                rows_wanted = max(self.used + count, min(2 * len(self.value), len(self.row)))
+                self._grow(rows_wanted - len(self.value), nodes.device)
             rows[new] = torch.arange(self.used, self.used + count, device=nodes.device)
             self.row[nodes[new]] = rows[new].to(self.row.dtype)
             self.used += count

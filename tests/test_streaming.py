@@ -417,8 +417,10 @@ def reference_top_paths(explanation, sample: int, goal: int, k: int, score: str)
 @pytest.mark.parametrize("score", ["product", "sum"])
 def test_top_paths_equal_the_plain_dynamic_program(explanation, score, compiled, monkeypatch):
     # convolutions with padding, stride, dilation, groups and zero weights, max pooling, residual
-    # sums, gates and dense heads; runs of 64 entries cut a convolution's channels and positions
+    # sums, gates and dense heads; runs of 64 entries cut a convolution's channels and positions,
+    # and the tables of paths grow from one row
     monkeypatch.setattr(explanation_module, "RUN_ELEMENTS", 64)
+    monkeypatch.setattr(analysis, "ROWS_AT_FIRST", 1)
     graph = explanation.graph
     for sample, target, k in ((0, None, 1), (1, 0, 7), (2 % len(explanation.node_relevance), -1, 30)):
         relevance = explanation.node_relevance[sample]
