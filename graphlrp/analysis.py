@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import reductions, streaming
+from . import kernels, reductions, streaming
 from .composites import Composite
-from .explanation import Explanation
+from .explanation import Explanation, MessageRun
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
 from .export import check_bool, check_fraction, check_int
 from .graph import Graph, Level
@@ -36,6 +36,8 @@ PATH_SCORES = ("product", "sum")
 PATH_BYTES = 8
 #: edges per run when paths are counted
 RUN_EDGES = 1 << 21
+#: rows of the ``k`` best paths' tables at first (doubled as more nodes hold paths)
+ROWS_AT_FIRST = 1 << 12
 #: above this ``k``, :func:`top_paths` counts the paths first (one pass over the edges) and keeps
 #: no more than that many per node
 COUNT_PATHS_ABOVE = 16
@@ -81,17 +83,59 @@ class Path:
     edge_relevance: tuple[float, ...]
 
 
-@dataclass
 class _Suffixes:
-    """For every node, the ``k`` best path scores from it to the target, and how each continues.
+    """The ``k`` best path scores from each node to the target, and how each continues.
 
-    Ranked by score, ties by the first edge's position, then by the continuation's rank.
+    Ranked by score, ties by the first edge's position, then by the continuation's rank. Only
+    the nodes that hold a path have a row of the tables (given out as their first path
+    arrives); every node's best and ``k``-th best score are kept in full.
     """
 
-    value: Tensor  # (N, k) best scores, -inf where there is no path
-    next_node: Tensor  # (N, k) destination of the edge taken first (-1 for none)
-    next_rank: Tensor  # (N, k) which of that destination's paths continues it
-    next_message: Tensor  # (N, k) the message of the edge taken first
+    def __init__(self, num_nodes: int, k: int, goal: int, start: float, index_dtype: torch.dtype,
+                 message_dtype: torch.dtype, device: torch.device) -> None:
+        self.k, self._index_dtype, self._message_dtype = k, index_dtype, message_dtype
+        self.row = torch.full((num_nodes,), -1, dtype=index_dtype, device=device)  # table row of each node
+        self.first = torch.full((num_nodes,), float("-inf"), dtype=torch.float64, device=device)
+        self.last = self.first.clone()  # the k-th best (-inf for fewer than k)
+        self.used = 0
+        self._grow(min(num_nodes, ROWS_AT_FIRST), device)
+        goal_row = self.rows_of(torch.tensor([goal], device=device))
+        self.value[goal_row, 0] = self.first[goal] = start
+        if k == 1:
+            self.last[goal] = start
+
+    def _grow(self, rows: int, device: torch.device) -> None:
+        k = self.k
+        fresh = (torch.full((rows, k), float("-inf"), dtype=torch.float64, device=device),  # scores, -inf: none
+                 torch.full((rows, k), -1, dtype=self._index_dtype, device=device),  # destination of the first edge
+                 torch.full((rows, k), -1, dtype=torch.int32, device=device),  # which of its paths continues
+                 torch.zeros((rows, k), dtype=self._message_dtype, device=device))  # the first edge's message
+        if self.used:
+            fresh = tuple(torch.cat([old[: self.used], new]) for old, new in
+                          zip((self.value, self.next_node, self.next_rank, self.next_message), fresh))
+        self.value, self.next_node, self.next_rank, self.next_message = fresh
+
+    def rows_of(self, nodes: Tensor) -> Tensor:
+        """The table rows of distinct ``nodes``, given out to those without one (int64)."""
+        rows = self.row[nodes].long()
+        new = rows < 0
+        count = int(new.sum())
+        if count:
+            if self.used + count > len(self.value):
+                rows_wanted = max(self.used + count, min(2 * len(self.value), len(self.row)))
+                self._grow(rows_wanted - len(self.value), nodes.device)
+            rows[new] = torch.arange(self.used, self.used + count, device=nodes.device)
+            self.row[nodes[new]] = rows[new].to(self.row.dtype)
+            self.used += count
+        return rows
+
+    def of_nodes(self, nodes: slice) -> Tensor:
+        """The scores of a range of nodes, ``(n, k)`` (-inf rows for nodes without paths)."""
+        rows = self.row[nodes].long()
+        held = rows >= 0
+        value = self.first.new_full((len(rows), self.k), float("-inf"))
+        value[held] = self.value[rows[held]]
+        return value
 
 
 def top_paths(
@@ -101,8 +145,9 @@ def top_paths(
 
     Found by dynamic programming over the DAG, level by level backwards from the target, keeping
     the ``k`` best continuations per node (paths are never enumerated). Each level's outgoing
-    edges are streamed run by run (:meth:`Explanation.message_runs`): memory holds ``k`` entries
-    per node and one run, never every edge.
+    edges are streamed run by run (:meth:`Explanation.message_runs`): memory holds each node's
+    best and ``k``-th best score, ``k`` entries per node that receives a path, and one run,
+    never every edge.
 
     Parameters
     ----------
@@ -155,7 +200,7 @@ def top_paths(
     prefixes = _best_prefixes(explanation, row, relevance, goal, score)
     suffixes = _best_suffixes(explanation, row, relevance, goal, k, score, prefixes)
     first = graph.levels[0]
-    starts = suffixes.value[first.offset : first.offset + first.size].flatten()
+    starts = suffixes.of_nodes(slice(first.offset, first.offset + first.size)).flatten()
     order = torch.argsort(starts, descending=True, stable=True)
     paths = []
     for slot in order[starts[order] > float("-inf")][:k].tolist():
@@ -208,16 +253,26 @@ def _count_paths(graph: Graph, goal: int, limit: int) -> int:
 
 
 def _steps(messages: Tensor, relevance: Tensor, score: PathScore) -> Tensor:
-    """What each edge adds to a path's score (float64): ``|m_ij / R_j|`` or ``|m_ij|``, for the
-    relevance ``R_j`` of each edge's destination."""
-    wide = messages.double()
-    return _fractions(wide, relevance).abs() if score == "product" else wide.abs()
+    """What each edge adds to a path's score, a new float64 tensor shaped like ``messages``:
+    ``|m_ij / R_j|`` or ``|m_ij|``, for the relevance ``R_j`` of each edge's destination
+    (``relevance`` broadcasts against ``messages``)."""
+    step = messages.to(torch.float64, copy=True)
+    if score == "sum":
+        return step.abs_()
+    nonzero = relevance != 0
+    step.div_(torch.where(nonzero, relevance, 1.0)).abs_()
+    return step if bool(nonzero.all()) else step.masked_fill_(~nonzero, 0.0)
 
 
-def _extended(step: Tensor, value: Tensor, score: PathScore) -> Tensor:
-    """Scores ``value`` extended by edges of ``step`` (-inf stays -inf, never NaN)."""
-    extended = step * value if score == "product" else step + value
-    return torch.where(value > float("-inf"), extended, float("-inf"))
+def _extend(values: Tensor, by: Tensor, score: PathScore) -> Tensor:
+    """Scores ``values`` extended by ``by`` (which broadcasts against them), in place: where ``by``
+    is -inf (no path) the result is -inf, never NaN."""
+    if score == "product":
+        values.mul_(by)
+    else:
+        values.add_(by)
+    missing = ~(by > float("-inf"))
+    return values.masked_fill_(missing, float("-inf")) if bool(missing.any()) else values
 
 
 def _level_view(values: Tensor, level: Level) -> Tensor:
@@ -230,6 +285,8 @@ def _best_prefixes(explanation: Explanation, row: int, relevance: Tensor, goal: 
 
     One forward pass over the blocks below ``goal``'s level, by ascending source level: a node's
     incoming edges all come from lower levels, so its score is final before its edges leave.
+    Each run is scored over its grid (:attr:`MessageRun.grid`), a convolution's sources and
+    destinations broadcast rather than repeated.
     """
     graph = explanation.graph
     prefixes = relevance.new_full((graph.num_nodes,), float("-inf"))
@@ -243,12 +300,22 @@ def _best_prefixes(explanation: Explanation, row: int, relevance: Tensor, goal: 
             block = run.block
             source, target = _level_view(prefixes, graph.levels[block.src]), _level_view(prefixes, graph.levels[block.dst])
             target_relevance = _level_view(relevance, graph.levels[block.dst])
-        step = _steps(run.layout[0], run.destinations(target_relevance)[0], score)
-        extended = _extended(step, run.sources(source, float("-inf"))[0], score)
-        if run.valid is not None:
-            extended.masked_fill_(~run.valid, float("-inf"))
-        run.max_into(target[0], extended)
+        messages, valid = _grid_of(run)
+        relevance_grid = run.destination_grid(target_relevance)[0]
+        prefix_grid = run.source_grid(source, float("-inf"))[0]
+        rows = kernels.best_extensions(run.grid, messages, relevance_grid, prefix_grid, valid, score == "product")
+        if rows is None:
+            extended = _extend(_steps(messages, relevance_grid, score), prefix_grid, score)
+            if valid is not None:
+                extended.masked_fill_(~valid, float("-inf"))
+            rows = extended.amax(-1)
+        run.max_into(target[0], rows)
     return prefixes
+
+
+def _grid_of(run: MessageRun) -> tuple[Tensor, Tensor | None]:
+    """A run's messages and which entries are edges (``None``: all), shaped as its grid."""
+    return run.layout[0].view(run.grid), None if run.valid is None else run.valid.view(run.grid)
 
 
 def _slackened(bound: float) -> float:
@@ -264,24 +331,19 @@ def _best_suffixes(
 
     Only edges that can lie on one of the ``k`` best paths overall are relaxed: the best path
     through edge ``i → j`` scores at most ``prefix_i ⊗ f_ij ⊗ suffix_j`` (best path into ``i``,
-    the edge, best path from ``j``), and once a node ``v`` holds ``k`` paths to the goal, the ``k``
-    best overall score at least ``prefix_v ⊗ (its k-th best)``. An edge below that bound is on none
-    of them, and dropping it removes only paths that score strictly less than any kept one, so
+    the edge, best path from ``j``), and once the nodes of a level hold ``k`` paths to the goal
+    between them, the ``k`` best overall score at least the ``k``-th best ``prefix_v ⊗ (v's r-th
+    best)`` over the level's nodes ``v`` and ranks ``r`` (:func:`_kth_through`). An edge below that
+    bound is on none of them, and dropping it removes only paths that score strictly less than any kept one, so
     the ranking (ties included) is unchanged. These bounds, and whether an edge's best
     continuation beats its source's ``k``-th best when its block began, are tested over a run's
-    layout before any edge is listed.
+    grid before any edge is listed.
     """
     graph = explanation.graph
     n = graph.num_nodes
     index_dtype = torch.int32 if n < 2**31 else torch.long
-    device = relevance.device
-    suffixes = _Suffixes(
-        value=relevance.new_full((n, k), float("-inf")),
-        next_node=torch.full((n, k), -1, dtype=index_dtype, device=device),
-        next_rank=torch.full((n, k), -1, dtype=torch.int32, device=device),
-        next_message=explanation.node_relevance.new_zeros((n, k)),
-    )
-    suffixes.value[goal, 0] = 1.0 if score == "product" else 0.0
+    suffixes = _Suffixes(n, k, goal, 1.0 if score == "product" else 0.0, index_dtype,
+                         explanation.node_relevance.dtype, relevance.device)
     floor = float("-inf")  # every one of the k best paths overall scores at least this
     for level in reversed(graph.levels[: graph.level_of(goal).index]):
         blocks = [number for number, block in enumerate(graph.blocks) if block.src == level.index]
@@ -293,23 +355,50 @@ def _best_suffixes(
                 src_level, dst_level = graph.levels[block.src], graph.levels[block.dst]
                 source = _level_view(prefixes, src_level)
                 # the sources' k-th best when the block begins: a bound below their current one
-                worst = _level_view(suffixes.value[:, k - 1], src_level).clone()
-                ahead = _level_view(suffixes.value[:, 0], dst_level).contiguous()  # destinations are final
+                worst = _level_view(suffixes.last, src_level).clone()
+                ahead = _level_view(suffixes.first, dst_level)  # destinations are final
                 target_relevance = _level_view(relevance, dst_level)
-            messages = run.layout[0]
-            step = _steps(messages, run.destinations(target_relevance)[0], score)
-            best = _extended(step, run.destinations(ahead)[0], score)
-            through = _extended(best, run.sources(source, float("-inf"))[0], score)
-            passes = (best > run.sources(worst, float("inf"))[0]) & (through >= bound)
-            index = torch.nonzero(passes if run.valid is None else passes & run.valid).flatten()
+            passes = _passes(run, target_relevance, ahead, worst, source, bound, score)
+            index = torch.nonzero(passes.view(-1)).flatten()
+            del passes
             if len(index):
                 _, src, dst, _ = run.take(index)
-                _relax(src, dst, step[index], messages[index], k, score, suffixes)
+                messages = run.layout[0][index]
+                _relax(src, dst, _steps(messages, relevance[dst], score), messages, k, score, suffixes)
         nodes = slice(level.offset, level.offset + level.size)
-        kth = _extended(suffixes.value[nodes, k - 1], prefixes[nodes], score)
-        if len(kth):
-            floor = max(floor, float(kth.max()))
+        rows = suffixes.row[nodes].long()
+        held = rows >= 0
+        floor = max(floor, _kth_through(suffixes.value[rows[held]], prefixes[nodes][held], k, score))
     return suffixes
+
+
+def _kth_through(value: Tensor, prefixes: Tensor, k: int, score: PathScore) -> float:
+    """The ``k``-th best score of the paths through one level's nodes: node ``v``'s best path
+    from the inputs followed by each of its ``k`` best to the goal (``value (n, k)``); -inf when
+    there are fewer than ``k``. A path crosses a level at most once, so these are distinct paths."""
+    through = _extend(value.clone(), prefixes[:, None], score).view(-1)
+    found = through[through > float("-inf")]
+    return float(torch.topk(found, k, sorted=False).values.min()) if len(found) >= k else float("-inf")
+
+
+def _passes(run: MessageRun, relevance: Tensor, ahead: Tensor, worst: Tensor, prefixes: Tensor, bound: float,
+            score: PathScore) -> Tensor:
+    """Which entries of a run's grid are edges to relax: their best continuation ``f_ij ⊗
+    ahead_j`` beats ``worst_i``, and ``prefix_i ⊗ f_ij ⊗ ahead_j >= bound`` (rows ``(1, n)`` of
+    the destination level's ``relevance`` and ``ahead``, of the source level's ``worst`` and
+    ``prefixes``)."""
+    messages, valid = _grid_of(run)
+    relevance_grid, ahead_grid = run.destination_grid(relevance)[0], run.destination_grid(ahead)[0]
+    worst_grid, prefix_grid = run.source_grid(worst, float("inf"))[0], run.source_grid(prefixes, float("-inf"))[0]
+    passes = kernels.path_passes(run.grid, messages, relevance_grid, ahead_grid, worst_grid, prefix_grid, valid,
+                                 score == "product", bound)
+    if passes is None:
+        best = _extend(_steps(messages, relevance_grid, score), ahead_grid, score)
+        passes = best > worst_grid
+        passes &= _extend(best, prefix_grid, score) >= bound
+        if valid is not None:
+            passes &= valid
+    return passes
 
 
 def _relax(src: Tensor, dst: Tensor, step: Tensor, messages: Tensor, k: int, score: PathScore,
@@ -320,28 +409,31 @@ def _relax(src: Tensor, dst: Tensor, step: Tensor, messages: Tensor, k: int, sco
     A candidate (edge, rank) enters only if it beats its source's ``k``-th best so far (the
     earlier edge wins a tie).
     """
-    worst = suffixes.value[src, k - 1]
-    ahead = suffixes.value[dst]
+    worst = suffixes.last[src]
+    ahead = suffixes.value[suffixes.row[dst].long()]  # a destination with no row has no path: no edge here
     candidate = step[:, None] * ahead if score == "product" else step[:, None] + ahead
     edge, rank = torch.nonzero((ahead > float("-inf")) & (candidate > worst[:, None]), as_tuple=True)
     if len(edge) == 0:
         return
     nodes, local = torch.unique(src[edge], return_inverse=True)
+    table = suffixes.rows_of(nodes)
     # the rows' current entries first (they come from earlier edges), then the run's candidates
-    kept = suffixes.value[nodes]
+    kept = suffixes.value[table]
     held = torch.nonzero(kept > float("-inf"), as_tuple=True)
     values = torch.cat([kept[held], candidate[edge, rank]])
     group = torch.cat([held[0], local])
-    next_node = torch.cat([suffixes.next_node[nodes][held], dst[edge].to(suffixes.next_node.dtype)])
-    next_rank = torch.cat([suffixes.next_rank[nodes][held], rank.to(torch.int32)])
-    next_message = torch.cat([suffixes.next_message[nodes][held], messages[edge]])
+    next_node = torch.cat([suffixes.next_node[table][held], dst[edge].to(suffixes.next_node.dtype)])
+    next_rank = torch.cat([suffixes.next_rank[table][held], rank.to(torch.int32)])
+    next_message = torch.cat([suffixes.next_message[table][held], messages[edge]])
     picked, rows, slots = _k_best_per_group(values, group, len(nodes), k)
-    rows = nodes[rows]
-    suffixes.value[nodes] = float("-inf")
+    rows = table[rows]
+    suffixes.value[table] = float("-inf")
     suffixes.value[rows, slots] = values[picked]
     suffixes.next_node[rows, slots] = next_node[picked]
     suffixes.next_rank[rows, slots] = next_rank[picked]
     suffixes.next_message[rows, slots] = next_message[picked]
+    suffixes.first[nodes] = suffixes.value[table, 0]
+    suffixes.last[nodes] = suffixes.value[table, k - 1]
 
 
 def _k_best_per_group(values: Tensor, group: Tensor, groups: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -360,9 +452,10 @@ def _follow(suffixes: _Suffixes, node: int, rank: int, goal: int) -> tuple[tuple
     """The nodes and edge messages of path number ``rank`` from ``node`` to ``goal``."""
     nodes, messages = [node], []
     while node != goal:
-        following = int(suffixes.next_node[node, rank])
-        messages.append(float(suffixes.next_message[node, rank]))
-        node, rank = following, int(suffixes.next_rank[node, rank])
+        row = int(suffixes.row[node])
+        following = int(suffixes.next_node[row, rank])
+        messages.append(float(suffixes.next_message[row, rank]))
+        node, rank = following, int(suffixes.next_rank[row, rank])
         nodes.append(node)
     return tuple(nodes), messages
 

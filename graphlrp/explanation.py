@@ -99,10 +99,27 @@ class MessageRun:
         the destination level's nodes."""
         return self._edges.destinations(values)
 
-    def max_into(self, target: Tensor, values: Tensor) -> None:
-        """``target_j = max(target_j, values of the entries into j)`` for ``target (n,)`` of the
-        destination level's nodes and ``values (size,)``, whose holes must hold ``-inf``."""
-        self._edges.max_into(target, values)
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The shape of one sample's layout for :meth:`source_grid` and :meth:`destination_grid`, the
+        entries of a row (the last axis) all into one destination: ``(channels, positions, kernel
+        entries)`` for a convolution, else ``(size, 1)``."""
+        return self._edges.grid
+
+    def source_grid(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """:meth:`sources` as ``(B, *grid)`` or a view that broadcasts to it (a convolution's input
+        patches are not repeated over its output channels)."""
+        return self._edges.source_grid(values, fill)
+
+    def destination_grid(self, values: Tensor) -> Tensor:
+        """:meth:`destinations` as ``(B, *grid)`` or a view that broadcasts to it."""
+        return self._edges.destination_grid(values)
+
+    def max_into(self, target: Tensor, rows: Tensor) -> None:
+        """``target_j = max(target_j, rows into j)`` for ``target (n,)`` of the destination level's
+        nodes and ``rows`` (``grid[:-1]``), one value per row of :attr:`grid`, whose entries all go
+        into one destination."""
+        self._edges.max_into(target, rows)
 
     def _compact(self, values: Tensor) -> Tensor:
         valid = self.valid

@@ -5,6 +5,8 @@ torch's eager ops make an edge message ``x[src] · w · s[dst]`` in four passes 
 each edge's data once. A quotient ``R / (z ± ε)`` with the signed stabilizer is five torch
 passes (the sign as a mask, its scaling, the sum, the division) and one fused loop here. Results
 are bit for bit those of the torch ops (the same operations in the same order and precision).
+A path search (:func:`graphlrp.analysis.top_paths`) scores a run's grid of edges in one loop per
+pass (:func:`best_extensions`, :func:`path_passes`) where torch makes a dozen float64 temporaries.
 Without numba, or for tensors that are not on the CPU, callers use torch's ops.
 
 :func:`disabled` switches the kernels off inside a ``with`` block (the tests compare both paths).
@@ -14,6 +16,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,6 +77,53 @@ if _numba is not None:
             else:
                 high[k] += mantissa
         return bad
+
+
+    @_numba.njit(inline="always")
+    def _path_step(message, relevance, product):  # pragma: no cover - compiled
+        # analysis._steps for one edge: |m / R| (0 where R = 0) or |m|, in float64
+        wide = _numba.float64(message)
+        if not product:
+            return abs(wide)
+        return abs(wide / relevance) if relevance != 0 else 0.0
+
+    @_numba.njit(inline="always")
+    def _path_extend(value, by, product):  # pragma: no cover - compiled
+        # analysis._extend for one value: value ⊗ by, -inf where by is -inf (or NaN)
+        if not by > -np.inf:
+            return -np.inf
+        return value * by if product else value + by
+
+    @_numba.njit(parallel=True, cache=True)
+    def _best_extensions(messages, relevance, prefix, valid, holes, product, out):  # pragma: no cover - compiled
+        rows, width = messages.shape[1], messages.shape[2]
+        for row in _numba.prange(messages.shape[0] * rows):
+            a, b = row // rows, row % rows
+            best = -np.inf
+            for e in range(width):
+                if holes and not valid[a, b, e]:
+                    continue
+                value = _path_extend(_path_step(messages[a, b, e], relevance[a, b, e], product), prefix[a, b, e],
+                                     product)
+                if value > best or value != value:  # torch's amax: NaN wins
+                    best = value
+                if best != best:
+                    break
+            out[a, b] = best
+
+    @_numba.njit(parallel=True, cache=True)
+    def _path_passes(messages, relevance, ahead, worst, prefix, valid, holes, product, bound,
+                     out):  # pragma: no cover - compiled
+        rows, width = messages.shape[1], messages.shape[2]
+        for row in _numba.prange(messages.shape[0] * rows):
+            a, b = row // rows, row % rows
+            for e in range(width):
+                passes = not holes or valid[a, b, e]
+                if passes:
+                    best = _path_extend(_path_step(messages[a, b, e], relevance[a, b, e], product), ahead[a, b, e],
+                                        product)
+                    passes = best > worst[a, b, e] and _path_extend(best, prefix[a, b, e], product) >= bound
+                out[a, b, e] = passes
 
 
 def _launch(kernel: Callable[..., None], *arrays: Any) -> None:
@@ -183,3 +233,52 @@ def histogram_add(values: Tensor, counts: Tensor, high: Tensor, low: Tensor | No
     sign_mask = bits.dtype.type(-(1 << (8 * values.element_size() - 1)))
     tables = (counts.numpy(), high.numpy(), (low if low is not None else high).numpy())
     return int(_histogram(bits, sign_mask, mantissa_bits, bin_shift, half if low is not None else 0, *tables))
+
+
+_GRID_DTYPES = (torch.float32, torch.float64, torch.bool)
+
+
+def _grid_arrays(grid: tuple[int, ...], *tensors: Tensor) -> list[Any] | None:
+    """``tensors`` broadcast to ``grid`` as three-dimensional numpy views (no copies), or ``None``
+    when a compiled kernel does not apply (kernels off, a tensor not on the CPU, with a gradient,
+    or of a dtype other than float32, float64 and bool)."""
+    if not _enabled or any(t.device.type != "cpu" or t.requires_grad or t.dtype not in _GRID_DTYPES for t in tensors):
+        return None
+    shape = (1,) * (3 - len(grid)) + tuple(grid)
+    return [t.expand(grid).reshape(shape).numpy() for t in tensors]
+
+
+def best_extensions(grid: tuple[int, ...], messages: Tensor, relevance: Tensor, prefix: Tensor,
+                    valid: Tensor | None, product: bool) -> Tensor | None:
+    """Per row of a run's ``grid`` (its last axis), the best path score extended along an edge:
+    the maximum over the row's edges of ``_extend(_steps(m, R), prefix)`` of
+    :mod:`graphlrp.analysis` (-inf for a row without edges), a float64 tensor ``grid[:-1]``, if
+    a compiled kernel applies (else ``None``). ``messages`` is ``grid``-shaped; ``relevance``
+    (of each edge's destination), ``prefix`` (float64, of its source) and ``valid`` broadcast
+    to it. Bit for bit torch's ops, NaN included."""
+    arrays = _grid_arrays(grid, messages, relevance, prefix, *(() if valid is None else (valid,)))
+    if arrays is None:
+        return None
+    out = torch.empty(grid[:-1], dtype=torch.float64)
+    holes = valid is not None
+    _launch(_best_extensions, *arrays[:3], arrays[3] if holes else np.ones((1, 1, 1), dtype=np.bool_), holes,
+            product, out.numpy().reshape(arrays[0].shape[:2]))
+    return out
+
+
+def path_passes(grid: tuple[int, ...], messages: Tensor, relevance: Tensor, ahead: Tensor, worst: Tensor,
+                prefix: Tensor, valid: Tensor | None, product: bool, bound: float) -> Tensor | None:
+    """Which edges of a run's ``grid`` a path search relaxes, a boolean ``grid``-shaped tensor, if
+    a compiled kernel applies (else ``None``): valid edges whose ``best = _extend(_steps(m, R),
+    ahead)`` (:mod:`graphlrp.analysis`) exceeds ``worst`` and ``_extend(best, prefix) >= bound``;
+    ``ahead`` and ``relevance`` are the destination's, ``worst`` and ``prefix`` the source's
+    (float64), all broadcasting to ``grid``. Bit for bit torch's ops."""
+    arrays = _grid_arrays(grid, messages, relevance, ahead, worst, prefix, *(() if valid is None else (valid,)))
+    if arrays is None:
+        return None
+    out = torch.empty(grid, dtype=torch.bool)
+    holes = valid is not None
+    _launch(_path_passes, *arrays[:5], arrays[5] if holes else np.ones((1, 1, 1), dtype=np.bool_), holes, product,
+            bound, out.numpy().reshape(arrays[0].shape))
+    return out
+

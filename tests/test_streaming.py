@@ -378,6 +378,86 @@ def test_level_flow_is_the_exact_sum_of_the_messages(explanation, small_runs):
         assert row["negative"] == float(sum(Fraction(float(m)) for m in part if m < 0))
 
 
+def reference_top_paths(explanation, sample: int, goal: int, k: int, score: str) -> list[tuple[int, ...]]:
+    """The nodes of the ``k`` best paths into ``goal``, by a plain dynamic program over the listed
+    edges: every node's ``k`` best continuations from all its edges' (no bounds, no runs), ranked
+    by score, then first edge, then the continuation's rank; the best of the input nodes' by
+    score, then node, then rank."""
+    graph = explanation.graph
+    src, dst, _ = (t.tolist() for t in graph.edges())
+    assert all(d > s for s, d in zip(src, dst))  # destinations first: by descending node id
+    messages = explanation.edge_relevance(sample).double().tolist()
+    relevance = explanation.node_relevance[sample].double().tolist()
+    leaving = {}
+    for e, s in enumerate(src):
+        leaving.setdefault(s, []).append(e)
+    best = {goal: [(1.0 if score == "product" else 0.0, None, None)]}  # (score, first edge, its rank)
+    for node in sorted(leaving, reverse=True):
+        candidates = []
+        for e in leaving[node]:
+            r = relevance[dst[e]]
+            step = abs(messages[e] / r if r != 0 else 0.0) if score == "product" else abs(messages[e])
+            for rank, (value, _, _) in enumerate(best.get(dst[e], [])):
+                candidates.append((step * value if score == "product" else step + value, e, rank))
+        if candidates:
+            best[node] = sorted(candidates, key=lambda c: (-c[0], c[1], c[2]))[:k]
+    starts = [(best[v][r][0], v, r) for v in graph.levels[0].nodes if v in best for r in range(len(best[v]))]
+    found = []
+    for _, node, rank in sorted(starts, key=lambda c: (-c[0], c[1], c[2]))[:k]:
+        nodes = [node]
+        while node != goal:
+            _, e, rank = best[node][rank]
+            node = dst[e]
+            nodes.append(node)
+        found.append(tuple(nodes))
+    return found
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("score", ["product", "sum"])
+def test_top_paths_equal_the_plain_dynamic_program(explanation, score, compiled, monkeypatch):
+    # convolutions with padding, stride, dilation, groups and zero weights, max pooling, residual
+    # sums, gates and dense heads; runs of 64 entries cut a convolution's channels and positions,
+    # and the tables of paths grow from one row
+    monkeypatch.setattr(explanation_module, "RUN_ELEMENTS", 64)
+    monkeypatch.setattr(analysis, "ROWS_AT_FIRST", 1)
+    graph = explanation.graph
+    for sample, target, k in ((0, None, 1), (1, 0, 7), (2 % len(explanation.node_relevance), -1, 30)):
+        relevance = explanation.node_relevance[sample]
+        outputs = graph.outputs
+        goal = int(outputs[target] if target is not None else outputs[relevance[outputs].abs().argmax()])
+        with contextlib.nullcontext() if compiled else kernels.disabled():
+            found = analysis.top_paths(explanation, sample, target, k, score)
+        assert found and [p.nodes for p in found] == reference_top_paths(explanation, sample, goal, k, score)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
+@pytest.mark.parametrize("score", ["product", "sum"])
+def test_path_bounds_compiled_are_torch_bit_for_bit(explanation, score, monkeypatch):
+    monkeypatch.setattr(explanation_module, "RUN_ELEMENTS", 64)
+    graph = explanation.graph
+    relevance = explanation.node_relevance[1].double()
+    goal = int(graph.outputs[0])
+    compiled = analysis._best_prefixes(explanation, 1, relevance, goal, score)
+    with kernels.disabled():
+        reference = analysis._best_prefixes(explanation, 1, relevance, goal, score)
+    assert torch.equal(compiled, reference) and bool((compiled > float("-inf")).any())
+    # every run's edges to relax, under bounds that keep some and drop others
+    suffixes = torch.where(compiled > float("-inf"), compiled.abs() * 0.5 + 0.25, compiled)
+    kept = 0
+    for run in explanation.message_runs(1):
+        block = run.block
+        src, dst = graph.levels[block.src], graph.levels[block.dst]
+        rows = [analysis._level_view(v, level) for v, level in
+                ((relevance, dst), (suffixes, dst), (suffixes * 0.1, src), (compiled, src))]
+        for bound in (float("-inf"), 0.0, float(compiled[compiled > float("-inf")].median())):
+            found = analysis._passes(run, *rows, bound, score)
+            with kernels.disabled():
+                assert torch.equal(found, analysis._passes(run, *rows, bound, score))
+            kept += int(found.sum())
+    assert kept
+
+
 @pytest.mark.parametrize("score", ["product", "sum"])
 def test_top_paths_do_not_depend_on_the_runs(explanation, score, monkeypatch):
     found = {}

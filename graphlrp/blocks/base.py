@@ -120,6 +120,13 @@ class EdgeRun:
         from :attr:`start`."""
         return index, self.src[index], self.dst[index], self.weight[index]
 
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The shape of one sample's layout over which :meth:`source_grid` and
+        :meth:`destination_grid` broadcast, the entries of a row (its last axis) all into one
+        destination: here ``(size, 1)``, a row per edge."""
+        return (self.size, 1)
+
     def sources(self, values: Tensor, fill: float = 0.0) -> Tensor:
         """The value of each entry's source, ``(B, size)``, from ``values (B, n_src)`` (``fill``
         at holes that read no source)."""
@@ -129,10 +136,18 @@ class EdgeRun:
         """The value of each entry's destination, ``(B, size)``, from ``values (B, n_dst)``."""
         return values[:, self.dst]
 
-    def max_into(self, target: Tensor, values: Tensor) -> None:
-        """``target_j = max(target_j, values of the entries into j)`` for ``target (n_dst,)`` and
-        ``values (size,)``, whose holes must hold ``-inf``."""
-        target.scatter_reduce_(0, self.dst, values, "amax")
+    def source_grid(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """:meth:`sources` as ``(B, *grid)`` or a view that broadcasts to it."""
+        return self.sources(values, fill)[..., None]
+
+    def destination_grid(self, values: Tensor) -> Tensor:
+        """:meth:`destinations` as ``(B, *grid)`` or a view that broadcasts to it."""
+        return self.destinations(values)[..., None]
+
+    def max_into(self, target: Tensor, rows: Tensor) -> None:
+        """``target_j = max(target_j, rows into j)`` for ``target (n_dst,)`` and ``rows``
+        (``grid[:-1]``), each row's value (say, the maximum over its entries) for its destination."""
+        target.scatter_reduce_(0, self.dst, rows.reshape(-1), "amax")
 
 
 def runs_of_listing(src: Tensor, dst: Tensor, weight: Tensor, max_edges: int) -> Iterator[EdgeRun]:

@@ -495,26 +495,39 @@ class ConvRun:
         """The run's edges as an :class:`EdgeRun` (layout without holes)."""
         return EdgeRun(self.start, *self._listing)
 
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """The layout's shape per sample: ``(channels, positions, kernel entries)``."""
+        (o0, o1), (p0, p1) = self.channels, self.positions
+        return (o1 - o0, p1 - p0, self._grid.entries)
+
     def sources(self, values: Tensor, fill: float = 0.0) -> Tensor:
         """The value of each entry's source, ``(B, size)``, from ``values (B, n_src)`` (``fill``
         in the padding); read once per ``values`` tensor for the block's runs."""
-        (o0, o1), (p0, p1) = self.channels, self.positions
-        group = o0 // (self._grid.block.out_shape[0] // self._grid.block.groups)
-        patch = self._patches_of(values, fill)[:, group, p0:p1]
-        return patch[:, None].expand(-1, o1 - o0, -1, -1).reshape(len(values), -1)
+        return self.source_grid(values, fill).expand(len(values), *self.grid).reshape(len(values), -1)
 
     def destinations(self, values: Tensor) -> Tensor:
         """The value of each entry's destination, ``(B, size)``, from ``values (B, n_dst)``."""
-        (o0, o1), (p0, p1) = self.channels, self.positions
-        part = values.reshape(len(values), -1, self._grid.positions)[:, o0:o1, p0:p1]
-        return part[..., None].expand(-1, -1, -1, self._grid.entries).reshape(len(values), -1)
+        return self.destination_grid(values).expand(len(values), *self.grid).reshape(len(values), -1)
 
-    def max_into(self, target: Tensor, values: Tensor) -> None:
-        """``target_j = max(target_j, values of the entries into j)`` for ``target (n_dst,)`` and
-        ``values (size,)``, whose holes must hold ``-inf``."""
+    def source_grid(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """:meth:`sources` as a view ``(B, 1, positions, entries)`` of the input patches (read
+        once per ``values`` tensor for the block's runs), broadcasting over :attr:`grid`."""
+        (o0, _), (p0, p1) = self.channels, self.positions
+        group = o0 // (self._grid.block.out_shape[0] // self._grid.block.groups)
+        return self._patches_of(values, fill)[:, group, p0:p1][:, None]
+
+    def destination_grid(self, values: Tensor) -> Tensor:
+        """:meth:`destinations` as a view ``(B, channels, positions, 1)``, broadcasting over :attr:`grid`."""
+        (o0, o1), (p0, p1) = self.channels, self.positions
+        return values.reshape(len(values), -1, self._grid.positions)[:, o0:o1, p0:p1][..., None]
+
+    def max_into(self, target: Tensor, rows: Tensor) -> None:
+        """``target_j = max(target_j, rows into j)`` for ``target (n_dst,)`` and ``rows``
+        ``(channels, positions)``, the value of each output unit (a row of :attr:`grid`)."""
         (o0, o1), (p0, p1) = self.channels, self.positions
         view = target.view(-1, self._grid.positions)[o0:o1, p0:p1]
-        view.copy_(torch.maximum(view, values.view(o1 - o0, p1 - p0, -1).amax(-1)))
+        view.copy_(torch.maximum(view, rows))
 
     def messages(self, x: Tensor, s: Tensor, transform: Transform) -> Tensor:
         """``x_i · f(w) · s_j`` over the layout, ``(B, size)``, for ``x (B, n_src)``, ``s (B, n_dst)``."""
