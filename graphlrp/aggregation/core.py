@@ -319,8 +319,8 @@ def _run_length(known: int | None, done: int, size: int, checkpoint_every: int |
     ``done`` (so every run is one node of the chunk tree), at most :data:`LONGEST_RUN`, and at most
     ``checkpoint_every / size`` with a checkpoint. When the number of chunks is ``known``, the
     longest such run that gives the busiest process at most :data:`IMBALANCE` more chunks than
-    the most even sharing would: longer runs mean fewer exchanges, but runs too
-    long leave processes idle in the last round."""
+    the most even sharing would: longer runs mean fewer exchanges, but runs too long leave
+    processes idle in the last round."""
     longest = LONGEST_RUN
     if checkpoint_every is not None:
         longest = min(longest, checkpoint_every // size)
@@ -329,9 +329,9 @@ def _run_length(known: int | None, done: int, size: int, checkpoint_every: int |
         lengths.append(2 * lengths[-1])
     if known is None:
         return lengths[-1]
-    fewest = min(_busiest(known - done, length, size) for length in lengths)
-    allowed = fewest + int(fewest * IMBALANCE)
-    return next(length for length in reversed(lengths) if _busiest(known - done, length, size) <= allowed)
+    busiest = {length: _busiest(known - done, length, size) for length in lengths}
+    allowed = min(busiest.values()) * (1 + IMBALANCE)
+    return max(length for length, chunks in busiest.items() if chunks <= allowed)
 
 
 def _busiest(chunks: int, length: int, size: int) -> int:
