@@ -8,6 +8,7 @@ at once.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from . import kernels, reductions, streaming
 from .composites import Composite
 from .explanation import Explanation, MessageRun
 from .errors import ArgumentTypeError, IndexOutOfRangeError, InputError
+from .edge_ends import edge_ends
 from .export import check_bool, check_fraction, check_int
 from .graph import Graph, Level
 from .heaviest import heaviest
@@ -479,24 +481,44 @@ class Circuit:
     edges : Tensor
         Positions of the circuit's edges in :meth:`Graph.edges` order, by decreasing ``|relevance|``
         (ties by position); int32 where the graph's edges fit, else int64.
-    src, dst : Tensor
-        Global node ids of each edge's ends; int32 where the graph's nodes fit, else int64.
     relevance : Tensor
         Each edge's message.
-    nodes : Tensor
-        The edges' endpoints, ascending.
     fraction : float
         The share of the total ``|edge relevance|`` the circuit carries.
+
+    The ends of the edges, :attr:`src` and :attr:`dst`, and :attr:`nodes` are found from the
+    positions when first asked for (:func:`graphlrp.edge_ends.edge_ends`), so that a circuit of
+    10⁷ edges holds two numbers per edge until then.
     """
 
     explanation: Explanation = field(repr=False)
     sample: int
     edges: Tensor
-    src: Tensor
-    dst: Tensor
     relevance: Tensor
-    nodes: Tensor
     fraction: float
+
+    @functools.cached_property
+    def _ends(self) -> tuple[Tensor, Tensor]:
+        graph = self.explanation.graph
+        return edge_ends(graph, self.edges, _index_dtype(graph.num_nodes))
+
+    @property
+    def src(self) -> Tensor:
+        """Global node id of each edge's source; int32 where the graph's nodes fit, else int64."""
+        return self._ends[0]
+
+    @property
+    def dst(self) -> Tensor:
+        """Global node id of each edge's destination; int32 where the graph's nodes fit, else int64."""
+        return self._ends[1]
+
+    @functools.cached_property
+    def nodes(self) -> Tensor:
+        """The edges' endpoints, ascending."""
+        ends = torch.zeros(self.explanation.graph.num_nodes, dtype=torch.bool, device=self.edges.device)
+        for part in (*self.src.split(RUN_EDGES), *self.dst.split(RUN_EDGES)):  # without a 64-bit copy of every id
+            ends[part.long()] = True
+        return torch.nonzero(ends).flatten()
 
     def faithfulness(self) -> Faithfulness:
         """The sample's output when only the circuit's edges are kept (others weigh 0), and in full.
@@ -523,7 +545,7 @@ def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float 
 
     Taking edges greedily is optimal: no smaller set of edges carries the fraction. Sums are exact
     and ties go to the earlier edge (:mod:`graphlrp.streaming`); the edges are streamed in two
-    passes, memory holds the circuit and one run of edges.
+    passes, memory holds the circuit (a position and a message per edge) and one run of edges.
 
     Parameters
     ----------
@@ -550,30 +572,20 @@ def relevant_circuit(explanation: Explanation, sample: int = 0, fraction: float 
     check_fraction("fraction", fraction)
 
     graph = explanation.graph
-    node_dtype = _index_dtype(graph.num_nodes)
 
     def runs() -> Iterator[streaming.Run]:
         for run in explanation.message_runs(row):
             messages = run.layout[0]
 
             def take(index: Tensor, run=run, messages=messages) -> tuple[Tensor, list[Tensor]]:
-                positions, src, dst, _ = run.take(index)
-                return positions, [src.to(node_dtype), dst.to(node_dtype), messages[index]]
+                return run.take(index)[0], [messages[index]]
 
             yield streaming.Run(messages.abs(), run.valid, take)
 
-    chosen = heaviest(runs, fraction, magnitude=2, position_dtype=_index_dtype(graph.num_edges))
+    chosen = heaviest(runs, fraction, magnitude=0, position_dtype=_index_dtype(graph.num_edges))
     device = explanation.node_relevance.device
-    if chosen.payload:
-        src, dst, relevance = chosen.payload
-    else:
-        src = dst = torch.zeros(0, dtype=node_dtype, device=device)
-        relevance = explanation.node_relevance.new_zeros(0)
-    ends = torch.zeros(graph.num_nodes, dtype=torch.bool, device=device)
-    for part in (*src.split(RUN_EDGES), *dst.split(RUN_EDGES)):  # without a 64-bit copy of every id
-        ends[part.long()] = True
-    return Circuit(explanation, row, chosen.positions.to(device), src, dst, relevance,
-                   nodes=torch.nonzero(ends).flatten(), fraction=chosen.fraction)
+    relevance = chosen.payload[0] if chosen.payload else explanation.node_relevance.new_zeros(0)
+    return Circuit(explanation, row, chosen.positions.to(device), relevance, fraction=chosen.fraction)
 
 
 def _index_dtype(count: int) -> torch.dtype:

@@ -31,6 +31,8 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 #: it, convolving the live channels and placing them by index beats the whole convolution
 #: (``scripts/bench-pruned-conv``)
 COMPACT_AT_MOST = 0.8
+#: weights converted to float64 at once when counting the edges into output units
+DEGREE_PANEL_ELEMENTS = 1 << 18
 _CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
 _CONV_WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
 
@@ -351,9 +353,11 @@ class _RunGrid:
     """A convolution's edges into ranges of output units, by index arithmetic.
 
     The source of the edge from kernel entry ``e = (c, *k)`` into output unit ``(o, *p)`` is
-    ``entry_offset[o, e] + position_offset[p]``: the input channel's plane and the kernel
-    offset, plus the window's origin; the edge exists where the weight is nonzero and every
-    coordinate ``p·stride − padding + k·dilation`` lies inside the input (``inside[p, e]``).
+    ``entry_offset[g, e] + position_offset[p]`` with ``g`` the group of channel ``o``: the input
+    channel's plane and the kernel offset, plus the window's origin; the edge exists where the
+    weight is nonzero and every coordinate ``p·stride − padding + k·dilation`` lies inside the
+    input (``inside[p, e]``). Memory beyond the weight: a boolean per weight and per
+    (position, entry), and one offset per (group, entry), position and output unit.
     """
 
     def __init__(self, block: ConvBlock) -> None:
@@ -362,6 +366,7 @@ class _RunGrid:
         spatial, out = block.in_shape[1:], block.out_shape[1:]
         plane_strides = [math.prod(spatial[axis + 1:]) for axis in range(block.dims)]
         self.block = block
+        self.per_group = c_out // block.groups
         self.positions = math.prod(out)
         self.weight = block.weight.reshape(c_out, -1)
         self.entries = self.weight.shape[1]
@@ -369,14 +374,14 @@ class _RunGrid:
         entries = torch.arange(self.entries, device=device)
         entry_axes = _unravel(entries, kernel)
         position_axes = _unravel(torch.arange(self.positions, device=device), out)
-        group = torch.arange(c_out, device=device)[:, None] // (c_out // block.groups)
-        channel = group * c_in_group + (entries // math.prod(kernel))[None, :]  # input channel, (C_out, E)
+        group = torch.arange(block.groups, device=device)[:, None]
+        channel = group * c_in_group + (entries // math.prod(kernel))[None, :]  # input channel, (groups, E)
         offset = channel * math.prod(spatial)
         position_offset = torch.zeros(self.positions, dtype=torch.long, device=device)
         inside = torch.ones((self.positions, self.entries), dtype=torch.bool, device=device)
         for axis in range(block.dims):
             step = plane_strides[axis]
-            offset = offset + (entry_axes[axis] * block.dilation[axis] * step)[None, :]
+            offset += (entry_axes[axis] * block.dilation[axis] * step)[None, :]
             origin = torch.arange(out[axis], device=device) * block.stride[axis] - block.padding[axis]
             position_offset += origin[position_axes[axis]] * step
             reach = origin[:, None] + torch.arange(kernel[axis], device=device)[None, :] * block.dilation[axis]
@@ -387,11 +392,24 @@ class _RunGrid:
         self.inside = inside
         self.zero_weights = not bool(self.nonzero.all())
         self.holes = self.zero_weights or not bool(inside.all())
-        # (C_out, P) edges into each unit, counted exactly in float64
-        degrees = (self.nonzero.to(torch.float64) @ inside.to(torch.float64).T).round().long()
-        ends = torch.cumsum(degrees.reshape(-1), 0)
+        degrees = self._degrees().reshape(-1)
+        ends = torch.cumsum(degrees, 0)
         #: position of the first edge into every output unit, in the block's edge order
-        self.starts = ends - degrees.reshape(-1)
+        self.starts = ends - degrees
+
+    def _degrees(self) -> Tensor:
+        """Edges into each output unit, ``(C_out, P)``: counted exactly in float64, a panel of
+        output channels at a time (no float copy of the whole weight)."""
+        within = self.inside.sum(1)
+        if not self.zero_weights:
+            return within[None, :].expand(len(self.weight), -1)
+        inside = self.inside.to(torch.float64).T
+        panel = max(1, DEGREE_PANEL_ELEMENTS // self.entries)
+        return torch.cat([(rows.to(torch.float64) @ inside).round().long() for rows in self.nonzero.split(panel)])
+
+    def group_of(self, channel: Tensor) -> Tensor:
+        """The group of each output channel."""
+        return channel // self.per_group
 
     def runs(self, max_edges: int) -> Iterator["ConvRun"]:
         """The runs of at most ``max_edges`` layout entries (or one output unit), in edge order;
@@ -457,7 +475,7 @@ class ConvRun:
         (o0, _), (p0, p1) = self.channels, self.positions
         entry, row = index % entries, index // entries
         channel, position = o0 + row // (p1 - p0), p0 + row % (p1 - p0)
-        src = grid.entry_offset[channel, entry] + grid.position_offset[position]
+        src = grid.entry_offset[grid.group_of(channel), entry] + grid.position_offset[position]
         dst = channel * grid.positions + position
         weight = grid.weight[channel, entry]
         valid = self.valid
